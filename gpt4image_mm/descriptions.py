@@ -1,0 +1,176 @@
+"""Descriptions JSON Lines: the one home of the format caption.py writes and
+embed.py reads.
+
+One record per line, append-only. A success record has ``key`` and ``text``
+(plus ``model``, ``prompt_id``, ``usage``, ``time``); a failure record has
+``key`` and ``error``. A later success for a key supersedes earlier failures;
+writers never emit a second success for a key. A torn last line (a crash in
+the middle of a write) is tolerated on read and cut off before appending.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
+
+from .keys import check_key
+
+# A description longer than this is almost surely garbage (the paper's are
+# ~100 words); text encoders truncate to 77-512 tokens anyway.
+MAX_TEXT_CHARS = 100_000
+
+
+class DescriptionFileError(ValueError):
+    """A descriptions file holds a record we cannot use (file and line named)."""
+
+
+def _parse_line(path: str, lineno: int, raw: bytes) -> Dict[str, Any]:
+    where = f'{path}:{lineno}: '
+    try:
+        line = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise DescriptionFileError(f'{where}not UTF-8 ({e.reason} at byte '
+                                   f'{e.start})') from None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DescriptionFileError(f'{where}not a JSON record ({e.msg})') from None
+    if not isinstance(rec, dict):
+        raise DescriptionFileError(f'{where}a record must be a JSON object')
+    try:
+        check_key(rec.get('key'))
+    except ValueError as e:
+        raise DescriptionFileError(f'{where}{e}') from None
+    if 'error' not in rec:
+        text = rec.get('text')
+        if not isinstance(text, str) or not text.strip():
+            raise DescriptionFileError(
+                f'{where}record {rec["key"]!r} has an empty or missing "text" '
+                '(failures must carry "error")')
+        if len(text) > MAX_TEXT_CHARS:
+            raise DescriptionFileError(
+                f'{where}record {rec["key"]!r}: text of {len(text)} characters '
+                f'exceeds {MAX_TEXT_CHARS}')
+    return rec
+
+
+def iter_records(path: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """Yield ``(line number, record)``; a torn last line is skipped."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    lines = data.split(b'\n')
+    torn = lines.pop()  # b'' when the file ends with a newline
+    for lineno, raw in enumerate(lines, 1):
+        if raw.strip():
+            yield lineno, _parse_line(path, lineno, raw)
+    if torn.strip():
+        try:
+            yield len(lines) + 1, _parse_line(path, len(lines) + 1, torn)
+        except DescriptionFileError:
+            pass  # the crash-torn tail; the writer cuts it before appending
+
+
+def read_descriptions(path: str,
+                      on_duplicate: str = 'error') -> Dict[str, Dict[str, Any]]:
+    """Successful records by key, in first-seen order.
+
+    ``on_duplicate``: a key with two different successful texts is an
+    ``'error'`` (names both lines), or ``'first'`` / ``'last'`` wins.
+    """
+    out: Dict[str, Dict[str, Any]] = {}
+    seen_at: Dict[str, int] = {}
+    for lineno, rec in iter_records(path):
+        if 'error' in rec:
+            continue
+        key = rec['key']
+        if key in out:
+            if out[key]['text'] == rec['text'] or on_duplicate == 'first':
+                continue
+            if on_duplicate == 'error':
+                raise DescriptionFileError(
+                    f'{path}:{lineno}: duplicate key {key!r} with a different '
+                    f'text (first at line {seen_at[key]}); pass '
+                    "on_duplicate='first' or 'last' to choose")
+        out[key] = rec
+        seen_at[key] = lineno
+    return out
+
+
+def failed_keys(path: str) -> Dict[str, str]:
+    """Keys whose latest record is a failure, with the error."""
+    state: Dict[str, Optional[str]] = {}
+    for _, rec in iter_records(path):
+        state[rec['key']] = rec.get('error') if 'error' in rec else None
+    return {k: e for k, e in state.items() if e is not None}
+
+
+def texts_checksum(records: Iterable[Tuple[str, str]]) -> str:
+    """Order-independent checksum of (key, text) pairs: the store's source id."""
+    h = hashlib.sha256()
+    for key, text in sorted(records):
+        h.update(key.encode('utf-8') + b'\0' + text.encode('utf-8') + b'\0')
+    return 'sha256:' + h.hexdigest()
+
+
+class DescriptionWriter:
+    """Append records to a JSONL file, flushed per record, crash-safe.
+
+    Opening cuts a torn last line. Use as a context manager.
+    """
+
+    def __init__(self, path: str, fsync_every: int = 64):
+        self.path = path
+        self.fsync_every = fsync_every
+        self._pending = 0
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._repair_tail()
+        self._f = open(path, 'ab')
+
+    def _repair_tail(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, 'rb+') as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(max(0, size - 1))
+            if f.read(1) == b'\n':
+                return
+            # walk back to the last newline and cut the torn record
+            pos, chunk = size, 1 << 16
+            while pos > 0:
+                start = max(0, pos - chunk)
+                f.seek(start)
+                buf = f.read(pos - start)
+                nl = buf.rfind(b'\n')
+                if nl >= 0:
+                    f.truncate(start + nl + 1)
+                    return
+                pos = start
+            f.truncate(0)
+
+    def write(self, record: Dict[str, Any]) -> None:
+        check_key(record.get('key'))
+        line = json.dumps(record, ensure_ascii=False) + '\n'
+        self._f.write(line.encode('utf-8'))
+        self._f.flush()
+        self._pending += 1
+        if self._pending >= self.fsync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._pending = 0
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.sync()
+            self._f.close()
+
+    def __enter__(self) -> 'DescriptionWriter':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

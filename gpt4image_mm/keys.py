@@ -1,0 +1,96 @@
+"""The join key of a sample: the one home for how samples are named.
+
+caption.py, embed.py and :class:`DescriptionDataset` all call these functions,
+so descriptions written on one machine join the samples trained on another.
+
+* file datasets (ImageNet, CustomDataset, CUB, ...): the image path relative to
+  the dataset's image prefix, with ``/`` separators -- for ImageNet that is
+  ``n01440764/n01440764_10026.JPEG``, the same relative path torchvision's
+  ``ImageFolder`` and ``caption.py --images DIR`` produce;
+* array datasets (MNIST, Fashion-MNIST, CIFAR): ``<split>/<index>``;
+* class-level descriptions: ``class:<class name>``;
+* the k-th of several descriptions of one base key: ``<base>#<k>``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, List, Optional, Sequence
+
+CLASS_PREFIX = 'class:'
+_MULTI = re.compile(r'^(.*)#(\d+)$')
+
+
+def class_key(class_name: str) -> str:
+    """Key of the descriptions of a whole class (class-level mode)."""
+    return f'{CLASS_PREFIX}{class_name}'
+
+
+def description_key(base: str, k: int) -> str:
+    """Key of the k-th description of ``base`` (several per image/class)."""
+    return f'{base}#{k}'
+
+
+def base_key(key: str) -> str:
+    """Strip a ``#<k>`` suffix: the sample or class a description belongs to."""
+    m = _MULTI.match(key)
+    return m.group(1) if m else key
+
+
+def check_key(key: str, where: str = '') -> str:
+    """Reject keys that would corrupt the line-based key files."""
+    if not isinstance(key, str) or not key or '\n' in key or '\r' in key:
+        raise ValueError(f'{where}invalid sample key {key!r}: keys are '
+                         'non-empty strings without line breaks')
+    return key
+
+
+def file_key(img_path: str, root: Optional[str]) -> str:
+    """Key of an image file: its path relative to ``root``, ``/``-separated."""
+    rel = os.path.relpath(img_path, root) if root else os.path.normpath(
+        img_path)
+    return rel.replace(os.sep, '/')
+
+
+def _image_root(dataset: Any) -> Optional[str]:
+    prefix = getattr(dataset, 'data_prefix', None) or {}
+    root = prefix.get('img_path') if isinstance(prefix, dict) else None
+    return root or getattr(dataset, 'data_root', None) or None
+
+
+def _split_name(dataset: Any) -> str:
+    split = getattr(dataset, 'split', None)
+    if split:
+        return str(split)
+    return 'test' if getattr(dataset, 'test_mode', False) else 'train'
+
+
+def sample_key(dataset: Any, index: int) -> str:
+    """The stable key of sample ``index`` of an (unwrapped) mmpretrain dataset."""
+    info = dataset.get_data_info(index)
+    if 'img_path' in info:
+        return file_key(info['img_path'], _image_root(dataset))
+    return f'{_split_name(dataset)}/{index}'
+
+
+def dataset_keys(dataset: Any) -> List[str]:
+    """Keys of every sample of an mmpretrain dataset, in index order."""
+    dataset.full_init()
+    indices = getattr(dataset, '_indices', None)
+    if indices is not None and not isinstance(indices, int):
+        first = dataset.get_data_info(0) if len(dataset) else {}
+        if 'img_path' not in first:
+            raise ValueError(
+                f'{type(dataset).__name__}: array datasets are keyed by '
+                'position, so `indices` must be an int (the first N samples), '
+                f'not a list; got {type(indices).__name__}')
+    return [sample_key(dataset, i) for i in range(len(dataset))]
+
+
+def class_names(dataset: Any) -> Sequence[str]:
+    """The class names of a dataset (``CLASSES`` / ``metainfo['classes']``)."""
+    names = (getattr(dataset, 'metainfo', {}) or {}).get('classes')
+    if not names:
+        raise ValueError(f'{type(dataset).__name__} declares no class names; '
+                         'set metainfo=dict(classes=[...]) in its config')
+    return list(names)
