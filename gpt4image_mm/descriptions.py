@@ -169,7 +169,7 @@ class DescriptionWriter:
             self.sync()
             self._f.close()
 
-    def __enter__(self) -> 'DescriptionWriter':
+    def __enter__(self) -> DescriptionWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,0 +1,20 @@
+# GPT4Image pieces shared by every config: inherit this file next to an
+# mmpretrain config and set `model = _base_.gpt4image_cnn` (or _vit).
+custom_imports = dict(imports=['gpt4image_mm'], allow_failed_imports=False)
+
+# Official recipe (arXiv 2306.00693 and its code): total = CE + 0.3 * L_align,
+# symmetric InfoNCE over the global batch; tau 0.2 for CNNs, 0.05 for ViTs.
+# out_channels is the text encoder's width: 1024 = CLIP RN50 text tower, the
+# official default. align_neck.in_channels is read off the head.
+gpt4image_cnn = dict(
+    type='TextAlignedClassifier',
+    align_neck=dict(type='AlignmentNeck', out_channels=1024, kind='mlp_bn'),
+    align_loss=dict(
+        type='ContrastiveAlignLoss', temperature=0.2, loss_weight=0.3,
+        mode='clip'))
+gpt4image_vit = dict(
+    type='TextAlignedClassifier',
+    align_neck=dict(type='AlignmentNeck', out_channels=1024, kind='mlp'),
+    align_loss=dict(
+        type='ContrastiveAlignLoss', temperature=0.05, loss_weight=0.3,
+        mode='clip'))

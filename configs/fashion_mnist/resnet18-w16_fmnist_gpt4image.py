@@ -1,0 +1,16 @@
+# The demo's GPT4Image arm: the baseline + alignment to class-level
+# descriptions (SmolLM2 writes K per class; all-MiniLM-L6-v2 embeds, 384-d).
+_base_ = ['resnet18-w16_fmnist.py', '../_base_/gpt4image.py']
+
+model = dict(
+    _base_.gpt4image_cnn,
+    align_neck=dict(type='AlignmentNeck', out_channels=384, kind='mlp_bn'),
+    # Class-level descriptions: same-class samples are positives, not
+    # negatives (multi-positive InfoNCE).
+    align_loss=dict(
+        type='ContrastiveAlignLoss', temperature=0.2, loss_weight=0.3,
+        positives='label'))
+train_dataloader = dict(dataset=dict(
+    _delete_=True, type='DescriptionDataset',
+    dataset=_base_.train_dataloader.dataset,
+    store='work_dirs/demo/store', per_class=True))

@@ -1,0 +1,125 @@
+"""The train/test entry points behind ``tools/train.py`` and ``tools/test.py``.
+
+Same command line as mmpretrain's tools, so existing scripts keep working;
+importing :mod:`gpt4image_mm` first registers our components and allow-lists
+MMEngine's checkpoint contents for torch's safe loading.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+from typing import List, Optional
+
+from mmengine.config import Config, ConfigDict, DictAction
+
+import gpt4image_mm  # noqa: F401  (registers components, safe loading)
+
+LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='where logs and checkpoints go')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config entries, e.g. train_cfg.max_epochs=2')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--no-pin-memory', action='store_true')
+    parser.add_argument('--no-persistent-workers', action='store_true')
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description='Train a model (mmpretrain CLI)')
+    p.add_argument('config', help='train config file')
+    p.add_argument('--resume', nargs='?', type=str, const='auto',
+                   help='resume from this checkpoint, or the latest one in '
+                   'the work dir when no path is given')
+    p.add_argument('--amp', action='store_true', help='mixed precision')
+    p.add_argument('--no-validate', action='store_true')
+    p.add_argument('--auto-scale-lr', action='store_true')
+    _common_args(p)
+    return p
+
+
+def test_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description='Test a model (mmpretrain CLI)')
+    p.add_argument('config', help='test config file')
+    p.add_argument('checkpoint', help='checkpoint file')
+    p.add_argument('--out', help='write the metrics as JSON to this file')
+    p.add_argument('--amp', action='store_true')
+    _common_args(p)
+    return p
+
+
+def _dataloader_defaults(cfg: Config, args: argparse.Namespace) -> None:
+    for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if cfg.get(field) is None:
+            continue
+        loader = ConfigDict(pin_memory=True, persistent_workers=True,
+                            collate_fn=dict(type='default_collate'))
+        loader.update(cfg[field])
+        if args.no_pin_memory:
+            loader.pin_memory = False
+        if args.no_persistent_workers or loader.get('num_workers', 0) == 0:
+            loader.persistent_workers = False
+        cfg[field] = loader
+
+
+def _load(args: argparse.Namespace) -> Config:
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(args.config))[0]
+        cfg.work_dir = osp.join('./work_dirs', name)
+    _dataloader_defaults(cfg, args)
+    return cfg
+
+
+def train_config(args: argparse.Namespace) -> Config:
+    """The config ``tools/train.py`` runs, with the CLI merged in."""
+    cfg = _load(args)
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.auto_scale_lr:
+        cfg.auto_scale_lr.enable = True
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def train(argv: Optional[List[str]] = None) -> None:
+    """``tools/train.py``: build a Runner from the config and train."""
+    from mmengine.runner import Runner
+
+    cfg = train_config(train_parser().parse_args(argv))
+    Runner.from_cfg(cfg).train()
+
+
+def test(argv: Optional[List[str]] = None) -> dict:
+    """``tools/test.py``: evaluate a checkpoint; returns the metrics."""
+    from mmengine.runner import Runner
+
+    args = test_parser().parse_args(argv)
+    cfg = _load(args)
+    cfg.load_from = args.checkpoint
+    if args.amp:
+        cfg.test_cfg = dict(cfg.get('test_cfg') or {}, fp16=True)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    metrics = Runner.from_cfg(cfg).test()
+    if args.out:
+        with open(args.out, 'w', encoding='utf-8') as f:
+            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
+    return metrics

@@ -1,0 +1,1 @@
+"""Captioning: the first stage of GPT4Image (see docs/captioning.md)."""

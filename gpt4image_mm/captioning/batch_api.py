@@ -1,0 +1,386 @@
+"""The OpenAI Batch API: half the price, answers within 24 h.
+
+Flow: write request files (JSONL, <= 50,000 lines and <= ~190 MB each, the
+API's limits), upload, submit, poll, collect answers into the same
+descriptions JSONL as the online backend.
+
+Why a state file: a batch is paid once submitted, so an interrupted run must
+find its batches again instead of submitting them twice. ``<out>.batch.json``
+records every chunk's uploaded file id and batch id, written atomically after
+each step; a rerun collects what is finished, keeps waiting for what is not,
+and only then submits the keys that are in no batch. A crash between
+"create batch" and "write the state" is covered by the chunk name in the
+batch metadata: the rerun finds the batch with ``batches.list``.
+
+``custom_id`` is ``<chunk>-<line>``; the key of each line stays in a local
+keys file, so no file path or key of this machine goes to the API.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from ..descriptions import DescriptionWriter
+from .base import Answer, CaptionError, FatalError, Request, Scrubber, api_key_from_env
+from .openai_api import chat_body, error_message, parse_completion
+from .pricing import CostMeter
+from .runner import (OutputState, Summary, _failed_in_shard, build_request, failure_record,
+                     success_record, todo_indices)
+from .sources import Plan
+
+TERMINAL = ('completed', 'failed', 'expired', 'cancelled')
+STATE_VERSION = 1
+
+
+def state_path(out: str) -> str:
+    return out + '.batch.json'
+
+
+def work_dir(out: str) -> str:
+    return out + '.batch'
+
+
+class BatchState:
+    """Chunks and their file / batch ids; saved atomically after each step."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.chunks: List[Dict[str, Any]] = []
+        if os.path.exists(path):
+            with open(path, encoding='utf-8') as f:
+                data = json.load(f)
+            if data.get('version') != STATE_VERSION:
+                raise ValueError(f'{path}: unknown batch state version')
+            self.chunks = data['chunks']
+
+    def save(self) -> None:
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump({'version': STATE_VERSION, 'chunks': self.chunks}, f,
+                      indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def open_chunks(self) -> List[Dict[str, Any]]:
+        return [c for c in self.chunks if c['status'] != 'collected']
+
+    def next_name(self) -> str:
+        return f'chunk-{len(self.chunks) + 1:06d}-{int(time.time())}'
+
+
+def _read_keys(path: str) -> List[Tuple[str, str]]:
+    """``(key, prompt id)`` of each line of a chunk."""
+    with open(path, encoding='utf-8') as f:
+        return [tuple(json.loads(ln)) for ln in f if ln.strip()]
+
+
+class BatchBackend:
+    """Submit / poll / collect OpenAI batches (see module doc)."""
+
+    name = 'openai-batch'
+
+    def __init__(self, model: str, base_url: Optional[str] = None, *,
+                 api_key_env: str = 'OPENAI_API_KEY', max_tokens: int = 300,
+                 temperature: Optional[float] = None, detail: str = 'auto',
+                 system: Optional[str] = None, poll_interval: float = 30.0,
+                 max_requests: int = 50_000, max_bytes: int = 190 << 20,
+                 max_active: int = 0, wait: bool = True,
+                 timeout: float = 600.0, max_retries: int = 5):
+        import openai
+        self.model = model
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.detail = detail
+        self.system = system
+        self.poll_interval = poll_interval
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.max_active = max_active
+        self.wait = wait
+        self.openai_params = not base_url or 'api.openai.com' in base_url
+        key = api_key_from_env(api_key_env, required=self.openai_params)
+        self.scrub = Scrubber([key] if key else [])
+        self.client = openai.AsyncOpenAI(api_key=key or 'no-key',
+                                         base_url=base_url, timeout=timeout,
+                                         max_retries=max_retries)
+
+    async def _api(self, coro: Any) -> Any:
+        import openai
+        try:
+            return await coro
+        except (openai.AuthenticationError,
+                openai.PermissionDeniedError) as e:
+            raise FatalError(self.scrub(error_message(e)
+                                        + ' -- check the API key')) from None
+        except openai.APIError as e:
+            raise FatalError(self.scrub(f'Batch API: {error_message(e)}')) \
+                from None
+
+    # -- submit ---------------------------------------------------------
+    async def _submit(self, chunk: Dict[str, Any], st: BatchState) -> None:
+        """Upload and create the batch of ``chunk``, resuming half-done
+        steps."""
+        if not chunk.get('file_id'):
+            with open(chunk['requests'], 'rb') as f:
+                data = f.read()
+            fobj = await self._api(self.client.files.create(
+                file=(os.path.basename(chunk['requests']), data),
+                purpose='batch'))
+            chunk['file_id'] = fobj.id
+            st.save()
+        if not chunk.get('batch_id'):
+            found = await self._find_batch(chunk)
+            if found is None:
+                found = await self._api(self.client.batches.create(
+                    input_file_id=chunk['file_id'],
+                    endpoint='/v1/chat/completions', completion_window='24h',
+                    metadata={'gpt4image_chunk': chunk['name']}))
+            chunk['batch_id'] = found.id
+            chunk['status'] = 'submitted'
+            st.save()
+
+    async def _find_batch(self, chunk: Dict[str, Any]) -> Any:
+        """A batch already created for this chunk (crash before save)."""
+        page = await self._api(self.client.batches.list(limit=100))
+        for b in page.data:
+            if (b.input_file_id == chunk['file_id']
+                    and (b.metadata or {}).get('gpt4image_chunk')
+                    == chunk['name']):
+                return b
+        return None
+
+    def _write_chunk(self, plan: Plan, todo: List[int], st: BatchState,
+                     out: str, prep: Any, pool: ThreadPoolExecutor,
+                     on_bad: Any) -> Tuple[Dict[str, Any], float]:
+        """Write the next request file from ``todo`` (consumed from the
+        front); returns the chunk and its estimated prompt tokens."""
+        os.makedirs(work_dir(out), exist_ok=True)
+        name = st.next_name()
+        req_path = os.path.join(work_dir(out), name + '.requests.jsonl')
+        keys_path = os.path.join(work_dir(out), name + '.keys')
+        n, size, est = 0, 0, 0.0
+        with open(req_path, 'w', encoding='utf-8') as rf, \
+                open(keys_path, 'w', encoding='utf-8') as kf:
+            while todo and n < self.max_requests:
+                block, todo[:] = todo[:64], todo[64:]
+                results = list(pool.map(prep, block))
+                for k, res in enumerate(results):
+                    if not isinstance(res, Request):
+                        on_bad(*res)
+                        continue
+                    line = json.dumps({
+                        'custom_id': f'{name}-{n}', 'method': 'POST',
+                        'url': '/v1/chat/completions',
+                        'body': chat_body(
+                            self.model, res, max_tokens=self.max_tokens,
+                            temperature=self.temperature, detail=self.detail,
+                            system=self.system,
+                            openai_params=self.openai_params)}) + '\n'
+                    if n and (size + len(line) > self.max_bytes
+                              or n >= self.max_requests):
+                        todo[:0] = block[k:]  # put back: next chunk
+                        break
+                    rf.write(line)
+                    kf.write(json.dumps([res.key, res.prompt_id]) + '\n')
+                    n += 1
+                    size += len(line)
+                    est += res.est_prompt_tokens
+                else:
+                    continue
+                break
+        chunk = {'name': name, 'requests': req_path, 'keys': keys_path,
+                 'n': n, 'est_prompt_tokens': est, 'file_id': None,
+                 'batch_id': None, 'status': 'written'}
+        return chunk, est
+
+    # -- collect --------------------------------------------------------
+    async def _collect(self, chunk: Dict[str, Any], batch: Any,
+                       writer: DescriptionWriter, state: OutputState,
+                       meter: CostMeter, summary: Summary,
+                       bar: Any) -> None:
+        keys = _read_keys(chunk['keys'])
+        seen: Set[int] = set()
+        for fid in (batch.output_file_id, batch.error_file_id):
+            if not fid:
+                continue
+            content = await self._api(self.client.files.content(fid))
+            for line in content.text.splitlines():
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                try:
+                    idx = int(str(rec['custom_id']).rsplit('-', 1)[1])
+                    key, pid = keys[idx]
+                except (KeyError, ValueError, IndexError):
+                    continue
+                seen.add(idx)
+                resp = rec.get('response') or {}
+                body = resp.get('body') or {}
+                res: Any
+                if rec.get('error') or resp.get('status_code') != 200:
+                    err = rec.get('error') or body.get('error') or body
+                    msg = err.get('message') if isinstance(err, dict) else err
+                    res = CaptionError(self.scrub(
+                        f'HTTP {resp.get("status_code")}: {msg}'))
+                else:
+                    try:
+                        res = parse_completion(body, self.model)
+                    except CaptionError as e:
+                        res = e
+                self._record(key, pid, res, writer, state, meter, summary,
+                             bar)
+        for idx, (key, pid) in enumerate(keys):
+            if idx not in seen:
+                self._record(key, pid, CaptionError(
+                    f'batch {batch.id} {batch.status}: no result for this '
+                    'request'), writer, state, meter, summary, bar)
+        chunk['status'] = 'collected'
+        chunk['batch_status'] = batch.status
+        writer.sync()
+
+    def _record(self, key: str, prompt_id: str, res: Any,
+                writer: DescriptionWriter, state: OutputState,
+                meter: CostMeter, summary: Summary, bar: Any) -> None:
+        req = Request(key, prompt_id, '')
+        if isinstance(res, Answer):
+            meter.add(res.usage)
+            if key in state.done:  # never a 2nd success
+                return
+            writer.write(success_record(req, res, self.name, 0.0))
+            state.succeed(key)
+            summary.succeeded += 1
+        else:
+            writer.write(failure_record(key, str(res), self.model,
+                                        prompt_id, self.name))
+            state.fail(key, str(res))
+            summary.failed += 1
+        bar.update(1)
+
+    # -- the run --------------------------------------------------------
+    async def run(self, plan: Plan, out: str, *,
+                  shard: Tuple[int, int] = (0, 1),
+                  limit: Optional[int] = None,
+                  max_cost: Optional[float] = None,
+                  meter: Optional[CostMeter] = None,
+                  max_side: int = 512, jpeg_quality: int = 85,
+                  progress: Optional[bool] = None) -> Summary:
+        from tqdm import tqdm
+        t0 = time.monotonic()
+        meter = meter or CostMeter(self.model, batch=True)
+        st = BatchState(state_path(out))
+        state = OutputState.load(out)
+        todo_arr, planned = todo_indices(plan, state, shard)
+        summary = Summary(out=out, planned=planned,
+                          already_done=planned - len(todo_arr))
+        in_batches: Set[str] = set()
+        for c in st.open_chunks():
+            in_batches.update(k for k, _ in _read_keys(c['keys']))
+        todo = [j for j in todo_arr if plan.keys[j] not in in_batches]
+        del todo_arr
+        if limit is not None:
+            todo = todo[:max(0, limit)]
+        writer = DescriptionWriter(out)
+        bar = tqdm(total=len(todo) + len(in_batches), unit='req',
+                   disable=None if progress is None else not progress,
+                   file=sys.stderr)
+        entry = meter.entry
+
+        def prep(j: int) -> Any:
+            try:
+                r = build_request(plan.item(j), 'data_url', max_side,
+                                  jpeg_quality, entry, self.detail)
+                return r
+            except (ValueError, OSError) as e:
+                return plan.keys[j], str(e)
+
+        def on_bad(key: str, error: str) -> None:
+            writer.write(failure_record(key, error, self.model, '',
+                                        self.name))
+            state.fail(key, error)
+            summary.failed += 1
+            summary.attempted += 1
+            bar.update(1)
+
+        def reserved() -> float:
+            return sum(meter.cost_of(c.get('est_prompt_tokens', 0),
+                                     c['n'] * self.max_tokens)
+                       for c in st.open_chunks())
+
+        pool = ThreadPoolExecutor(4)
+        try:
+            while True:
+                # 1. finish half-submitted chunks, collect finished ones
+                for c in st.open_chunks():
+                    if c['status'] == 'written':
+                        if not os.path.exists(c['requests']):
+                            c['status'] = 'collected'  # lost before upload
+                            st.save()
+                            continue
+                        await self._submit(c, st)
+                        summary.attempted += c['n']
+                active = 0
+                for c in st.open_chunks():
+                    b = await self._api(self.client.batches.retrieve(
+                        c['batch_id']))
+                    if b.status in TERMINAL:
+                        await self._collect(c, b, writer, state, meter,
+                                            summary, bar)
+                        st.save()
+                        if os.path.exists(c['requests']):
+                            os.remove(c['requests'])
+                    else:
+                        active += 1
+                # 2. submit new chunks while allowed
+                while todo and (not self.max_active
+                                or active < self.max_active):
+                    if max_cost is not None:
+                        head = min(len(todo), self.max_requests)
+                        guess = head * (meter.cost_of(
+                            1000, self.max_tokens) if entry else 0.0)
+                        if meter.cost + reserved() + guess > max_cost:
+                            summary.stopped = (f'--max-cost {max_cost}: '
+                                               'next batch would exceed it')
+                            todo = []
+                            break
+                    chunk, _ = self._write_chunk(plan, todo, st, out, prep,
+                                                 pool, on_bad)
+                    if chunk['n'] == 0:
+                        os.remove(chunk['requests'])
+                        os.remove(chunk['keys'])
+                        continue
+                    st.chunks.append(chunk)
+                    st.save()
+                    await self._submit(chunk, st)
+                    summary.attempted += chunk['n']
+                    active += 1
+                if not st.open_chunks():
+                    break
+                if not self.wait:
+                    summary.stopped = (f'{len(st.open_chunks())} batch(es) '
+                                       'submitted; rerun the same command to '
+                                       'collect them')
+                    break
+                bar.set_postfix(batches=active, usd=f'{meter.cost:.4f}',
+                                refresh=True)
+                await asyncio.sleep(self.poll_interval)
+        except FatalError as e:
+            summary.fatal = self.scrub(e)
+        finally:
+            writer.close()
+            bar.close()
+            pool.shutdown()
+            await self.client.close()
+        summary.not_attempted = max(0, planned - summary.already_done
+                                    - summary.succeeded - summary.failed)
+        summary.failed_left = _failed_in_shard(state, shard)
+        summary.prompt_tokens = meter.prompt_tokens
+        summary.completion_tokens = meter.completion_tokens
+        summary.cost_usd = round(meter.cost, 6)
+        summary.elapsed_s = round(time.monotonic() - t0, 3)
+        return summary

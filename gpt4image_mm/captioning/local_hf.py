@@ -1,0 +1,199 @@
+"""Local models in-process through transformers.
+
+* :class:`TransformersVLM`: any vision-language model with an ``AutoProcessor``
+  and ``AutoModelForImageTextToText`` (Qwen2-VL, SmolVLM/Idefics3, LLaVA...),
+  batched generation with left padding;
+* :class:`TransformersLLM`: a text-only ``AutoModelForCausalLM`` for the
+  class-level mode, also GGUF files (transformers dequantises them on load;
+  needs the ``gguf`` package).
+
+Both run generation in a worker thread so the runner's loop keeps writing
+records; one batch is in flight at a time (the GPU is the bottleneck).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .base import Answer, Backend, CaptionError, FatalError, Request, check_answer
+
+_DTYPES = ('auto', 'float32', 'float16', 'bfloat16')
+
+
+def _device(device: str) -> str:
+    import torch
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return device
+
+
+def _dtype(dtype: str, device: str) -> Any:
+    import torch
+    if dtype not in _DTYPES:
+        raise ValueError(f'--dtype {dtype!r}: one of {_DTYPES}')
+    if dtype == 'auto':
+        return torch.bfloat16 if device.startswith('cuda') else torch.float32
+    return getattr(torch, dtype)
+
+
+def split_gguf(path: str) -> Tuple[str, Optional[str]]:
+    """``dir/model.gguf`` -> ``(dir, 'model.gguf')``; other paths unchanged."""
+    if path.endswith('.gguf'):
+        if not os.path.isfile(path):
+            raise FatalError(f'no GGUF file {path}')
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    return path, None
+
+
+def _no_hub(path: str) -> Dict[str, Any]:
+    """Local directories never touch the hub; hub ids are up to the user's
+    HF_HUB_OFFLINE setting."""
+    return {'local_files_only': True} if os.path.isdir(path) else {}
+
+
+class _LocalBase(Backend):
+    concurrency = 1
+
+    def __init__(self, model: str, *, device: str = 'auto',
+                 dtype: str = 'auto', batch_size: int = 8,
+                 max_tokens: int = 300, temperature: Optional[float] = None,
+                 seed: int = 0, system: Optional[str] = None):
+        self.model = model
+        self.device = _device(device)
+        self.torch_dtype = _dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.seed = seed
+        self.system = system
+
+    def _gen_kwargs(self, pad_id: Optional[int]) -> Dict[str, Any]:
+        kw: Dict[str, Any] = {'max_new_tokens': self.max_tokens,
+                              'pad_token_id': pad_id}
+        if self.temperature:
+            kw.update(do_sample=True, temperature=self.temperature)
+        else:
+            kw.update(do_sample=False)
+        return kw
+
+    def _messages(self, content: Any) -> List[Dict[str, Any]]:
+        msgs = []
+        if self.system:
+            msgs.append({'role': 'system', 'content': self.system})
+        msgs.append({'role': 'user', 'content': content})
+        return msgs
+
+    async def generate(self, requests: Sequence[Request]) -> List[Any]:
+        try:
+            return await asyncio.to_thread(self._generate, list(requests))
+        except FatalError:
+            raise
+        except Exception as e:  # one bad batch must not end a long run
+            if 'out of memory' in str(e).lower():
+                raise FatalError(f'{e}; lower --batch-size') from None
+            return [CaptionError(f'generation failed: {type(e).__name__}: '
+                                 f'{e}') for _ in requests]
+
+    def _finish(self, out_ids: Any, inputs: Dict[str, Any], tokenizer: Any,
+                requests: Sequence[Request]) -> List[Any]:
+        prompt_len = inputs['input_ids'].shape[1]
+        new = out_ids[:, prompt_len:]
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        pad = tokenizer.pad_token_id
+        results: List[Any] = []
+        for i, text in enumerate(texts):
+            n_out = int((new[i] != pad).sum()) if pad is not None else \
+                int(new.shape[1])
+            usage = {'prompt_tokens': int(inputs['attention_mask'][i].sum()),
+                     'completion_tokens': n_out}
+            try:
+                results.append(Answer(check_answer(text), self.model, usage,
+                                      truncated=n_out >= self.max_tokens))
+            except CaptionError as e:
+                results.append(e)
+        return results
+
+
+class TransformersVLM(_LocalBase):
+    """A vision-language model: one image + prompt per request, batched."""
+
+    name = 'transformers'
+    image_format = 'pil'
+
+    def __init__(self, model: str, **kwargs: Any):
+        super().__init__(model, **kwargs)
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        torch.manual_seed(self.seed)
+        self.processor = AutoProcessor.from_pretrained(model, **_no_hub(model))
+        tok = getattr(self.processor, 'tokenizer', None)
+        if tok is not None:
+            tok.padding_side = 'left'  # batched generation continues the end
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+        self.tokenizer = tok
+        self.net = AutoModelForImageTextToText.from_pretrained(
+            model, dtype=self.torch_dtype, **_no_hub(model)).to(self.device)
+        self.net.eval()
+
+    def _generate(self, requests: List[Request]) -> List[Any]:
+        import torch
+        texts = [self.processor.apply_chat_template(
+            self._messages([{'type': 'image'},
+                            {'type': 'text', 'text': r.prompt}]),
+            add_generation_prompt=True, tokenize=False) for r in requests]
+        inputs = self.processor(text=texts, images=[[r.image] for r in
+                                                    requests],
+                                return_tensors='pt', padding=True)
+        inputs = inputs.to(self.device)
+        if 'pixel_values' in inputs:
+            inputs['pixel_values'] = inputs['pixel_values'].to(
+                self.torch_dtype)
+        with torch.inference_mode():
+            out = self.net.generate(**inputs, **self._gen_kwargs(
+                self.tokenizer.pad_token_id))
+        return self._finish(out, inputs, self.tokenizer, requests)
+
+
+class TransformersLLM(_LocalBase):
+    """A text-only causal LM for class-level descriptions (also GGUF)."""
+
+    name = 'transformers'
+    image_format = 'none'
+
+    def __init__(self, model: str, **kwargs: Any):
+        super().__init__(model, **kwargs)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(self.seed)
+        path, gguf = split_gguf(model)
+        extra = dict(_no_hub(path))
+        if gguf:
+            extra['gguf_file'] = gguf
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        self.tokenizer.padding_side = 'left'
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.net = AutoModelForCausalLM.from_pretrained(
+            path, dtype=self.torch_dtype, **extra).to(self.device)
+        self.net.eval()
+
+    def _prompt(self, text: str) -> str:
+        if getattr(self.tokenizer, 'chat_template', None):
+            return self.tokenizer.apply_chat_template(
+                self._messages(text), add_generation_prompt=True,
+                tokenize=False)
+        return text + '\n'
+
+    def _generate(self, requests: List[Request]) -> List[Any]:
+        import torch
+        texts = [self._prompt(r.prompt) for r in requests]
+        inputs = self.tokenizer(texts, return_tensors='pt', padding=True,
+                                add_special_tokens=False).to(self.device)
+        with torch.inference_mode():
+            out = self.net.generate(**inputs, **self._gen_kwargs(
+                self.tokenizer.pad_token_id))
+        return self._finish(out, inputs, self.tokenizer, requests)

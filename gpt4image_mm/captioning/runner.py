@@ -1,0 +1,477 @@
+"""Resumable captioning: the orchestration every backend shares.
+
+Why it is shaped like this: a run over ImageNet is 1.28 M requests, hours
+long, and will be interrupted. So
+
+* the output JSONL is the only state: a rerun reads it, skips keys that
+  already succeeded and retries the rest (failed or never tried);
+* a record is flushed as soon as its answer arrives, and a key that has a
+  success is never requested again in the run, so no key gets two successes;
+* ``concurrency`` worker coroutines pull from one lazy iterator: there are
+  never more than ``concurrency`` requests (or images) in memory, whatever
+  the dataset size;
+* ``--limit`` and ``--max-cost`` stop *scheduling*; requests in flight finish
+  and are recorded, so a stop never wastes a paid answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from ..descriptions import DescriptionWriter, iter_records
+from .base import Answer, Backend, CaptionError, FatalError, Request, Scrubber, now_iso
+from .images import ImageError, downscale, open_rgb, prepare_image
+from .pricing import CostMeter, image_tokens, text_tokens
+from .sources import Item, Plan, shard_of
+
+
+@dataclass
+class Summary:
+    """What a run did; ``ok`` is False when failures are left in the file."""
+
+    out: str
+    planned: int = 0          # keys of this shard
+    already_done: int = 0     # skipped: succeeded in an earlier run
+    attempted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    failed_left: int = 0      # keys of this shard whose latest record failed
+    not_attempted: int = 0    # left for a later run (--limit, --max-cost, stop)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    elapsed_s: float = 0.0
+    stopped: Optional[str] = None  # why scheduling stopped early, if it did
+    fatal: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal is None and self.failed_left == 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d['ok'] = self.ok
+        return d
+
+    def format(self) -> str:
+        rate = self.attempted / self.elapsed_s if self.elapsed_s else 0.0
+        lines = [
+            f'captions -> {self.out}',
+            f'  keys in shard {self.planned}, already done '
+            f'{self.already_done}, attempted {self.attempted} '
+            f'({rate:.1f}/s), succeeded {self.succeeded}, failed '
+            f'{self.failed}',
+            f'  left: failed {self.failed_left}, not attempted '
+            f'{self.not_attempted}',
+            f'  tokens: prompt {self.prompt_tokens}, completion '
+            f'{self.completion_tokens}, cost ${self.cost_usd:.4f}',
+        ]
+        if self.stopped:
+            lines.append(f'  stopped early: {self.stopped}')
+        if self.fatal:
+            lines.append(f'  FATAL: {self.fatal}')
+        return '\n'.join(lines)
+
+
+class OutputState:
+    """What an output file already holds: succeeded keys, failed keys."""
+
+    def __init__(self) -> None:
+        self.done: Set[str] = set()
+        self.failed: Dict[str, str] = {}
+
+    @classmethod
+    def load(cls, path: str) -> 'OutputState':
+        st = cls()
+        import os
+        if os.path.exists(path):
+            for _, rec in iter_records(path):
+                key = rec['key']
+                if 'error' in rec:
+                    if key not in st.done:
+                        st.failed[key] = rec['error']
+                else:
+                    st.done.add(key)
+                    st.failed.pop(key, None)
+        return st
+
+    def succeed(self, key: str) -> None:
+        self.done.add(key)
+        self.failed.pop(key, None)
+
+    def fail(self, key: str, error: str) -> None:
+        if key not in self.done:
+            self.failed[key] = error
+
+
+class TokenBucket:
+    """Async token bucket: ``per_minute`` units, refilled continuously.
+
+    Used twice: requests/min and tokens/min. A debit larger than the bucket
+    waits for a full bucket; negative balances (an answer used more tokens
+    than estimated) delay later requests.
+    """
+
+    def __init__(self, per_minute: float):
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        t = time.monotonic()
+        self.level = min(self.capacity, self.level + (t - self.stamp) * self.rate)
+        self.stamp = t
+
+    async def take(self, n: float) -> None:
+        n = min(float(n), self.capacity)
+        async with self._lock:  # FIFO: no starvation of big requests
+            while True:
+                self._refill()
+                if self.level >= n:
+                    self.level -= n
+                    return
+                await asyncio.sleep((n - self.level) / self.rate)
+
+    def adjust(self, n: float) -> None:
+        """Debit (n > 0) or credit (n < 0) after the fact."""
+        self._refill()
+        self.level = min(self.capacity, self.level - n)
+
+
+def success_record(req: Request, ans: Answer, backend: str,
+                   latency: float) -> Dict[str, Any]:
+    rec = {'key': req.key, 'text': ans.text, 'model': ans.model,
+           'prompt_id': req.prompt_id,
+           'usage': {'prompt_tokens': int(ans.usage.get('prompt_tokens', 0)),
+                     'completion_tokens': int(
+                         ans.usage.get('completion_tokens', 0))},
+           'time': now_iso(), 'latency_s': round(latency, 3),
+           'backend': backend}
+    if ans.truncated:
+        rec['truncated'] = True
+    return rec
+
+
+def failure_record(key: str, error: str, model: str = '',
+                   prompt_id: str = '', backend: str = '') -> Dict[str, Any]:
+    return {'key': key, 'error': error, 'model': model,
+            'prompt_id': prompt_id, 'time': now_iso(), 'backend': backend}
+
+
+def build_request(item: Item, image_format: str, max_side: int,
+                  quality: int, price_entry: Optional[dict],
+                  detail: str = 'auto') -> Request:
+    """Render the prompt and load the image (in a worker thread)."""
+    prompt = item.prompt.render(item.class_name)
+    req = Request(item.key, item.prompt.id, prompt)
+    est = text_tokens(prompt)
+    if item.source is not None:
+        if image_format == 'pil':
+            req.image = downscale(open_rgb(item.source, item.key), max_side)
+            size = req.image.size
+        else:
+            req.image, size = prepare_image(item.source, max_side, quality,
+                                            name=item.key)
+        est += image_tokens(size, price_entry, detail)
+    req.est_prompt_tokens = est
+    return req
+
+
+def todo_indices(plan: Plan, state: OutputState,
+                 shard: Tuple[int, int]) -> Tuple[array, int]:
+    """Indices of this shard's keys not yet done, and the shard's size."""
+    i, n = shard
+    todo, planned = array('q'), 0
+    seen: Set[str] = set()
+    for j in range(len(plan)):
+        key = plan.keys[j]
+        if n > 1 and shard_of(key, n) != i:
+            continue
+        planned += 1
+        if key in state.done or key in seen:
+            continue
+        seen.add(key)
+        todo.append(j)
+    return todo, planned
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: Optional[bool], meter: CostMeter):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, unit='req', dynamic_ncols=True,
+                        disable=(None if enabled is None else not enabled),
+                        file=sys.stderr, smoothing=0.05)
+        self.meter = meter
+        self.failed = 0
+        self._last = 0.0
+
+    def update(self, ok: bool) -> None:
+        if not ok:
+            self.failed += 1
+        self.bar.update(1)
+        t = time.monotonic()
+        if t - self._last > 0.5:
+            self._last = t
+            m = self.meter
+            self.bar.set_postfix(
+                failed=self.failed,
+                tok=f'{m.prompt_tokens}+{m.completion_tokens}',
+                usd=f'{m.cost:.4f}', refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+async def caption_async(plan: Plan, backend: Backend, out: str, *,
+                        shard: Tuple[int, int] = (0, 1),
+                        limit: Optional[int] = None,
+                        max_cost: Optional[float] = None,
+                        meter: Optional[CostMeter] = None,
+                        rpm: float = 0, tpm: float = 0,
+                        max_side: int = 512, jpeg_quality: int = 85,
+                        detail: str = 'auto',
+                        abort_after_failures: int = 50,
+                        progress: Optional[bool] = None,
+                        scrub: Optional[Scrubber] = None,
+                        handle_signals: bool = False,
+                        prep_threads: int = 4) -> Summary:
+    """Caption the plan's missing keys into ``out``; see module doc."""
+    t0 = time.monotonic()
+    scrub = scrub or Scrubber()
+    meter = meter or CostMeter(backend.model)
+    state = OutputState.load(out)
+    todo, planned = todo_indices(plan, state, shard)
+    summary = Summary(out=out, planned=planned,
+                      already_done=planned - len(todo))
+    if limit is not None:
+        todo = todo[:max(0, limit)]
+    source = iter(todo)
+    rpm_bucket = TokenBucket(rpm) if rpm else None
+    tpm_bucket = TokenBucket(tpm) if tpm else None
+    entry = meter.entry
+    reserved = [0.0]  # worst-case cost of requests in flight
+    consecutive = [0]
+    stop: List[Optional[str]] = [None]
+    bar = _Progress(len(todo), progress, meter)
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max(1, prep_threads))
+    writer = DescriptionWriter(out)
+
+    def record_failure(key: str, error: str, prompt_id: str = '') -> None:
+        error = scrub(error)
+        writer.write(failure_record(key, error, backend.model, prompt_id,
+                                    backend.name))
+        state.fail(key, error)
+        summary.failed += 1
+        bar.update(False)
+        consecutive[0] += 1
+        if abort_after_failures and consecutive[0] >= abort_after_failures:
+            stop[0] = stop[0] or (f'{consecutive[0]} failures in a row '
+                                  f'(last: {error}); check the endpoint')
+
+    def take(n: int) -> List[int]:
+        batch: List[int] = []
+        while len(batch) < n and stop[0] is None:
+            j = next(source, None)
+            if j is None:
+                break
+            batch.append(j)
+        return batch
+
+    def prepare(batch: List[int]) -> List[Any]:
+        out_: List[Any] = []
+        for j in batch:
+            key = plan.keys[j]
+            try:
+                out_.append(build_request(plan.item(j), backend.image_format,
+                                          max_side, jpeg_quality, entry,
+                                          detail))
+            except (ImageError, ValueError) as e:
+                out_.append((key, str(e)))
+        return out_
+
+    async def worker() -> None:
+        while stop[0] is None:
+            batch = take(backend.batch_size)
+            if not batch:
+                return
+            prepared = await loop.run_in_executor(pool, prepare, batch)
+            reqs: List[Request] = []
+            for p in prepared:
+                if isinstance(p, Request):
+                    reqs.append(p)
+                else:
+                    summary.attempted += 1
+                    record_failure(p[0], p[1])
+            if not reqs:
+                continue
+            worst = sum(meter.cost_of(r.est_prompt_tokens, backend.max_tokens)
+                        for r in reqs)
+            if max_cost is not None and (meter.cost + reserved[0] + worst
+                                         > max_cost):
+                stop[0] = stop[0] or (f'--max-cost {max_cost}: spent '
+                                      f'${meter.cost:.4f}')
+                return
+            reserved[0] += worst
+            est_tokens = sum(r.est_prompt_tokens + backend.max_tokens
+                             for r in reqs)
+            try:
+                if rpm_bucket:
+                    await rpm_bucket.take(len(reqs))
+                if tpm_bucket:
+                    await tpm_bucket.take(est_tokens)
+                t = time.monotonic()
+                summary.attempted += len(reqs)
+                try:
+                    results = await backend.generate(reqs)
+                except FatalError as e:
+                    stop[0] = 'fatal error'
+                    summary.fatal = summary.fatal or scrub(e)
+                    summary.attempted -= len(reqs)
+                    return
+                latency = time.monotonic() - t
+            finally:
+                reserved[0] -= worst
+            used = 0
+            for req, res in zip(reqs, results):
+                if isinstance(res, Answer):
+                    meter.add(res.usage)
+                    used += sum(res.usage.get(k, 0) for k in
+                                ('prompt_tokens', 'completion_tokens'))
+                    if req.key in state.done:  # never a 2nd success
+                        continue
+                    writer.write(success_record(req, res, backend.name,
+                                                latency))
+                    state.succeed(req.key)
+                    summary.succeeded += 1
+                    consecutive[0] = 0
+                    bar.update(True)
+                else:
+                    record_failure(req.key, str(res), req.prompt_id)
+            if tpm_bucket and used:
+                tpm_bucket.adjust(used - est_tokens)
+
+    signals_set = []
+    if handle_signals:
+        hits = [0]
+
+        def on_signal(signame: str) -> None:
+            hits[0] += 1
+            stop[0] = stop[0] or f'{signame}: finishing requests in flight'
+            print(f'\n{signame}: stopping after requests in flight finish '
+                  '(again to abort them)', file=sys.stderr)
+            if hits[0] > 1:
+                for t in tasks:
+                    t.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig.name)
+                signals_set.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    tasks = [asyncio.ensure_future(worker())
+             for _ in range(max(1, backend.concurrency))]
+    try:
+        await asyncio.gather(*tasks, return_exceptions=False)
+    except asyncio.CancelledError:
+        stop[0] = stop[0] or 'aborted'
+    finally:
+        for sig in signals_set:
+            loop.remove_signal_handler(sig)
+        for t in tasks:
+            t.cancel()
+        writer.close()
+        bar.close()
+        pool.shutdown(wait=True)
+        await backend.aclose()
+    if stop[0] and stop[0] != 'fatal error':
+        summary.stopped = stop[0]
+    elif limit is not None and len(todo) < planned - summary.already_done:
+        summary.stopped = f'--limit {limit}'
+    summary.not_attempted = max(0, planned - summary.already_done
+                                - summary.succeeded - summary.failed)
+    summary.failed_left = _failed_in_shard(state, shard)
+    summary.prompt_tokens = meter.prompt_tokens
+    summary.completion_tokens = meter.completion_tokens
+    summary.cost_usd = round(meter.cost, 6)
+    summary.elapsed_s = round(time.monotonic() - t0, 3)
+    return summary
+
+
+def _failed_in_shard(state: OutputState, shard: Tuple[int, int]) -> int:
+    i, n = shard
+    return sum(1 for k in state.failed if n == 1 or shard_of(k, n) == i)
+
+
+def caption_plan(plan: Plan, backend: Backend, out: str,
+                 **kwargs: Any) -> Summary:
+    """Synchronous :func:`caption_async`."""
+    return asyncio.run(caption_async(plan, backend, out, **kwargs))
+
+
+def expected_output_tokens(max_tokens: int) -> int:
+    from .pricing import EXPECTED_OUTPUT_TOKENS
+    return min(max_tokens, EXPECTED_OUTPUT_TOKENS)
+
+
+def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
+             out: Optional[str] = None, max_side: int = 512,
+             detail: str = 'auto', max_tokens: int = 300,
+             limit: Optional[int] = None, sample: int = 200) -> Dict[str, Any]:
+    """--dry-run: requests, estimated tokens and cost, without any request.
+
+    Image sizes are read from the headers of up to ``sample`` images spread
+    over the plan and extrapolated.
+    """
+    state = OutputState.load(out) if out else OutputState()
+    todo, planned = todo_indices(plan, state, shard)
+    if limit is not None:
+        todo = todo[:max(0, limit)]
+    n = len(todo)
+    step = max(1, n // sample) if n else 1
+    picks = [todo[k] for k in range(0, n, step)][:sample]
+    prompt_tok, bad = [], 0
+    from .images import image_size
+    for j in picks:
+        item = plan.item(j)
+        tok = text_tokens(item.prompt.render(item.class_name))
+        if item.source is not None:
+            try:
+                tok += image_tokens(image_size(item.source, max_side),
+                                    meter.entry, detail)
+            except ImageError:
+                bad += 1
+        prompt_tok.append(tok)
+    mean_in = sum(prompt_tok) / len(prompt_tok) if prompt_tok else 0.0
+    out_tok = expected_output_tokens(max_tokens)
+    total_in, total_out = mean_in * n, out_tok * n
+    return {
+        'model': meter.model, 'keys_in_shard': planned,
+        'already_done': planned - n if limit is None else None,
+        'requests': n, 'est_prompt_tokens': int(total_in),
+        'est_completion_tokens': int(total_out),
+        'est_prompt_tokens_per_request': round(mean_in, 1),
+        'est_cost_usd': round(meter.cost_of(total_in, total_out), 4),
+        'worst_case_cost_usd': round(meter.cost_of(total_in, max_tokens * n),
+                                     4),
+        'price_known': meter.known, 'batch_pricing': meter.batch,
+        'unreadable_in_sample': bad, 'sampled': len(picks),
+    }
+
+
+def scrubbed_error(e: BaseException, scrub: Scrubber) -> str:
+    return scrub(f'{type(e).__name__}: {e}')
+
+
+__all__ = ['Summary', 'OutputState', 'TokenBucket', 'caption_async',
+           'caption_plan', 'estimate', 'success_record', 'failure_record',
+           'build_request', 'CaptionError']

@@ -1,0 +1,173 @@
+"""What to caption: lazily built work items with the training keys.
+
+A :class:`Plan` holds only the keys (a list of strings, which the dataset
+wrapper needs anyway); images and prompts are materialised one item at a
+time, so memory does not grow with the images' size or count.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence
+
+from ..keys import class_key, class_names, dataset_keys, description_key, file_key
+from .images import IMAGE_EXTENSIONS
+from .prompts import Prompt, pick
+
+
+@dataclass
+class Item:
+    key: str
+    prompt: Prompt
+    class_name: Optional[str] = None
+    source: Any = None  # image path, HxWxC array, or None (text-only)
+
+
+class Plan:
+    """``len(keys)`` work items; ``item(j)`` builds the j-th on demand."""
+
+    def __init__(self, keys: Sequence[str], item_fn: Callable[[int], Item],
+                 text_only: bool = False, sample_source: Optional[
+                     Callable[[int], Any]] = None):
+        self.keys = keys
+        self._item_fn = item_fn
+        self.text_only = text_only
+        self.sample_source = sample_source
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def item(self, j: int) -> Item:
+        return self._item_fn(j)
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """Stable shard of a key: the same on every machine, run and order."""
+    digest = hashlib.sha1(key.encode('utf-8')).digest()
+    return int.from_bytes(digest[:8], 'big') % num_shards
+
+
+def parse_shard(spec: Optional[str]) -> tuple:
+    """``'i/N'`` -> ``(i, N)`` with ``0 <= i < N``."""
+    if not spec:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split('/'))
+    except ValueError:
+        raise ValueError(f'--shard {spec!r}: expected i/N, e.g. 0/4') from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f'--shard {spec!r}: need 0 <= i < N')
+    return i, n
+
+
+class _Multi:
+    """The keys of K descriptions per base key, without materialising them
+    when K == 1."""
+
+    def __init__(self, base: Sequence[str], k: int):
+        self.base, self.k = base, k
+
+    def __len__(self) -> int:
+        return len(self.base) * self.k
+
+    def __getitem__(self, j: int) -> str:
+        if self.k == 1:
+            return self.base[j]
+        return description_key(self.base[j // self.k], j % self.k)
+
+
+def _check_per_image(prompts: Sequence[Prompt], per_image: int) -> None:
+    if per_image < 1:
+        raise ValueError('--per-image must be >= 1')
+
+
+def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
+                      per_image: int = 1) -> Plan:
+    """Items of an mmpretrain dataset with :func:`dataset_keys` keys."""
+    _check_per_image(prompts, per_image)
+    base = dataset_keys(dataset)
+    names = None
+    if any(p.needs_class for p in prompts):
+        names = list(class_names(dataset))
+    keys = _Multi(base, per_image)
+
+    def source(i: int) -> Any:
+        info = dataset.get_data_info(i)
+        return info.get('img_path', info.get('img'))
+
+    def item(j: int) -> Item:
+        i, k = divmod(j, per_image)
+        prompt = pick(prompts, k)
+        cls = None
+        if names is not None:
+            label = dataset.get_data_info(i).get('gt_label')
+            if label is None or int(label) < 0:
+                raise ValueError(f'{base[i]}: no label for a class prompt')
+            cls = names[int(label)]
+        return Item(keys[j], prompt, cls, source(i))
+
+    return Plan(keys, item, sample_source=lambda j: source(j // per_image))
+
+
+def list_images(root: str) -> List[str]:
+    """Every image file below ``root``, sorted (a stable order)."""
+    if not os.path.isdir(root):
+        raise ValueError(f'--images {root!r} is not a directory')
+    out = []
+    for d, subdirs, files in os.walk(root, followlinks=True):
+        subdirs.sort()
+        out.extend(os.path.join(d, f) for f in sorted(files)
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    return out
+
+
+def plan_from_images(root: str, prompts: Sequence[Prompt],
+                     per_image: int = 1) -> Plan:
+    """Items of every image below ``root``; key = path relative to root; the
+    class name (for class prompts) = the image's top-level folder."""
+    _check_per_image(prompts, per_image)
+    paths = list_images(root)
+    base = [file_key(p, root) for p in paths]
+    keys = _Multi(base, per_image)
+    needs_class = any(p.needs_class for p in prompts)
+
+    def item(j: int) -> Item:
+        i, k = divmod(j, per_image)
+        cls = None
+        if needs_class:
+            parts = base[i].split('/')
+            if len(parts) < 2:
+                raise ValueError(f'{base[i]}: a class prompt needs images in '
+                                 'class folders (DIR/<class>/<image>)')
+            cls = parts[0]
+        return Item(keys[j], pick(prompts, k), cls, paths[i])
+
+    return Plan(keys, item, sample_source=lambda j: paths[j // per_image])
+
+
+def plan_per_class(names: Sequence[str], per_class: int,
+                   prompts: Sequence[Prompt]) -> Plan:
+    """Class-level mode: K text-only items per class, keys ``class:<name>#k``."""
+    if per_class < 1:
+        raise ValueError('--per-class must be >= 1')
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise ValueError('class names are not unique')
+    keys = [description_key(class_key(n), k) for n in names
+            for k in range(per_class)]
+
+    def item(j: int) -> Item:
+        i, k = divmod(j, per_class)
+        return Item(keys[j], pick(prompts, k), names[i], None)
+
+    return Plan(keys, item, text_only=True)
+
+
+def read_class_names(path: str) -> List[str]:
+    """One class name per non-empty line."""
+    with open(path, encoding='utf-8') as f:
+        names = [ln.strip() for ln in f if ln.strip()]
+    if not names:
+        raise ValueError(f'{path}: no class names')
+    return names

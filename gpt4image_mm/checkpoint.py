@@ -1,0 +1,42 @@
+"""Strip the training-only alignment parts from a checkpoint.
+
+The alignment neck, loss (a learnable temperature) and teacher exist only for
+training. Without them the state dict is a plain ``ImageClassifier``'s, so
+the base mmpretrain config loads it: zero deployment cost.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Tuple
+
+import torch
+
+import gpt4image_mm  # noqa: F401  (safe-loading allow-list)
+
+TRAINING_ONLY_PREFIXES = ('align_neck.', 'align_loss.', 'teacher.')
+
+
+def strip_state_dict(
+        state_dict: Dict[str, torch.Tensor]) -> Tuple[dict, int]:
+    """Drop training-only entries; returns the new dict and how many went."""
+    kept = {k: v for k, v in state_dict.items()
+            if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    return kept, len(state_dict) - len(kept)
+
+
+def strip_checkpoint(src: str, dst: str) -> int:
+    """Write ``dst`` with only the deployable weights of ``src``.
+
+    Loaded with ``weights_only=True``: an untrusted file cannot run code.
+    Optimizer and resume state are dropped too (they mention the neck).
+    """
+    ckpt = torch.load(src, map_location='cpu', weights_only=True)
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f'{src}: not a checkpoint with a state_dict')
+    kept, dropped = strip_state_dict(state)
+    meta = dict(ckpt.get('meta') or {}) if 'state_dict' in ckpt else {}
+    meta['gpt4image_stripped'] = dropped
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save({'meta': meta, 'state_dict': kept}, dst)
+    return dropped

@@ -1,0 +1,7 @@
+from .description_dataset import DescriptionDataset
+from .from_config import build_split_dataset, dataset_cfg_of
+from .store import EmbeddingStore, StoreError, StoreWriter, write_store
+
+__all__ = ['DescriptionDataset', 'EmbeddingStore', 'StoreError',
+           'StoreWriter', 'write_store', 'build_split_dataset',
+           'dataset_cfg_of']

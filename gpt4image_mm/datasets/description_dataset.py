@@ -1,0 +1,167 @@
+"""The description-fetching dataset wrapper."""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.logging import MMLogger
+from mmpretrain.registry import DATASETS
+
+from ..descriptions import read_descriptions
+from ..keys import base_key, class_key, class_names, dataset_keys
+from .store import EmbeddingStore, StoreError
+
+_POLICIES = ('error', 'drop', 'zero')
+
+
+def _group_rows(row_keys: Sequence[str], wanted: Sequence[str]):
+    """CSR of the rows of every wanted base key: (group per sample, indptr,
+    rows). Resolved once, so workers hold only integer arrays."""
+    rows_of: Dict[str, List[int]] = defaultdict(list)
+    for row, key in enumerate(row_keys):
+        rows_of[base_key(key)].append(row)
+    group_of: Dict[str, int] = {}
+    indptr, rows = [0], []
+    groups = np.full(len(wanted), -1, dtype=np.int64)
+    for i, key in enumerate(wanted):
+        g = group_of.get(key)
+        if g is None and key in rows_of:
+            g = group_of[key] = len(indptr) - 1
+            rows.extend(rows_of[key])
+            indptr.append(len(rows))
+        if g is not None:
+            groups[i] = g
+    return groups, np.asarray(indptr, np.int64), np.asarray(rows, np.int64)
+
+
+@DATASETS.register_module()
+class DescriptionDataset(torch.utils.data.Dataset):
+    """Wrap any mmpretrain dataset and attach each sample's description.
+
+    Every sample is joined by its stable key (:mod:`gpt4image_mm.keys`) to an
+    embedding store; its vector becomes ``DataSample.text_embedding``. With
+    ``descriptions=`` (a JSONL file) instead of ``store=`` the raw text is
+    attached as ``DataSample.text`` for a model with an online teacher.
+
+    Args:
+        dataset: the wrapped dataset or its config.
+        store: embedding store directory (see :mod:`.store`).
+        descriptions: descriptions JSONL, for online encoding.
+        per_class: join by the sample's class (``class:<name>`` keys) instead
+            of the sample key: class-level descriptions.
+        on_missing: samples without a description: ``'error'`` (default,
+            names how many and which), ``'drop'`` them, or ``'zero'``: keep
+            them with ``align_weight`` 0 (classification loss only).
+        verify_store: scan all store rows for NaN/zero vectors at start-up
+            (rows are always checked when read).
+
+    Several rows per key (``<key>#<k>``, e.g. K descriptions per class) are
+    sampled uniformly each time the sample is loaded, i.e. once per epoch.
+    """
+
+    def __init__(self, dataset: Union[dict, Any], store: Optional[str] = None,
+                 descriptions: Optional[str] = None, per_class: bool = False,
+                 on_missing: str = 'error', verify_store: bool = False):
+        if (store is None) == (descriptions is None):
+            raise ValueError('DescriptionDataset needs exactly one of store= '
+                             'or descriptions=')
+        if on_missing not in _POLICIES:
+            raise ValueError(f'on_missing must be one of {_POLICIES}, got '
+                             f'{on_missing!r}')
+        self.dataset = DATASETS.build(dataset) if isinstance(
+            dataset, dict) else dataset
+        self.on_missing = on_missing
+        self.per_class = per_class
+        self.store: Optional[EmbeddingStore] = None
+        self.texts: Optional[List[str]] = None
+        if store is not None:
+            self.store = EmbeddingStore(store)
+            if verify_store:
+                self.store.verify()
+            row_keys = self.store.keys()
+            source = self.store.path
+        else:
+            recs = read_descriptions(descriptions)
+            row_keys = list(recs)
+            self.texts = [r['text'] for r in recs.values()]
+            source = descriptions
+        wanted = self._wanted_keys()
+        self._groups, self._indptr, self._rows = _group_rows(row_keys, wanted)
+        self._indices = self._resolve_missing(wanted, source)
+        self._source = source
+
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(self.dataset.metainfo)
+
+    def full_init(self) -> None:
+        """Already done in ``__init__`` (the key join needs the samples)."""
+
+    def get_data_info(self, idx: int) -> dict:
+        return self.dataset.get_data_info(self._inner_index(idx))
+
+    def _wanted_keys(self) -> List[str]:
+        self.dataset.full_init()
+        if not self.per_class:
+            return dataset_keys(self.dataset)
+        names = class_names(self.dataset)
+        labels = self.dataset.get_gt_labels()
+        return [class_key(names[int(lb)]) for lb in labels]
+
+    def _resolve_missing(self, wanted: List[str],
+                         source: str) -> Optional[np.ndarray]:
+        missing = np.flatnonzero(self._groups < 0)
+        if not len(missing):
+            return None
+        examples = ', '.join(repr(wanted[i]) for i in missing[:5])
+        msg = (f'{len(missing)} of {len(wanted)} samples have no description '
+               f'in {source} (e.g. {examples})')
+        if self.on_missing == 'error':
+            raise StoreError(msg + "; caption them, or set on_missing='drop' "
+                             "or 'zero' in the DescriptionDataset config")
+        MMLogger.get_current_instance().warning(
+            f'{msg}; on_missing={self.on_missing!r}')
+        if self.on_missing == 'drop':
+            return np.flatnonzero(self._groups >= 0)
+        return None
+
+    def _inner_index(self, idx: int) -> int:
+        return int(self._indices[idx]) if self._indices is not None else idx
+
+    def __len__(self) -> int:
+        if self._indices is not None:
+            return len(self._indices)
+        return len(self._groups)
+
+    def _pick_row(self, group: int) -> int:
+        start, end = self._indptr[group], self._indptr[group + 1]
+        if end - start == 1:
+            return int(self._rows[start])
+        return int(self._rows[np.random.randint(start, end)])
+
+    def __getitem__(self, idx: int) -> Any:
+        i = self._inner_index(idx)
+        results = self.dataset[i]
+        sample = results['data_samples']
+        group = self._groups[i]
+        if self.on_missing == 'zero':
+            sample.set_field(torch.tensor([float(group >= 0)]), 'align_weight')
+        if self.texts is not None:
+            sample.set_field(self.texts[self._pick_row(group)]
+                             if group >= 0 else '', 'text', field_type='metainfo')
+            return results
+        if group < 0:
+            vec = torch.zeros(self.store.dim)
+        else:
+            vec = torch.from_numpy(self.store.row(self._pick_row(group)))
+        sample.set_field(vec, 'text_embedding')
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}({len(self)} samples, source='
+                f'{self._source!r}, per_class={self.per_class}, '
+                f'on_missing={self.on_missing!r}, dataset='
+                f'{type(self.dataset).__name__})')

@@ -1,0 +1,500 @@
+"""Descriptions JSONL -> embedding store: the offline second stage.
+
+Rows of the store are the description keys in sorted order; the encoder sees
+them longest-first in fixed-size batches (little padding, an OOM shows up in
+the first batch, not after hours). Work happens in ``<out>.partial/``: a
+memory map filled in processing order plus ``progress.json``, rewritten
+atomically after each flushed chunk, so a killed run resumes where it
+stopped. Only a finished run becomes a store, through
+:class:`~gpt4image_mm.datasets.store.StoreWriter`'s atomic commit -- the
+dataset wrapper never sees a half-written one.
+
+Sharding: ``shard=(i, n)`` embeds the i-th of n contiguous slices of the
+sorted keys into its own store; :func:`merge_stores` joins the n parts into
+the store an unsharded run would have written.
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..datasets.store import (
+    MANIFEST_FILE,
+    EmbeddingStore,
+    StoreError,
+    StoreWriter,
+    read_manifest,
+)
+from ..descriptions import DescriptionFileError, iter_records, texts_checksum
+from .encoders import TextEncoder, build_text_encoder
+
+PARTIAL_SUFFIX = '.partial'
+PROGRESS_FILE = 'progress.json'
+ROWS_FILE = 'rows.npy'
+_COPY_ROWS = 65536
+
+PathOrPaths = Union[str, Sequence[str]]
+
+
+@dataclass
+class DescriptionTexts:
+    """Successful descriptions, sorted by key, and what was skipped."""
+
+    keys: List[str]
+    texts: List[str]
+    failures: int  # keys whose only records are failures
+    checksum: str  # of every (key, text): the store's source id
+    paths: List[str] = field(default_factory=list)
+
+
+def load_description_texts(paths: PathOrPaths) -> DescriptionTexts:
+    """Read one or more descriptions JSONL files (per-image and/or per-class).
+
+    Failure records are skipped and counted (a key with a success anywhere
+    is not a failure); the same key with two different texts is an error,
+    as in :func:`gpt4image_mm.descriptions.read_descriptions`. Keeps only
+    key -> text, so 1.3M records fit in a few hundred MB.
+    """
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    texts: Dict[str, str] = {}
+    where: Dict[str, str] = {}
+    failed = set()
+    for path in paths:
+        for lineno, rec in iter_records(path):
+            key = rec['key']
+            if 'error' in rec:
+                failed.add(key)
+                continue
+            old = texts.get(key)
+            if old is not None and old != rec['text']:
+                raise DescriptionFileError(
+                    f'{path}:{lineno}: duplicate key {key!r} with a different'
+                    f' text (first at {where[key]}); deduplicate the '
+                    'descriptions first')
+            if old is None:
+                texts[key] = rec['text']
+                where[key] = f'{path}:{lineno}'
+    keys = sorted(texts)
+    ordered = [texts[k] for k in keys]
+    return DescriptionTexts(keys, ordered, len(failed - texts.keys()),
+                            texts_checksum(zip(keys, ordered)),
+                            [os.path.abspath(p) for p in paths])
+
+
+def parse_shard(shard: Union[None, str, Tuple[int, int]]
+                ) -> Optional[Tuple[int, int]]:
+    """``'i/N'`` or ``(i, N)`` with 0 <= i < N, or None."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        try:
+            i, n = (int(x) for x in shard.split('/'))
+        except ValueError:
+            raise ValueError(f'--shard must be i/N, got {shard!r}') from None
+    else:
+        i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f'shard {i}/{n}: need 0 <= i < N')
+    return (i, n) if n > 1 else None
+
+
+def shard_slice(count: int, shard: Optional[Tuple[int, int]]) -> slice:
+    """Contiguous rows of shard i of n (sizes differ by at most one)."""
+    if shard is None:
+        return slice(0, count)
+    i, n = shard
+    return slice(i * count // n, (i + 1) * count // n)
+
+
+@dataclass
+class EmbedResult:
+    """What one :func:`embed_descriptions` call did."""
+
+    out: str
+    rows: int
+    dim: int
+    failures: int
+    truncated: Optional[int]
+    seconds: float
+    resumed_rows: int = 0
+    up_to_date: bool = False
+    manifest: Dict[str, Any] = field(default_factory=dict)
+
+
+def _identity(src: DescriptionTexts, encoder: TextEncoder, store_dtype: str,
+              shard: Optional[Tuple[int, int]]) -> Dict[str, Any]:
+    """The manifest fields that must match for a store to be reused."""
+    return dict(source_checksum=src.checksum, encoder=encoder.name,
+                encoder_revision=encoder.revision,
+                encoder_settings=encoder.settings(), dtype=store_dtype,
+                shard=list(shard) if shard else None)
+
+
+def _same_source(manifest: Dict[str, Any], ident: Dict[str, Any]) -> bool:
+    for k, v in ident.items():
+        if k == 'encoder' and ident['encoder_revision']:
+            continue  # same weights from a moved directory are the same
+        if json.loads(json.dumps(manifest.get(k))) != json.loads(
+                json.dumps(v)):
+            return False
+    return True
+
+
+def _differences(manifest: Dict[str, Any], ident: Dict[str, Any]) -> str:
+    diff = [k for k, v in ident.items()
+            if manifest.get(k) != json.loads(json.dumps(v))]
+    return ', '.join(diff)
+
+
+def _write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _WorkDir:
+    """``<out>.partial/``: the resumable scratch of one output store."""
+
+    def __init__(self, out: str):
+        self.path = out + PARTIAL_SUFFIX
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = open(os.path.join(self.path, 'lock'), 'w')
+        try:
+            import fcntl
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        except OSError as e:
+            self._lock.close()
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise StoreError(f'{out}: another embed run is writing this '
+                                 'store') from None
+            raise
+
+    def progress(self) -> Optional[Dict[str, Any]]:
+        try:
+            with open(os.path.join(self.path, PROGRESS_FILE),
+                      encoding='utf-8') as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def open_rows(self, shape: Tuple[int, int], dtype: str,
+                  resume: bool) -> np.ndarray:
+        fpath = os.path.join(self.path, ROWS_FILE)
+        if resume:
+            try:
+                rows = np.lib.format.open_memmap(fpath, mode='r+')
+                if rows.shape == shape and str(rows.dtype) == dtype:
+                    return rows
+            except (OSError, ValueError):
+                pass
+        return np.lib.format.open_memmap(fpath, mode='w+',
+                                         dtype=np.dtype(dtype), shape=shape)
+
+    def save_progress(self, state: Dict[str, Any]) -> None:
+        _write_json_atomic(os.path.join(self.path, PROGRESS_FILE), state)
+
+    def reset(self) -> None:
+        for name in (PROGRESS_FILE, ROWS_FILE):
+            try:
+                os.remove(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+
+    def remove(self) -> None:
+        self._lock.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def release(self) -> None:
+        self._lock.close()
+
+
+def _check_existing(out: str, ident: Dict[str, Any], force: bool
+                    ) -> Optional[Dict[str, Any]]:
+    """The manifest of an up-to-date store at ``out``, else None; refuses to
+    replace a store of other descriptions/encoder unless ``force``."""
+    if not os.path.exists(out):
+        return None
+    try:
+        manifest = read_manifest(out)
+    except StoreError:
+        if force or (os.path.isdir(out) and not os.listdir(out)):
+            return None
+        raise StoreError(f'{out} exists and is not an embedding store; '
+                         'remove it or pass force') from None
+    if _same_source(manifest, ident):
+        return None if force else manifest
+    if not force:
+        raise StoreError(
+            f'{out} holds a store made from other descriptions or another '
+            f'encoder (differs in: {_differences(manifest, ident)}); pass '
+            'force (--force) to replace it')
+    return None
+
+
+def _batches(n: int, start: int, size: int):
+    for a in range(start, n, size):
+        yield a, min(n, a + size)
+
+
+def embed_descriptions(descriptions: PathOrPaths,
+                       encoder: Union[str, TextEncoder], out_dir: str,
+                       batch_size: int = 128, store_dtype: str = 'float16',
+                       shard: Union[None, str, Tuple[int, int]] = None,
+                       resume: bool = True, force: bool = False,
+                       progress: bool = True, flush_every: int = 8192,
+                       flush_seconds: float = 30.0,
+                       encoder_kwargs: Optional[Dict[str, Any]] = None,
+                       on_batch: Optional[Callable[[int], None]] = None
+                       ) -> EmbedResult:
+    """Embed every successful description into the store ``out_dir``.
+
+    ``encoder`` is a built :class:`TextEncoder` or a spec for
+    :func:`build_text_encoder` (with ``encoder_kwargs``: device, dtype, ...).
+    ``flush_every`` rows / ``flush_seconds`` bound the work a crash loses.
+    ``on_batch(rows_done)`` is called after each batch (progress hooks).
+    """
+    t0 = time.time()
+    out = os.path.abspath(out_dir)
+    shard = parse_shard(shard)
+    src = load_description_texts(descriptions)
+    if not src.keys:
+        raise StoreError(f'{descriptions}: no successful descriptions '
+                         f'({src.failures} failures)')
+    if isinstance(encoder, str):
+        encoder = build_text_encoder(encoder, **(encoder_kwargs or {}))
+    ident = _identity(src, encoder, store_dtype, shard)
+    done_manifest = _check_existing(out, ident, force)
+    sel = shard_slice(len(src.keys), shard)
+    keys, texts = src.keys[sel], src.texts[sel]
+    if done_manifest is not None:
+        return EmbedResult(out, len(keys), int(done_manifest['dim']),
+                           src.failures, done_manifest.get('truncated'),
+                           time.time() - t0, up_to_date=True,
+                           manifest=done_manifest)
+    if not keys:
+        raise StoreError(f'shard {shard}: no rows (only {len(src.keys)} '
+                         'descriptions)')
+    n, dim = len(keys), int(encoder.dim)
+    # longest first; ties by row, so a rerun processes the same order
+    order = np.array(sorted(range(n), key=lambda j: (-len(texts[j]), j)),
+                     dtype=np.int64)
+    state = dict(ident, count=n, dim=dim, done=0, truncated=0)
+    work = _WorkDir(out)
+    try:
+        for stale in glob.glob(glob.escape(out) + '.tmp-*'):
+            shutil.rmtree(stale, ignore_errors=True)  # a crashed commit
+        prev = work.progress() if resume else None
+        same = prev is not None and all(
+            prev.get(k) == json.loads(json.dumps(v)) for k, v in state.items()
+            if k not in ('done', 'truncated'))
+        if not same:
+            work.reset()
+        else:
+            state['done'] = int(prev['done'])
+            state['truncated'] = prev.get('truncated')
+        resumed = state['done']
+        rows = work.open_rows((n, dim), store_dtype, resume=same)
+        if not same:
+            work.save_progress(state)
+        _run_batches(encoder, texts, order, rows, state, work, batch_size,
+                     progress, flush_every, flush_seconds, on_batch)
+        manifest_extra = dict(
+            encoder_revision=encoder.revision,
+            encoder_settings=encoder.settings(), encoder_kind=encoder.kind,
+            shard=list(shard) if shard else None,
+            total_count=len(src.keys), failures_skipped=src.failures,
+            truncated=state['truncated'], max_length=encoder.max_length,
+            descriptions=src.paths)
+        _commit(out, rows, order, keys, dim, store_dtype, encoder.name,
+                src.checksum, manifest_extra)
+        del rows
+    except BaseException:
+        work.release()
+        raise
+    work.remove()
+    manifest = read_manifest(out)
+    return EmbedResult(out, n, dim, src.failures, state['truncated'],
+                       time.time() - t0, resumed_rows=resumed,
+                       manifest=manifest)
+
+
+def _run_batches(encoder: TextEncoder, texts: List[str], order: np.ndarray,
+                 rows: np.ndarray, state: Dict[str, Any], work: _WorkDir,
+                 batch_size: int, progress: bool, flush_every: int,
+                 flush_seconds: float,
+                 on_batch: Optional[Callable[[int], None]]) -> None:
+    """Encode ``texts`` in ``order`` into ``rows`` from ``state['done']``.
+
+    Tokenisation of the next batch overlaps the model's forward pass (a
+    helper thread; the tokenizers release the GIL).
+    """
+    from tqdm import tqdm
+
+    n = len(order)
+    start = state['done']
+    spans = list(_batches(n, start, batch_size))
+    bar = tqdm(total=n, initial=start, unit='text', disable=not progress,
+               dynamic_ncols=True, smoothing=0.05, desc='embed')
+    base_trunc = encoder.truncated
+    trunc0 = state['truncated']
+    last_flush, flushed_at = start, time.time()
+
+    def batch_texts(a: int, b: int) -> List[str]:
+        return [texts[j] for j in order[a:b]]
+
+    def flush(done: int) -> None:
+        rows.flush()
+        state['done'] = done
+        if trunc0 is not None and encoder.truncated is not None:
+            state['truncated'] = trunc0 + encoder.truncated - base_trunc
+        else:
+            state['truncated'] = None
+        work.save_progress(state)
+
+    with ThreadPoolExecutor(1) as pool, torch.inference_mode():
+        nxt = pool.submit(encoder.prepare, batch_texts(*spans[0])) \
+            if spans else None
+        for idx, (a, b) in enumerate(spans):
+            prepared = nxt.result()
+            if idx + 1 < len(spans):
+                nxt = pool.submit(encoder.prepare,
+                                  batch_texts(*spans[idx + 1]))
+            vec = encoder.run(prepared)
+            if vec.shape != (b - a, rows.shape[1]):
+                raise StoreError(f'{encoder.name}: got {tuple(vec.shape)} '
+                                 f'for a batch of {b - a}')
+            rows[a:b] = vec.cpu().numpy()
+            bar.update(b - a)
+            if on_batch is not None:
+                on_batch(b)
+            if (b - last_flush >= flush_every
+                    or time.time() - flushed_at >= flush_seconds):
+                flush(b)
+                last_flush, flushed_at = b, time.time()
+    flush(n)
+    bar.close()
+
+
+def _commit(out: str, rows: np.ndarray, order: np.ndarray, keys: List[str],
+            dim: int, store_dtype: str, encoder_name: str, checksum: str,
+            extra: Dict[str, Any]) -> None:
+    """Permute processing order back to key order into a committed store."""
+    n = len(keys)
+    inv = np.empty(n, np.int64)
+    inv[order] = np.arange(n)
+    writer = StoreWriter(out, n, dim, store_dtype, overwrite=True)
+    try:
+        for a in range(0, n, _COPY_ROWS):
+            b = min(n, a + _COPY_ROWS)
+            idx = inv[a:b]
+            perm = np.argsort(idx)  # read the map in ascending order
+            block = np.empty((b - a, dim), rows.dtype)
+            block[perm] = rows[idx[perm]]
+            writer.rows[a:b] = block
+        writer.commit(keys, encoder_name, normalized=True,
+                      source_checksum=checksum, **extra)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
+                 ) -> Dict[str, Any]:
+    """Join the n shard stores of one run into the unsharded store.
+
+    All parts must come from the same descriptions (checksum), encoder and
+    store dtype, and together hold shards 0..n-1 exactly once.
+    """
+    out = os.path.abspath(out_dir)
+    if not parts:
+        raise StoreError('merge: no parts given')
+    mans = [read_manifest(p) for p in parts]
+    by_index: Dict[int, Tuple[str, Dict[str, Any]]] = {}
+    first = mans[0]
+    for path, man in zip(parts, mans):
+        if not man.get('shard'):
+            raise StoreError(f'{path}: not a shard store (made without '
+                             '--shard)')
+        i, n = man['shard']
+        if n != first['shard'][1]:
+            raise StoreError(f'{path}: shard {i}/{n}, but {parts[0]} is of '
+                             f'{first["shard"][1]} shards')
+        for k in ('source_checksum', 'encoder_revision', 'encoder_settings',
+                  'dim', 'dtype'):
+            if man.get(k) != first.get(k):
+                raise StoreError(f'{path}: {k} differs from {parts[0]}; the '
+                                 'parts are not of one run')
+        if not first.get('encoder_revision') and man['encoder'] != \
+                first['encoder']:
+            raise StoreError(f'{path}: encoder {man["encoder"]!r} differs '
+                             f'from {first["encoder"]!r}')
+        if i in by_index:
+            raise StoreError(f'shard {i} given twice: {by_index[i][0]} and '
+                             f'{path}')
+        by_index[i] = (path, man)
+    n_shards = first['shard'][1]
+    missing = sorted(set(range(n_shards)) - by_index.keys())
+    if missing:
+        raise StoreError(f'merge: shards {missing} of {n_shards} missing')
+    ident = {k: first.get(k) for k in ('source_checksum', 'encoder',
+                                      'encoder_revision', 'encoder_settings',
+                                      'dtype')}
+    ident['shard'] = None
+    existing = _check_existing(out, ident, force)
+    if existing is not None:
+        return existing
+    stores = [EmbeddingStore(by_index[i][0]) for i in range(n_shards)]
+    keys: List[str] = []
+    for s in stores:
+        keys.extend(s.keys())
+    total = sum(s.count for s in stores)
+    if total != first.get('total_count', total):
+        raise StoreError(f'merge: parts hold {total} rows, the run had '
+                         f'{first["total_count"]}')
+    if any(keys[j] >= keys[j + 1] for j in range(len(keys) - 1)):
+        raise StoreError('merge: keys are not unique and sorted across '
+                         'parts; were they made from one descriptions file?')
+    dim = int(first['dim'])
+    writer = StoreWriter(out, total, dim, first['dtype'], overwrite=True)
+    try:
+        at = 0
+        for s in stores:
+            for a in range(0, s.count, _COPY_ROWS):
+                b = min(s.count, a + _COPY_ROWS)
+                writer.rows[at + a:at + b] = s.embeddings[a:b]
+            at += s.count
+        truncs = [m.get('truncated') for m in mans]
+        writer.commit(
+            keys, first['encoder'], normalized=bool(first['normalized']),
+            source_checksum=first.get('source_checksum'),
+            encoder_revision=first.get('encoder_revision'),
+            encoder_settings=first.get('encoder_settings'),
+            encoder_kind=first.get('encoder_kind'), shard=None,
+            total_count=total, failures_skipped=first.get('failures_skipped'),
+            truncated=None if None in truncs else sum(truncs),
+            max_length=first.get('max_length'),
+            descriptions=first.get('descriptions'), merged_from=n_shards)
+    except BaseException:
+        writer.abort()
+        raise
+    return read_manifest(out)
+
+
+def is_store(path: str) -> bool:
+    """Whether ``path`` holds a committed store (a manifest)."""
+    return os.path.isfile(os.path.join(path, MANIFEST_FILE))

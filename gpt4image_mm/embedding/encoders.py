@@ -1,0 +1,657 @@
+"""Frozen text encoders: the one home of "description -> unit vector".
+
+Both :func:`gpt4image_mm.embedding.embed.embed_descriptions` (offline store)
+and :class:`gpt4image_mm.models.TextEmbeddingTeacher` (online) encode through
+these classes, so a vector computed on the fly equals the stored one.
+
+Encoder specs understood by :func:`build_text_encoder`:
+
+* a local directory (never touches the network):
+  - a CLIP checkpoint (``model_type`` ``clip`` / ``clip_text_model``, or a
+    sentence-transformers ``CLIPModel`` module): the projected pooled text
+    output, as the official GPT4Image code uses, truncated to 77 tokens;
+  - any other transformers encoder, with mean / cls / max / last-token
+    pooling; a sentence-transformers layout (``modules.json``,
+    ``1_Pooling/config.json``, ``sentence_bert_config.json``, ``2_Dense``) is
+    followed so vectors equal ``SentenceTransformer.encode``'s;
+* ``openai:<model>`` (or any name with ``api_base``): an OpenAI-compatible
+  embeddings endpoint (OpenAI, vLLM, TEI, ...) through the openai SDK;
+* ``open_clip:<arch>[/<pretrained tag or file>]``: an open_clip text tower
+  (optional dependency);
+* a model-hub id: resolved through the local hub cache (honours
+  ``HF_HUB_OFFLINE``), then loaded as a local directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+POOLING_MODES = ('mean', 'cls', 'max', 'last', 'mean_sqrt_len',
+                 'weightedmean')
+# sentence-transformers' pooling config keys, in its concatenation order.
+_ST_POOLING_KEYS = (('pooling_mode_cls_token', 'cls'),
+                    ('pooling_mode_max_tokens', 'max'),
+                    ('pooling_mode_mean_tokens', 'mean'),
+                    ('pooling_mode_mean_sqrt_len_tokens', 'mean_sqrt_len'),
+                    ('pooling_mode_weightedmean_tokens', 'weightedmean'),
+                    ('pooling_mode_lasttoken', 'last'))
+_ST_MODE_NAMES = {'cls': 'cls', 'max': 'max', 'mean': 'mean',
+                  'mean_sqrt_len_tokens': 'mean_sqrt_len',
+                  'weightedmean': 'weightedmean', 'lasttoken': 'last'}
+# Output sizes of OpenAI's embedding models (no probe request needed).
+OPENAI_DIMS = {'text-embedding-3-small': 1536, 'text-embedding-3-large': 3072,
+               'text-embedding-ada-002': 1536}
+_SNAPSHOT = re.compile(r'[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)')
+
+
+class EncoderError(ValueError):
+    """An encoder spec or model directory that cannot be used (says why)."""
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` is fp16 on GPU (the fast path) and fp32 elsewhere (CPU fp16
+    is slow and inexact)."""
+    if dtype in (None, 'auto'):
+        return torch.float16 if str(device).startswith('cuda') else \
+            torch.float32
+    table = {'float32': torch.float32, 'fp32': torch.float32,
+             'float16': torch.float16, 'fp16': torch.float16,
+             'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
+    if dtype not in table:
+        raise EncoderError(f'unknown dtype {dtype!r}; one of auto, '
+                           f'{", ".join(table)}')
+    return table[dtype]
+
+
+def dir_fingerprint(path: str) -> str:
+    """A cheap content id of a model directory, for the store manifest.
+
+    A hub snapshot is named by its commit; otherwise hash every file's
+    name and size, small files whole and big ones (weights) by their first
+    and last MiB -- seconds even for multi-GB checkpoints.
+    """
+    m = _SNAPSHOT.search(os.path.abspath(path) + os.sep)
+    if m:
+        return m.group(1)
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            fpath = os.path.join(root, name)
+            rel = os.path.relpath(fpath, path).replace(os.sep, '/')
+            size = os.path.getsize(fpath)
+            h.update(f'{rel}\0{size}\0'.encode())
+            with open(fpath, 'rb') as f:
+                if size <= 4 << 20:
+                    h.update(f.read())
+                else:
+                    h.update(f.read(1 << 20))
+                    f.seek(size - (1 << 20))
+                    h.update(f.read())
+    return 'sha256:' + h.hexdigest()[:32]
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise EncoderError(f'{path}: unreadable ({e})') from None
+
+
+class TextEncoder:
+    """Base class: ``encode(texts)`` -> float32, L2-normalised ``B x dim``.
+
+    Attributes: ``name`` and ``revision`` (recorded in store manifests),
+    ``dim``, ``max_length`` (tokens, None when unknown), ``truncated`` (texts
+    cut to ``max_length`` so far; None when the backend cannot tell).
+    """
+
+    kind = 'base'
+    name: str = ''
+    revision: Optional[str] = None
+    dim: int = 0
+    max_length: Optional[int] = None
+    truncated: Optional[int] = 0
+
+    def settings(self) -> Dict[str, Any]:
+        """What besides the weights changes the vectors (manifest identity)."""
+        return dict(kind=self.kind, max_length=self.max_length)
+
+    def modules(self) -> List[torch.nn.Module]:
+        """The torch modules holding weights (for device moves; frozen)."""
+        return []
+
+    @property
+    def device(self) -> torch.device:
+        for mod in self.modules():
+            for p in mod.parameters():
+                return p.device
+        return torch.device('cpu')
+
+    def prepare(self, texts: Sequence[str]) -> Any:
+        """Tokenise (CPU work, may run in a helper thread)."""
+        return list(texts)
+
+    def run(self, prepared: Any) -> torch.Tensor:
+        """Encode prepared input: unit vectors, float32, on :attr:`device`."""
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit vectors of ``texts`` (float32, on :attr:`device`), no grad."""
+        if isinstance(texts, str):
+            raise TypeError('encode() takes a list of texts, not one string')
+        if not len(texts):
+            return torch.zeros(0, self.dim, device=self.device)
+        with torch.no_grad():
+            return self.run(self.prepare(texts))
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(name={self.name!r}, dim={self.dim}, '
+                f'max_length={self.max_length})')
+
+
+# --------------------------------------------------------------- transformers
+def _count_truncated(batch: Any, tokenizer: Any, texts: Sequence[str],
+                     max_length: int) -> int:
+    encodings = getattr(batch, 'encodings', None)
+    if encodings:  # fast tokenizers keep what truncation cut off
+        return sum(1 for e in encodings if e.overflowing)
+    lengths = tokenizer(list(texts), truncation=False)['input_ids']
+    return sum(1 for ids in lengths if len(ids) > max_length)
+
+
+class _TokenizingEncoder(TextEncoder):
+    """Shared tokenisation of the transformers-based encoders."""
+
+    tokenizer: Any
+    lowercase = False
+
+    def prepare(self, texts: Sequence[str]) -> Any:
+        texts = [t.lower() for t in texts] if self.lowercase else list(texts)
+        batch = self.tokenizer(texts, padding=True, truncation=True,
+                               max_length=self.max_length,
+                               return_tensors='pt')
+        n_cut = _count_truncated(batch, self.tokenizer, texts,
+                                 self.max_length)
+        return dict(batch), n_cut
+
+    def _to_device(self, batch: Dict[str, torch.Tensor]
+                   ) -> Dict[str, torch.Tensor]:
+        dev = self.device
+        return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool token states ``B x T x H`` with ``mask`` ``B x T`` (1 = token).
+
+    Mirrors sentence-transformers' definitions (fp32 accumulation) so its
+    models reproduce its vectors; left or right padding both work.
+    """
+    hidden = hidden.float()
+    maskf = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode in ('mean', 'mean_sqrt_len'):
+        denom = maskf.sum(1).clamp(min=1e-9)
+        if mode == 'mean_sqrt_len':
+            denom = denom.sqrt()
+        return (hidden * maskf).sum(1) / denom
+    if mode == 'cls':  # first real token (left padding safe)
+        idx = mask.to(torch.int).argmax(1)
+        return hidden[torch.arange(len(hidden), device=hidden.device), idx]
+    if mode == 'last':  # last real token (right or left padding)
+        seq = mask.shape[1]
+        idx = seq - 1 - mask.flip(1).to(torch.int).argmax(1)
+        return hidden[torch.arange(len(hidden), device=hidden.device), idx]
+    if mode == 'max':
+        return hidden.masked_fill(maskf == 0, float('-inf')).max(1).values
+    if mode == 'weightedmean':
+        pad = mask.to(torch.int).argmax(1).view(-1, 1, 1)
+        weights = torch.arange(1, hidden.shape[1] + 1, device=hidden.device,
+                               dtype=hidden.dtype).view(1, -1, 1) - pad
+        w = maskf * weights
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
+    raise EncoderError(f'unknown pooling {mode!r}; one of {POOLING_MODES}')
+
+
+class _Dense(torch.nn.Module):
+    """sentence-transformers' Dense module (linear + activation)."""
+
+    _ACTS = {'Identity': torch.nn.Identity, 'Tanh': torch.nn.Tanh,
+             'ReLU': torch.nn.ReLU, 'GELU': torch.nn.GELU}
+
+    def __init__(self, path: str):
+        super().__init__()
+        cfg = _read_json(os.path.join(path, 'config.json'))
+        act = str(cfg.get('activation_function', 'Identity')).rsplit('.')[-1]
+        if act not in self._ACTS:
+            raise EncoderError(f'{path}: unsupported Dense activation {act!r}')
+        self.linear = torch.nn.Linear(cfg['in_features'], cfg['out_features'],
+                                      bias=cfg.get('bias', True))
+        self.act = self._ACTS[act]()
+        st_file = os.path.join(path, 'model.safetensors')
+        if os.path.isfile(st_file):
+            from safetensors.torch import load_file
+            state = load_file(st_file)
+        else:
+            state = torch.load(os.path.join(path, 'pytorch_model.bin'),
+                               map_location='cpu', weights_only=True)
+        self.load_state_dict(
+            {k: v for k, v in state.items() if k.startswith('linear.')})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x.to(self.linear.weight.dtype))).float()
+
+
+def _is_decoder_only(config: Any) -> bool:
+    archs = getattr(config, 'architectures', None) or []
+    return any(a.endswith('ForCausalLM') for a in archs) or bool(
+        getattr(config, 'is_decoder', False))
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    try:
+        hf_logging.disable_progress_bar()
+    except AttributeError:  # pragma: no cover - older transformers
+        pass
+
+
+class HFEncoder(_TokenizingEncoder):
+    """A transformers encoder with token pooling (sentence-transformers-exact
+    when the directory has its layout)."""
+
+    kind = 'hf'
+
+    def __init__(self, path: str, device: str = 'cpu', dtype: str = 'auto',
+                 pooling: Optional[str] = None,
+                 max_length: Optional[int] = None,
+                 name: Optional[str] = None, revision: Optional[str] = None):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        _quiet_transformers()
+        path = os.path.abspath(path)
+        st = read_st_layout(path)
+        model_dir = st['transformer'] if st else path
+        self.name = name or path
+        self.revision = revision or dir_fingerprint(path)
+        config = AutoConfig.from_pretrained(model_dir)
+        torch_dtype = resolve_dtype(dtype, device)
+        model = AutoModel.from_pretrained(model_dir, dtype=torch_dtype)
+        if getattr(config, 'is_encoder_decoder', False):
+            model = model.get_encoder()  # e.g. sentence-T5
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        decoder = _is_decoder_only(config)
+        if self.tokenizer.pad_token is None:  # decoder LLMs ship none
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lowercase = bool(st and st['do_lower_case'])
+        if pooling:
+            modes = tuple(pooling.split('+'))
+        elif st and st['pooling']:
+            modes = st['pooling']
+        else:
+            modes = ('last',) if decoder else ('mean',)
+        for m in modes:
+            if m not in POOLING_MODES:
+                raise EncoderError(f'unknown pooling {m!r}; one of '
+                                   f'{POOLING_MODES}')
+        self.pooling = modes
+        limit = getattr(config, 'max_position_embeddings', None) or 10**9
+        tok_max = getattr(self.tokenizer, 'model_max_length', None) or 10**9
+        if max_length is None:
+            max_length = (st and st['max_seq_length']) or min(tok_max, limit)
+        self.max_length = int(min(max_length, limit))
+        if self.max_length >= 10**9:
+            raise EncoderError(f'{path}: no maximum sequence length known; '
+                               'pass max_length')
+        self.dense = torch.nn.ModuleList(
+            _Dense(p) for p in (st['dense'] if st else []))
+        self.dense.to(device).eval().requires_grad_(False)
+        hidden = config.hidden_size if hasattr(config, 'hidden_size') else \
+            config.get_text_config().hidden_size
+        self.dim = (self.dense[-1].linear.out_features if len(self.dense)
+                    else hidden * len(modes))
+        self.prompt = st['prompt'] if st else ''
+
+    def settings(self) -> Dict[str, Any]:
+        return dict(kind=self.kind, pooling='+'.join(self.pooling),
+                    max_length=self.max_length, prompt=self.prompt or None,
+                    dense=len(self.dense))
+
+    def modules(self) -> List[torch.nn.Module]:
+        return [self.model, self.dense]
+
+    def prepare(self, texts: Sequence[str]) -> Any:
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
+        return super().prepare(texts)
+
+    def run(self, prepared: Any) -> torch.Tensor:
+        batch, n_cut = prepared
+        batch = self._to_device(batch)
+        out = self.model(**batch)
+        hidden = out.last_hidden_state if hasattr(
+            out, 'last_hidden_state') else out[0]
+        mask = batch['attention_mask']
+        vec = torch.cat([pool(hidden, mask, m) for m in self.pooling], -1)
+        for layer in self.dense:
+            vec = layer(vec)
+        self.truncated += n_cut
+        return F.normalize(vec.float(), dim=-1)
+
+
+def read_st_layout(path: str) -> Optional[Dict[str, Any]]:
+    """The parts of a sentence-transformers directory that shape vectors.
+
+    Returns None when ``path`` has no ``modules.json``. Unsupported module
+    types raise, naming them, rather than silently giving other vectors.
+    """
+    mfile = os.path.join(path, 'modules.json')
+    if not os.path.isfile(mfile):
+        return None
+    out: Dict[str, Any] = dict(transformer=None, pooling=(), dense=[],
+                               max_seq_length=None, do_lower_case=False,
+                               clip=None, prompt='')
+    for mod in sorted(_read_json(mfile), key=lambda m: m.get('idx', 0)):
+        kind = str(mod.get('type', '')).rsplit('.', 1)[-1]
+        mpath = os.path.join(path, mod.get('path', ''))
+        if kind == 'Transformer':
+            out['transformer'] = mpath
+            for cname in ('sentence_bert_config.json',
+                          'sentence_xlnet_config.json'):
+                cfile = os.path.join(mpath, cname)
+                if os.path.isfile(cfile):
+                    cfg = _read_json(cfile)
+                    out['max_seq_length'] = cfg.get('max_seq_length')
+                    out['do_lower_case'] = bool(cfg.get('do_lower_case'))
+        elif kind == 'Pooling':
+            cfg = _read_json(os.path.join(mpath, 'config.json'))
+            if 'pooling_mode' in cfg:  # sentence-transformers >= 6 format
+                pm = cfg['pooling_mode']
+                modes = (pm,) if isinstance(pm, str) else tuple(pm)
+                out['pooling'] = tuple(_ST_MODE_NAMES[m] for m in modes)
+            else:
+                out['pooling'] = tuple(m for k, m in _ST_POOLING_KEYS
+                                       if cfg.get(k)) or ('mean',)
+            if cfg.get('include_prompt') is False:
+                out['exclude_prompt'] = True
+        elif kind == 'Dense':
+            out['dense'].append(mpath)
+        elif kind == 'CLIPModel':
+            out['clip'] = mpath
+        elif kind not in ('Normalize',):
+            raise EncoderError(
+                f'{mfile}: sentence-transformers module {mod.get("type")!r} '
+                'is not supported (Transformer, Pooling, Dense, Normalize, '
+                'CLIPModel are)')
+    cst = os.path.join(path, 'config_sentence_transformers.json')
+    if os.path.isfile(cst):
+        cfg = _read_json(cst)
+        pname = cfg.get('default_prompt_name')
+        if pname:
+            out['prompt'] = (cfg.get('prompts') or {}).get(pname, '')
+    if out['prompt'] and out.get('exclude_prompt'):
+        raise EncoderError(f'{path}: pooling that excludes the prompt is not '
+                           'supported; encode with sentence-transformers')
+    if out['transformer'] is None and out['clip'] is None:
+        raise EncoderError(f'{mfile}: no Transformer module')
+    return out
+
+
+# ----------------------------------------------------------------------- CLIP
+class CLIPEncoder(_TokenizingEncoder):
+    """A CLIP text tower: the projected pooled output (``text_embeds``), as
+    the official GPT4Image code uses; 77-token truncation."""
+
+    kind = 'clip'
+
+    def __init__(self, path: str, device: str = 'cpu', dtype: str = 'auto',
+                 max_length: Optional[int] = None, name: Optional[str] = None,
+                 revision: Optional[str] = None):
+        from transformers import (
+            AutoConfig,
+            AutoTokenizer,
+            CLIPTextModel,
+            CLIPTextModelWithProjection,
+        )
+        _quiet_transformers()
+        path = os.path.abspath(path)
+        self.name = name or path
+        self.revision = revision or dir_fingerprint(path)
+        config = AutoConfig.from_pretrained(path)
+        torch_dtype = resolve_dtype(dtype, device)
+        archs = getattr(config, 'architectures', None) or []
+        if config.model_type == 'clip':
+            # A full CLIP checkpoint: the text config alone lacks the
+            # projection size, so loading it plainly re-initialises (or
+            # mis-sizes) text_projection.
+            text_cfg = config.text_config
+            text_cfg.projection_dim = config.projection_dim
+            model = CLIPTextModelWithProjection.from_pretrained(
+                path, config=text_cfg, dtype=torch_dtype)
+            self.projected = True
+        elif archs and all(a == 'CLIPTextModel' for a in archs):
+            # saved without a projection: the pooled output is all there is
+            model = CLIPTextModel.from_pretrained(path, dtype=torch_dtype)
+            self.projected = False
+        else:
+            model = CLIPTextModelWithProjection.from_pretrained(
+                path, dtype=torch_dtype)
+            self.projected = True
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        cfg = self.model.config
+        limit = cfg.max_position_embeddings
+        self.max_length = int(min(max_length or 77, limit))
+        self.dim = cfg.projection_dim if self.projected else cfg.hidden_size
+
+    def settings(self) -> Dict[str, Any]:
+        return dict(kind=self.kind, max_length=self.max_length,
+                    projected=self.projected)
+
+    def modules(self) -> List[torch.nn.Module]:
+        return [self.model]
+
+    def run(self, prepared: Any) -> torch.Tensor:
+        batch, n_cut = prepared
+        batch = self._to_device(batch)
+        batch.pop('token_type_ids', None)
+        out = self.model(**batch)
+        vec = out.text_embeds if self.projected else out.pooler_output
+        self.truncated += n_cut
+        return F.normalize(vec.float(), dim=-1)
+
+
+# --------------------------------------------------------------------- OpenAI
+class OpenAIEncoder(TextEncoder):
+    """An OpenAI-compatible embeddings endpoint (OpenAI, vLLM, TEI, ...).
+
+    Requests go out ``request_size`` texts at a time, ``concurrency`` in
+    flight; the SDK retries rate limits and 5xx with backoff. The API key is
+    read from the environment variable ``api_key_env`` and never logged.
+    """
+
+    kind = 'openai'
+
+    def __init__(self, model: str, api_base: Optional[str] = None,
+                 api_key_env: Optional[str] = None,
+                 dimensions: Optional[int] = None, request_size: int = 256,
+                 concurrency: int = 4, max_retries: int = 6,
+                 timeout: float = 120.0):
+        import openai
+        env = api_key_env or 'OPENAI_API_KEY'
+        key = os.environ.get(env)
+        if not key:
+            if not api_base:
+                raise EncoderError(
+                    f'openai:{model}: no API key; set ${env} (or pass '
+                    'api_key_env to name another variable)')
+            key = 'EMPTY'  # local servers usually need none
+        self.client = openai.OpenAI(api_key=key, base_url=api_base,
+                                    max_retries=max_retries, timeout=timeout)
+        self.model_name = model
+        self.name = f'openai:{model}'
+        self.dimensions = dimensions
+        self.request_size = max(1, int(request_size))
+        self.concurrency = max(1, int(concurrency))
+        self.truncated = None  # the API rejects, it does not truncate
+        self.max_length = None
+        self._dim = dimensions or OPENAI_DIMS.get(model)
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        if self._dim is None:  # unknown model: ask the server once
+            self._dim = int(self._request(['dimension probe']).shape[1])
+        return self._dim
+
+    def settings(self) -> Dict[str, Any]:
+        return dict(kind=self.kind, dimensions=self.dimensions)
+
+    def _request(self, texts: List[str]) -> np.ndarray:
+        kwargs: Dict[str, Any] = dict(model=self.model_name, input=texts,
+                                      encoding_format='float')
+        if self.dimensions:
+            kwargs['dimensions'] = int(self.dimensions)
+        resp = self.client.embeddings.create(**kwargs)
+        data = sorted(resp.data, key=lambda d: d.index)
+        if len(data) != len(texts):
+            raise EncoderError(f'{self.name}: {len(data)} embeddings for '
+                               f'{len(texts)} inputs')
+        return np.asarray([d.embedding for d in data], dtype=np.float32)
+
+    def run(self, prepared: Any) -> torch.Tensor:
+        texts = list(prepared)
+        chunks = [texts[i:i + self.request_size]
+                  for i in range(0, len(texts), self.request_size)]
+        if len(chunks) == 1 or self.concurrency == 1:
+            parts = [self._request(c) for c in chunks]
+        else:
+            with ThreadPoolExecutor(min(self.concurrency, len(chunks))) as ex:
+                parts = list(ex.map(self._request, chunks))
+        vec = torch.from_numpy(np.concatenate(parts))
+        if self._dim is None:
+            self._dim = vec.shape[1]
+        elif vec.shape[1] != self._dim:
+            raise EncoderError(f'{self.name}: got {vec.shape[1]}-d vectors, '
+                               f'expected {self._dim}')
+        return F.normalize(vec, dim=-1)
+
+
+# ------------------------------------------------------------------ open_clip
+class OpenCLIPEncoder(TextEncoder):
+    """An open_clip text tower (``open_clip:RN50/openai`` is the official
+    GPT4Image default, 1024-d). open_clip is an optional dependency."""
+
+    kind = 'open_clip'
+
+    def __init__(self, arch: str, pretrained: Optional[str] = None,
+                 device: str = 'cpu', dtype: str = 'auto'):
+        try:
+            import open_clip
+        except ImportError:
+            raise EncoderError(
+                f'open_clip:{arch} needs open_clip: pip install '
+                'open_clip_torch (the [openclip] extra)') from None
+        self.name = f'open_clip:{arch}' + (f'/{pretrained}' if pretrained
+                                           else '')
+        if pretrained and os.path.isfile(pretrained):
+            self.revision = dir_fingerprint(os.path.dirname(
+                os.path.abspath(pretrained)))
+        else:
+            self.revision = pretrained or None
+        model = open_clip.create_model(arch, pretrained=pretrained or None,
+                                       device='cpu')
+        if hasattr(model, 'visual'):
+            model.visual = None  # the text tower is all we need
+        torch_dtype = resolve_dtype(dtype, device)
+        self.model = model.to(device=device,
+                              dtype=torch_dtype).eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.max_length = int(getattr(self.tokenizer, 'context_length', 77))
+        self.dim = int(self.run(self.prepare(['dimension probe'])).shape[1])
+        self.truncated = 0
+
+    def modules(self) -> List[torch.nn.Module]:
+        return [self.model]
+
+    def prepare(self, texts: Sequence[str]) -> Tuple[torch.Tensor, int]:
+        n_cut = 0
+        encode = getattr(self.tokenizer, 'encode', None)
+        if callable(encode):  # open_clip's BPE: +2 for start/end tokens
+            n_cut = sum(1 for t in texts
+                        if len(encode(t)) + 2 > self.max_length)
+        return self.tokenizer(list(texts)), n_cut
+
+    def run(self, prepared: Any) -> torch.Tensor:
+        tokens, n_cut = prepared
+        vec = self.model.encode_text(tokens.to(self.device))
+        self.truncated += n_cut
+        return F.normalize(vec.float(), dim=-1)
+
+
+# -------------------------------------------------------------------- factory
+def _local_model_dir(spec: str) -> Tuple[str, Optional[str]]:
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        return os.path.abspath(path), None
+    if os.path.exists(path) or spec.startswith(('.', '/', '~')):
+        raise EncoderError(f'{spec}: not a model directory')
+    try:  # a hub id: the local cache (or, when online, a download)
+        from huggingface_hub import snapshot_download
+        local = snapshot_download(spec)
+    except Exception as e:  # noqa: BLE001 - many hub error types
+        raise EncoderError(
+            f'{spec!r} is neither a local directory nor a model in the hub '
+            f'cache ({type(e).__name__}: {e}); pass a local directory to '
+            'work offline') from None
+    return local, dir_fingerprint(local)
+
+
+def build_text_encoder(encoder: str, device: str = 'cpu', dtype: str = 'auto',
+                       pooling: Optional[str] = None,
+                       max_length: Optional[int] = None,
+                       api_base: Optional[str] = None,
+                       api_key_env: Optional[str] = None,
+                       dimensions: Optional[int] = None,
+                       request_size: int = 256,
+                       concurrency: int = 4) -> TextEncoder:
+    """Build the encoder named by ``encoder`` (see the module docstring)."""
+    if not isinstance(encoder, str) or not encoder:
+        raise EncoderError(f'encoder must be a name or directory, got '
+                           f'{encoder!r}')
+    if encoder.startswith('openai:') or api_base:
+        return OpenAIEncoder(encoder.split(':', 1)[1]
+                             if encoder.startswith('openai:') else encoder,
+                             api_base=api_base, api_key_env=api_key_env,
+                             dimensions=dimensions, request_size=request_size,
+                             concurrency=concurrency)
+    if encoder.startswith('open_clip:'):
+        arch, _, pretrained = encoder.split(':', 1)[1].partition('/')
+        return OpenCLIPEncoder(arch, pretrained or None, device, dtype)
+    path, revision = _local_model_dir(encoder)
+    name = encoder if revision else path
+    cfg_file = os.path.join(path, 'config.json')
+    st = read_st_layout(path)
+    if st and st['clip']:
+        return CLIPEncoder(st['clip'], device, dtype, max_length, name,
+                           revision or dir_fingerprint(path))
+    if st:
+        cfg_file = os.path.join(st['transformer'], 'config.json')
+    if not os.path.isfile(cfg_file):
+        raise EncoderError(f'{path}: no config.json; not a transformers '
+                           'model directory')
+    model_type = _read_json(cfg_file).get('model_type')
+    if model_type in ('clip', 'clip_text_model'):
+        if pooling:
+            raise EncoderError('CLIP text towers pool by their own rule; '
+                               'pooling cannot be set')
+        return CLIPEncoder(path, device, dtype, max_length, name, revision)
+    return HFEncoder(path, device, dtype, pooling, max_length, name, revision)

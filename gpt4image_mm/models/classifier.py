@@ -1,0 +1,126 @@
+"""``ImageClassifier`` + GPT4Image's cross-modal alignment loss."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmpretrain.models import ImageClassifier
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+
+from .loss import retrieval_accuracy
+
+_ALIGN_FEATURES = ('pre_logits', 'neck')
+
+
+@MODELS.register_module()
+class TextAlignedClassifier(ImageClassifier):
+    """An image classifier that also aligns its feature with text embeddings.
+
+    In ``mode='loss'`` the feature the classification head's fc sees
+    (``align_feature='pre_logits'``: post-GAP for CNNs, the CLS token for
+    ViTs) goes through ``align_neck`` and ``align_loss`` pulls it towards the
+    sample's description embedding. ``predict``/``tensor`` modes are exactly
+    ``ImageClassifier``'s: the neck never runs at inference.
+
+    Args:
+        align_neck: config of the projection head (``AlignmentNeck``);
+            ``in_channels`` defaults to the width the head's fc sees.
+        align_loss: config of the loss (``ContrastiveAlignLoss``).
+        teacher: optional ``TextEmbeddingTeacher`` config for online mode:
+            samples carry raw ``text`` and are encoded on the fly.
+        align_feature: ``'pre_logits'`` (default) or ``'neck'``.
+        Other args: as :class:`mmpretrain.models.ImageClassifier`.
+    """
+
+    def __init__(self, backbone: dict, align_neck: dict, align_loss: dict,
+                 neck: Optional[dict] = None, head: Optional[dict] = None,
+                 teacher: Optional[dict] = None,
+                 align_feature: str = 'pre_logits',
+                 pretrained: Optional[str] = None,
+                 train_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        if align_feature not in _ALIGN_FEATURES:
+            raise ValueError(f'align_feature must be one of {_ALIGN_FEATURES},'
+                             f' got {align_feature!r}')
+        data_preprocessor = dict(data_preprocessor or {})
+        # Our preprocessor records Mixup/CutMix mixing for the text targets.
+        if data_preprocessor.get('type', 'ClsDataPreprocessor') in (
+                'ClsDataPreprocessor', 'mmpretrain.ClsDataPreprocessor'):
+            data_preprocessor['type'] = 'TextAlignedDataPreprocessor'
+        super().__init__(backbone, neck=neck, head=head, pretrained=pretrained,
+                         train_cfg=train_cfg,
+                         data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
+        self.align_feature = align_feature
+        align_neck = dict(align_neck)
+        if align_neck.get('in_channels') is None:
+            align_neck['in_channels'] = self._aligned_channels()
+        self.align_neck = MODELS.build(align_neck)
+        self.align_loss = MODELS.build(align_loss)
+        self.teacher = MODELS.build(teacher) if teacher else None
+
+    def _aligned_channels(self) -> int:
+        """Width of the aligned feature, read off the head, so configs need
+        not repeat it (``align_neck.in_channels`` overrides)."""
+        head = self.head
+        width = getattr(head, 'hidden_dim', None) or getattr(
+            head, 'in_channels', None)
+        if self.align_feature == 'neck' or not width:
+            raise ValueError('cannot infer align_neck.in_channels from the '
+                             f'head {type(head).__name__}; set it in config')
+        return int(width)
+
+    def loss(self, inputs: torch.Tensor,
+             data_samples: List[DataSample]) -> Dict[str, torch.Tensor]:
+        feats = self.extract_feat(inputs)
+        losses = self.head.loss(feats, data_samples)
+        losses.update(self.align_losses(feats, data_samples))
+        return losses
+
+    def aligned_feature(self, feats: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The vector that is aligned with the text (see ``align_feature``)."""
+        if self.align_feature == 'neck':
+            return feats[-1]
+        pre = self.head.pre_logits(feats)
+        # DeiT's distillation head returns (cls token, dist token)
+        return pre[0] if isinstance(pre, (tuple, list)) else pre
+
+    def align_losses(self, feats: Tuple[torch.Tensor, ...],
+                     data_samples: List[DataSample]) -> Dict[str, torch.Tensor]:
+        """``loss_align`` plus in-batch image->text retrieval accuracy."""
+        image = self.align_neck(self.aligned_feature(feats))
+        text = self.text_targets(data_samples).to(image)
+        if text.shape[-1] != image.shape[-1]:
+            raise ValueError(
+                f'text embeddings are {text.shape[-1]}-d but align_neck.'
+                f'out_channels is {image.shape[-1]}; they must match the '
+                'encoder that made the store')
+        kwargs = {}
+        first = data_samples[0]
+        if 'gt_label' in first:
+            kwargs['labels'] = torch.cat(
+                [s.gt_label[:1] for s in data_samples]).to(image.device)
+        if 'mix_weights' in first:
+            kwargs['mix'] = torch.stack(
+                [s.mix_weights for s in data_samples]).to(image)
+        if 'align_weight' in first:
+            kwargs['weights'] = torch.stack(
+                [s.align_weight for s in data_samples]).to(image).view(-1)
+        loss = self.align_loss(image, text, **kwargs)
+        acc = retrieval_accuracy(image.detach(), text)
+        return {'loss_align': loss, 'align_acc': acc}
+
+    def text_targets(self, data_samples: List[DataSample]) -> torch.Tensor:
+        """Stack the samples' text embeddings (or encode their raw text)."""
+        first = data_samples[0]
+        if 'text_embedding' in first:
+            return torch.stack([s.text_embedding for s in data_samples])
+        if 'text' in first and self.teacher is not None:
+            return self.teacher([s.text for s in data_samples])
+        raise KeyError(
+            'the training samples carry no `text_embedding` (or `text` with a '
+            'teacher): wrap the train dataset in DescriptionDataset, e.g. '
+            "dataset=dict(type='DescriptionDataset', dataset=..., "
+            "store='path/to/store')")

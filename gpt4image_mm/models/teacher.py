@@ -1,0 +1,112 @@
+"""The frozen text teacher: descriptions -> unit vectors, on the fly.
+
+Online mode of GPT4Image (small datasets, prompt studies): instead of a
+precomputed store, the classifier hands the batch's raw descriptions to this
+module. It encodes through the same :mod:`gpt4image_mm.embedding.encoders`
+as ``tools/embed.py``, so online and offline targets are the same vectors.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from mmpretrain.registry import MODELS
+
+from ..embedding.encoders import TextEncoder, build_text_encoder
+
+
+@MODELS.register_module()
+class TextEmbeddingTeacher(torch.nn.Module):
+    """A frozen text encoder as an ``nn.Module``: ``forward(texts)`` -> ``B x D``
+    float32, L2-normalised, computed without grad on the module's device.
+
+    The encoder's weights are deliberately *not* registered as parameters:
+    they never reach the optimizer, DDP's gradient buckets, EMA averaging or
+    training checkpoints (keys under the teacher's prefix in old checkpoints
+    are ignored on load). ``.to()/.cuda()`` still move them.
+
+    Args:
+        encoder: a spec for :func:`build_text_encoder`: a local model
+            directory (HF CLIP or sentence-transformers/HF encoder),
+            ``openai:<model>``, ``open_clip:<arch>/<pretrained>``.
+        pooling: override the pooling of HF encoders (``mean``/``cls``/...).
+        max_length: override the token limit.
+        dtype: compute dtype (``float32``, ``float16``, ``bfloat16``,
+            ``auto`` = fp16 on GPU).
+        api_base, api_key_env, dimensions: for embeddings endpoints.
+        chunk_size: texts per forward pass (bounds memory of big batches).
+    """
+
+    def __init__(self, encoder: str, pooling: Optional[str] = None,
+                 max_length: Optional[int] = None, dtype: str = 'float32',
+                 api_base: Optional[str] = None,
+                 api_key_env: Optional[str] = None,
+                 dimensions: Optional[int] = None, chunk_size: int = 256):
+        super().__init__()
+        self.spec = encoder
+        self.chunk_size = int(chunk_size)
+        self.encoder: TextEncoder = build_text_encoder(
+            encoder, device='cpu', dtype=dtype, pooling=pooling,
+            max_length=max_length, api_base=api_base,
+            api_key_env=api_key_env, dimensions=dimensions)
+        for mod in self.encoder.modules():
+            mod.eval().requires_grad_(False)
+        # a non-persistent probe tells the device even for API encoders
+        self.register_buffer('_device_probe', torch.zeros(0),
+                             persistent=False)
+        self.training = False
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.dim)
+
+    @property
+    def truncated(self) -> Optional[int]:
+        """Texts cut to the encoder's token limit so far."""
+        return self.encoder.truncated
+
+    def train(self, mode: bool = True) -> TextEmbeddingTeacher:
+        """Stays in eval mode: a frozen teacher has no training behaviour
+        (no dropout noise in the targets)."""
+        return super().train(False)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TextEmbeddingTeacher:
+        super()._apply(fn, *args, **kwargs)
+        for mod in self.encoder.modules():
+            mod._apply(fn, *args, **kwargs)
+        return self
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str,
+                              local_metadata: Dict[str, Any], strict: bool,
+                              missing_keys: List[str],
+                              unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        # Checkpoints that stored the frozen weights still load.
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[key]
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> TextEmbeddingTeacher:
+        """Copies (e.g. an EMA model) share the frozen encoder."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = value if key == 'encoder' else copy.deepcopy(
+                value, memo)
+        return new
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        device = self._device_probe.device
+        outs = []
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            for a in range(0, len(texts), self.chunk_size):
+                vec = self.encoder.encode(list(texts[a:a + self.chunk_size]))
+                outs.append(vec.to(device=device, dtype=torch.float32))
+        if not outs:
+            return torch.zeros(0, self.dim, device=device)
+        return torch.cat(outs)
+
+    def extra_repr(self) -> str:
+        return f'encoder={self.spec!r}, dim={self.dim}'

@@ -1,0 +1,326 @@
+"""A local endpoint speaking the OpenAI wire format, with fault injection.
+
+Used by the caption tests and benchmarks/bench_caption.py. Implements
+``/v1/chat/completions``, ``/v1/files`` (+ ``/content``) and ``/v1/batches``
+closely enough for the ``openai`` SDK. Faults come from ``policy(body, n)``
+(n = 1-based request count), which returns ``None`` (answer normally) or a
+dict: ``status`` (+ ``retry_after``, ``message``), ``delay`` (seconds before
+answering), ``empty``, ``refusal``, ``text``.
+
+Run standalone (own process, no GIL shared with the client):
+``python tests/_openai_server.py --latency 0.05`` prints ``PORT <n>``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import email.parser
+import hashlib
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, List, Optional
+
+
+def content_id(body: Dict[str, Any]) -> str:
+    """What a request is about: the image (or the prompt, text-only)."""
+    msgs = body.get('messages') or []
+    last = msgs[-1]['content'] if msgs else ''
+    if isinstance(last, list):
+        for part in last:
+            if part.get('type') == 'image_url':
+                return hashlib.sha1(
+                    part['image_url']['url'].encode()).hexdigest()[:12]
+        last = ' '.join(p.get('text', '') for p in last)
+    return hashlib.sha1(str(last).encode()).hexdigest()[:12]
+
+
+def prompt_text(body: Dict[str, Any]) -> str:
+    last = (body.get('messages') or [{}])[-1].get('content', '')
+    if isinstance(last, list):
+        return ' '.join(p.get('text', '') for p in last
+                        if p.get('type') == 'text')
+    return str(last)
+
+
+class FakeOpenAI:
+    """State and behaviour of the fake endpoint (thread-safe)."""
+
+    def __init__(self, latency: float = 0.0, api_key: Optional[str] = None,
+                 policy: Optional[Callable[[Dict[str, Any], int],
+                                           Optional[dict]]] = None,
+                 keep_bodies: bool = True, batch_polls: int = 2):
+        self.latency = latency
+        self.api_key = api_key
+        self.policy = policy
+        self.keep_bodies = keep_bodies
+        self.batch_polls = batch_polls
+        self.lock = threading.Lock()
+        self.n_requests = 0
+        self.answered: collections.Counter = collections.Counter()
+        self.statuses: collections.Counter = collections.Counter()
+        self.bodies: List[bytes] = []
+        self.files: Dict[str, Dict[str, Any]] = {}
+        self.batches: Dict[str, Dict[str, Any]] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._ids = 0
+
+    def new_id(self, prefix: str) -> str:
+        with self.lock:
+            self._ids += 1
+            return f'{prefix}-{self._ids:06d}'
+
+    # -- chat ---------------------------------------------------------
+    def chat(self, body: Dict[str, Any], n: int, sleep: bool = True):
+        """(status, headers, payload) for one chat request."""
+        fault = self.policy(body, n) if self.policy else None
+        fault = fault or {}
+        delay = fault.get('delay', self.latency)
+        if sleep and delay:
+            time.sleep(delay)
+        if 'status' in fault:
+            headers = {}
+            if 'retry_after' in fault:
+                headers['Retry-After'] = str(fault['retry_after'])
+            err = {'error': {'message': fault.get('message', 'injected'),
+                             'type': 'injected', 'code': fault['status']}}
+            return fault['status'], headers, err
+        cid = content_id(body)
+        if fault.get('empty'):
+            text = ''
+        else:
+            text = fault.get('text') or (
+                f'Image {cid} shows a detailed scene. Prompt was: '
+                f'{prompt_text(body)}')
+        with self.lock:
+            self.answered[cid] += 1
+        msg = {'role': 'assistant', 'content': text,
+               'refusal': fault.get('refusal')}
+        return 200, {}, {
+            'id': f'chatcmpl-{cid}-{n}', 'object': 'chat.completion',
+            'created': int(time.time()), 'model': body.get('model', 'fake'),
+            'choices': [{'index': 0, 'message': msg, 'logprobs': None,
+                         'finish_reason': 'stop'}],
+            'usage': {'prompt_tokens': 100 + len(prompt_text(body)) // 4,
+                      'completion_tokens': max(1, len(text) // 4),
+                      'total_tokens': 0}}
+
+    # -- batch --------------------------------------------------------
+    def add_file(self, data: bytes, filename: str, purpose: str) -> dict:
+        fid = self.new_id('file')
+        obj = {'id': fid, 'object': 'file', 'bytes': len(data),
+               'created_at': int(time.time()), 'filename': filename,
+               'purpose': purpose, 'status': 'processed'}
+        self.files[fid] = {'meta': obj, 'data': data}
+        return obj
+
+    def create_batch(self, body: Dict[str, Any]) -> dict:
+        if body.get('input_file_id') not in self.files:
+            return None
+        bid = self.new_id('batch')
+        obj = {'id': bid, 'object': 'batch', 'endpoint': body['endpoint'],
+               'errors': None, 'input_file_id': body['input_file_id'],
+               'completion_window': body.get('completion_window', '24h'),
+               'status': 'validating', 'output_file_id': None,
+               'error_file_id': None, 'created_at': int(time.time()),
+               'request_counts': {'total': 0, 'completed': 0, 'failed': 0},
+               'metadata': body.get('metadata'), '_polls': 0}
+        self.batches[bid] = obj
+        return obj
+
+    def poll_batch(self, bid: str) -> dict:
+        b = self.batches[bid]
+        b['_polls'] += 1
+        if b['status'] == 'validating':
+            b['status'] = 'in_progress'
+        elif b['status'] == 'in_progress' and b['_polls'] >= self.batch_polls:
+            self._run_batch(b)
+        return b
+
+    def _run_batch(self, b: dict) -> None:
+        lines = self.files[b['input_file_id']]['data'].decode().splitlines()
+        out, err = [], []
+        for line in lines:
+            if not line.strip():
+                continue
+            req = json.loads(line)
+            with self.lock:
+                self.n_requests += 1
+                n = self.n_requests
+            status, _, payload = self.chat(req['body'], n, sleep=False)
+            rec = {'id': self.new_id('batch_req'),
+                   'custom_id': req['custom_id'],
+                   'response': {'status_code': status, 'request_id': 'r',
+                                'body': payload}, 'error': None}
+            (out if status == 200 else err).append(json.dumps(rec))
+        b['request_counts'] = {'total': len(out) + len(err),
+                               'completed': len(out), 'failed': len(err)}
+        if out:
+            b['output_file_id'] = self.add_file(
+                ('\n'.join(out) + '\n').encode(), 'out.jsonl',
+                'batch_output')['id']
+        if err:
+            b['error_file_id'] = self.add_file(
+                ('\n'.join(err) + '\n').encode(), 'err.jsonl',
+                'batch_output')['id']
+        b['status'] = 'completed'
+
+    @property
+    def duplicates(self) -> int:
+        """Answers given more than once for the same image/prompt."""
+        return sum(c - 1 for c in self.answered.values() if c > 1)
+
+
+def _public(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if not k.startswith('_')}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    fake: FakeOpenAI
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, payload: Any, headers: Optional[dict] = None,
+              raw: Optional[bytes] = None) -> None:
+        data = raw if raw is not None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json'
+                         if raw is None else 'application/octet-stream')
+        self.send_header('Content-Length', str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorised(self) -> bool:
+        fake = self.fake
+        if fake.api_key is None:
+            return True
+        got = self.headers.get('Authorization', '')
+        if got == f'Bearer {fake.api_key}':
+            return True
+        # Like the real API, name the offending key (here: in full) -- the
+        # client must keep it out of its outputs.
+        given = got.removeprefix('Bearer ')
+        self._send(401, {'error': {
+            'message': f'Incorrect API key provided: {given}.',
+            'type': 'invalid_request_error', 'code': 'invalid_api_key'}})
+        return False
+
+    def _body(self) -> bytes:
+        n = int(self.headers.get('Content-Length') or 0)
+        return self.rfile.read(n) if n else b''
+
+    def do_POST(self) -> None:  # noqa: N802
+        fake = self.fake
+        raw = self._body()
+        if not self._authorised():
+            return
+        path = self.path.split('?')[0]
+        if path.endswith('/chat/completions'):
+            body = json.loads(raw)
+            with fake.lock:
+                fake.n_requests += 1
+                n = fake.n_requests
+                fake.in_flight += 1
+                fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                if fake.keep_bodies:
+                    fake.bodies.append(raw)
+            try:
+                status, headers, payload = fake.chat(body, n)
+            finally:
+                with fake.lock:
+                    fake.in_flight -= 1
+                    fake.statuses[status] += 1
+            self._send(status, payload, headers)
+        elif path.endswith('/files'):
+            fake.bodies.append(raw)
+            ctype = self.headers.get('Content-Type', '')
+            msg = email.parser.BytesParser().parsebytes(
+                b'Content-Type: ' + ctype.encode() + b'\r\n\r\n' + raw)
+            fields, data, filename = {}, b'', 'upload'
+            for part in msg.get_payload():
+                name = part.get_param('name', header='content-disposition')
+                if name == 'file':
+                    data = part.get_payload(decode=True)
+                    filename = part.get_filename() or filename
+                else:
+                    fields[name] = part.get_payload(decode=True).decode()
+            self._send(200, fake.add_file(data, filename,
+                                          fields.get('purpose', '')))
+        elif path.endswith('/batches'):
+            obj = fake.create_batch(json.loads(raw))
+            if obj is None:
+                self._send(400, {'error': {'message': 'no such file'}})
+            else:
+                self._send(200, _public(obj))
+        else:
+            self._send(404, {'error': {'message': f'no route {path}'}})
+
+    def do_GET(self) -> None:  # noqa: N802
+        fake = self.fake
+        if not self._authorised():
+            return
+        path = self.path.split('?')[0]
+        m = re.search(r'/files/([^/]+)(/content)?$', path)
+        b = re.search(r'/batches/([^/]+)$', path)
+        if m and m.group(1) in fake.files:
+            f = fake.files[m.group(1)]
+            if m.group(2):
+                self._send(200, None, raw=f['data'])
+            else:
+                self._send(200, f['meta'])
+        elif b and b.group(1) in fake.batches:
+            self._send(200, _public(fake.poll_batch(b.group(1))))
+        elif path.endswith('/batches'):
+            data = [_public(x) for x in reversed(list(
+                fake.batches.values()))]
+            self._send(200, {'object': 'list', 'data': data,
+                             'first_id': data[0]['id'] if data else None,
+                             'last_id': data[-1]['id'] if data else None,
+                             'has_more': False})
+        elif path.endswith('/stats'):
+            self._send(200, {'requests': fake.n_requests,
+                             'duplicates': fake.duplicates,
+                             'answered': len(fake.answered),
+                             'max_in_flight': fake.max_in_flight})
+        else:
+            self._send(404, {'error': {'message': f'no route {path}'}})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+
+
+def start_server(fake: FakeOpenAI, port: int = 0):
+    """Serve ``fake`` on 127.0.0.1 in a daemon thread: ``(server, base_url)``;
+    stop with ``server.shutdown()``."""
+    handler = type('Handler', (_Handler,), {'fake': fake})
+    server = _Server(('127.0.0.1', port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f'http://127.0.0.1:{server.server_address[1]}/v1'
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--latency', type=float, default=0.05)
+    ap.add_argument('--port', type=int, default=0)
+    args = ap.parse_args()
+    server, url = start_server(FakeOpenAI(args.latency, keep_bodies=False))
+    print('PORT', server.server_address[1], flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

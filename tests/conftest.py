@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny real datasets and stores built on the spot."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+os.environ.setdefault('MPLBACKEND', 'Agg')
+sys.path.insert(0, str(ROOT))
+
+CLASSES = ('cat', 'dog', 'ship')
+
+
+def make_image_folder(root: Path, per_class: int = 4, size: int = 16,
+                      classes=CLASSES, seed: int = 0) -> List[str]:
+    """A CustomDataset folder (root/<class>/<i>.png) of learnable images:
+    each class has its own colour. Returns the keys in dataset order."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    keys = []
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            img[..., c] += 150
+            Image.fromarray(img).save(root / name / f'{i}.png')
+            keys.append(f'{name}/{i}.png')
+    return sorted(keys)
+
+
+def random_store(path: Path, keys: List[str], dim: int = 8,
+                 seed: int = 0) -> Dict[str, np.ndarray]:
+    """Write a store of random unit vectors; returns key -> vector."""
+    from gpt4image_mm.datasets.store import write_store
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((len(keys), dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    write_store(str(path), keys, vecs, encoder='random-test')
+    stored = vecs.astype(np.float16).astype(np.float32)
+    return dict(zip(keys, stored))
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path):
+    keys = make_image_folder(tmp_path / 'imgs')
+    return tmp_path / 'imgs', keys

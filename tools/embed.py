@@ -1,0 +1,174 @@
+"""Embed descriptions with a frozen text encoder into an embedding store.
+
+    python tools/embed.py DESC.jsonl --encoder MODEL_DIR --out STORE
+    python tools/embed.py DESC.jsonl --encoder openai:text-embedding-3-small \\
+        --dimensions 512 --out STORE
+    python tools/embed.py DESC.jsonl --encoder DIR --out part0 --shard 0/4
+    python tools/embed.py merge part0 part1 part2 part3 --out STORE
+    python tools/embed.py import-gpt4image release.pt --config CFG --out D.jsonl
+    python tools/embed.py import-map descriptions.csv --out D.jsonl
+
+A killed run resumes where it stopped (rerun the same command). See
+docs/embedding.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+COMMANDS = ('merge', 'import-gpt4image', 'import-map')
+
+
+def _embed_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='embed.py', description='descriptions JSONL -> embedding store '
+        f'(other commands: {", ".join(COMMANDS)})')
+    p.add_argument('descriptions', nargs='+',
+                   help='descriptions JSONL file(s) of tools/caption.py or '
+                   'an importer; per-image and per-class files may be mixed')
+    p.add_argument('--encoder', required=True,
+                   help='local model dir (CLIP / sentence-transformers / HF),'
+                   ' openai:<model>, open_clip:<arch>/<pretrained>, or a hub '
+                   'id from the local cache')
+    p.add_argument('--out', required=True, help='store directory to write')
+    p.add_argument('--device', default=None,
+                   help='cpu, cuda, cuda:1 (default: cuda if available)')
+    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--dtype', default='auto',
+                   help='compute dtype: auto (fp16 on GPU, fp32 on CPU), '
+                   'float32, float16, bfloat16')
+    p.add_argument('--store-dtype', default='float16',
+                   choices=('float16', 'float32'))
+    p.add_argument('--shard', default=None, help='i/N: embed the i-th of N '
+                   'parts (merge them with `embed.py merge`)')
+    p.add_argument('--pooling', default=None,
+                   help='HF encoders: mean, cls, max, last, ... (default: the '
+                   "model's sentence-transformers config, else mean)")
+    p.add_argument('--max-length', type=int, default=None,
+                   help='token limit (default: the model\'s; 77 for CLIP)')
+    p.add_argument('--api-base', default=None,
+                   help='OpenAI-compatible endpoint (vLLM, TEI, ...)')
+    p.add_argument('--api-key-env', default=None,
+                   help='env var holding the API key (default OPENAI_API_KEY)')
+    p.add_argument('--dimensions', type=int, default=None,
+                   help='embeddings API: output size (text-embedding-3-*)')
+    p.add_argument('--concurrency', type=int, default=4,
+                   help='embeddings API: requests in flight')
+    p.add_argument('--no-resume', action='store_true',
+                   help='discard the progress of an interrupted run')
+    p.add_argument('--force', action='store_true', help='replace a store '
+                   'made from other descriptions or another encoder')
+    p.add_argument('--flush-every', type=int, default=8192,
+                   help='rows between progress checkpoints')
+    p.add_argument('--no-progress', action='store_true')
+    return p
+
+
+def _default_device() -> str:
+    import torch
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def run_embed(argv: List[str]) -> int:
+    args = _embed_parser().parse_args(argv)
+    from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
+
+    encoder = build_text_encoder(
+        args.encoder, device=args.device or _default_device(),
+        dtype=args.dtype, pooling=args.pooling, max_length=args.max_length,
+        api_base=args.api_base, api_key_env=args.api_key_env,
+        dimensions=args.dimensions, request_size=args.batch_size,
+        concurrency=args.concurrency)
+    res = embed_descriptions(
+        args.descriptions, encoder, args.out, batch_size=args.batch_size,
+        store_dtype=args.store_dtype, shard=args.shard,
+        resume=not args.no_resume, force=args.force,
+        progress=not args.no_progress, flush_every=args.flush_every)
+    if res.up_to_date:
+        print(f'{res.out}: up to date ({res.rows} rows of {res.dim}-d from '
+              'these descriptions and this encoder); --force rebuilds')
+        return 0
+    trunc = 'n/a (API)' if res.truncated is None else str(res.truncated)
+    rate = (res.rows - res.resumed_rows) / max(res.seconds, 1e-9)
+    print(f'{res.out}: {res.rows} rows x {res.dim}-d ({res.manifest["dtype"]})'
+          f' | skipped failures: {res.failures} | truncated to '
+          f'{encoder.max_length} tokens: {trunc} | resumed at row '
+          f'{res.resumed_rows} | {res.seconds:.1f} s ({rate:.0f} texts/s)')
+    return 0
+
+
+def run_merge(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog='embed.py merge',
+                                description='join --shard i/N part stores')
+    p.add_argument('parts', nargs='+')
+    p.add_argument('--out', required=True)
+    p.add_argument('--force', action='store_true')
+    args = p.parse_args(argv)
+    from gpt4image_mm.embedding import merge_stores
+    man = merge_stores(args.parts, args.out, force=args.force)
+    print(f'{args.out}: {man["count"]} rows x {man["dim"]}-d merged from '
+          f'{len(args.parts)} parts')
+    return 0
+
+
+def run_import_gpt4image(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog='embed.py import-gpt4image',
+        description="key the GPT4Image paper's released descriptions (a "
+        'torch-saved list of strings in ImageFolder order) to a dataset')
+    p.add_argument('release', help='the .pt file')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--config', help='training config naming the dataset')
+    src.add_argument('--images', help='ImageFolder root (train/ of ImageNet)')
+    p.add_argument('--split', default='train')
+    p.add_argument('--order', default='imagefolder',
+                   choices=('imagefolder', 'dataset'))
+    p.add_argument('--out', required=True, help='descriptions JSONL to write')
+    p.add_argument('--force', action='store_true')
+    args = p.parse_args(argv)
+    from gpt4image_mm.embedding.importers import image_folder_keys, import_gpt4image
+    if args.config:
+        from gpt4image_mm.datasets import build_split_dataset
+        from gpt4image_mm.keys import dataset_keys
+        keys = dataset_keys(build_split_dataset(args.config, args.split))
+    else:
+        keys = image_folder_keys(args.images)
+    n = import_gpt4image(args.release, keys, args.out, order=args.order,
+                         force=args.force)
+    print(f'{args.out}: {n} descriptions')
+    return 0
+
+
+def run_import_map(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog='embed.py import-map',
+        description='CSV (key,text) or JSON ({key: text | [texts]}) -> '
+        'descriptions JSONL')
+    p.add_argument('source')
+    p.add_argument('--out', required=True)
+    p.add_argument('--class-level', action='store_true',
+                   help='keys are class names (-> class:<name> keys)')
+    p.add_argument('--force', action='store_true')
+    args = p.parse_args(argv)
+    from gpt4image_mm.embedding.importers import import_map
+    n = import_map(args.source, args.out, class_level=args.class_level,
+                   force=args.force)
+    print(f'{args.out}: {n} descriptions')
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        cmd = {'merge': run_merge, 'import-gpt4image': run_import_gpt4image,
+               'import-map': run_import_map}[argv[0]]
+        return cmd(argv[1:])
+    return run_embed(argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
