@@ -1,0 +1,126 @@
+"""End to end through tools/: train, resume (safe loading), test, strip."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, make_image_folder, random_store
+
+BASE_CFG = '''
+_base_ = ['mmpretrain::_base_/default_runtime.py']
+data_preprocessor = dict(num_classes=3, mean=[128.] * 3, std=[64.] * 3)
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8,
+                  base_channels=8),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(type='LinearClsHead', num_classes=3, in_channels=64,
+              loss=dict(type='CrossEntropyLoss')))
+pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+train_dataloader = dict(
+    batch_size=6, num_workers=0,
+    dataset=dict(type='CustomDataset', data_root='{root}', pipeline=pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=True))
+val_dataloader = dict(
+    batch_size=6, num_workers=0,
+    dataset=dict(type='CustomDataset', data_root='{root}', pipeline=pipeline),
+    sampler=dict(type='DefaultSampler', shuffle=False))
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_dataloader = val_dataloader
+test_evaluator = val_evaluator
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9))
+train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
+val_cfg = dict()
+test_cfg = dict()
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1))
+randomness = dict(seed=0)
+'''
+
+ALIGN_CFG = '''
+_base_ = ['base.py', '{configs}/_base_/gpt4image.py']
+model = dict(
+    _base_.gpt4image_cnn,
+    align_neck=dict(type='AlignmentNeck', out_channels=8, kind='mlp_bn'),
+    align_loss=dict(type='ContrastiveAlignLoss', temperature=0.2,
+                    loss_weight=0.3, learnable_temperature=True))
+train_dataloader = dict(dataset=dict(
+    _delete_=True, type='DescriptionDataset',
+    dataset=_base_.train_dataloader.dataset, store='{store}'))
+'''
+
+
+def run(*args, cwd):
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_train_resume_test_strip(tmp_path):
+    root = tmp_path / 'imgs'
+    keys = make_image_folder(root, per_class=4)
+    random_store(tmp_path / 'store', keys, dim=8)
+    (tmp_path / 'base.py').write_text(BASE_CFG.format(root=root))
+    (tmp_path / 'align.py').write_text(ALIGN_CFG.format(
+        configs=ROOT / 'configs', store=tmp_path / 'store'))
+    tools = ROOT / 'tools'
+    work = tmp_path / 'work'
+
+    log = run(tools / 'train.py', 'align.py', '--work-dir', work,
+              cwd=tmp_path)
+    assert 'loss_align' in log and 'align_acc' in log
+    assert (work / 'epoch_2.pth').exists()
+
+    # resume from epoch 1 into a fresh work dir: safe loading must accept it
+    work2 = tmp_path / 'work2'
+    log = run(tools / 'train.py', 'align.py', '--work-dir', work2,
+              '--resume', work / 'epoch_1.pth', cwd=tmp_path)
+    assert 'resumed epoch: 1' in log.lower() or 'Load checkpoint' in log
+    assert (work2 / 'epoch_2.pth').exists() and not (
+        work2 / 'epoch_1.pth').exists()
+
+    full = tmp_path / 'full.json'
+    run(tools / 'test.py', 'align.py', work2 / 'epoch_2.pth', '--out', full,
+        '--work-dir', tmp_path / 't1', cwd=tmp_path)
+    out = run(tools / 'strip_align.py', work2 / 'epoch_2.pth',
+              tmp_path / 'deploy.pth', cwd=tmp_path)
+    assert 'removed' in out
+    deploy = torch.load(tmp_path / 'deploy.pth', weights_only=True)
+    assert not [k for k in deploy['state_dict'] if k.startswith('align_')]
+    stripped = tmp_path / 'stripped.json'
+    run(tools / 'test.py', 'base.py', tmp_path / 'deploy.pth', '--out',
+        stripped, '--work-dir', tmp_path / 't2', cwd=tmp_path)
+    a, b = json.loads(full.read_text()), json.loads(stripped.read_text())
+    assert a['accuracy/top1'] == b['accuracy/top1']
+
+
+class _Evil:
+    """A pickle that would create a file if unpickling ran its code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker), ))
+
+
+@pytest.mark.parametrize('tool', ['test.py', 'strip_align.py'])
+def test_untrusted_checkpoint_cannot_run_code(tmp_path, tool):
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'x': torch.zeros(1)}, 'meta': _Evil(marker)},
+               evil)
+    root = tmp_path / 'imgs'
+    make_image_folder(root, per_class=1)
+    (tmp_path / 'base.py').write_text(BASE_CFG.format(root=root))
+    args = (['base.py', evil, '--work-dir', tmp_path / 'w']
+            if tool == 'test.py' else [evil, tmp_path / 'out.pth'])
+    proc = subprocess.run([sys.executable, ROOT / 'tools' / tool, *args],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert 'Weights only load failed' in proc.stderr or \
+        'weights_only' in proc.stderr
+    assert not marker.exists()
