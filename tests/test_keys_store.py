@@ -7,11 +7,19 @@ import pytest
 from conftest import random_store
 
 from gpt4image_mm import keys as K
-from gpt4image_mm.datasets.store import (EmbeddingStore, StoreError,
-                                         StoreWriter, write_store)
-from gpt4image_mm.descriptions import (DescriptionFileError, DescriptionWriter,
-                                       failed_keys, read_descriptions,
-                                       texts_checksum)
+from gpt4image_mm.datasets.store import (
+    EmbeddingStore,
+    StoreError,
+    StoreWriter,
+    write_store,
+)
+from gpt4image_mm.descriptions import (
+    DescriptionFileError,
+    DescriptionWriter,
+    failed_keys,
+    read_descriptions,
+    texts_checksum,
+)
 
 
 def test_key_helpers():
