@@ -109,8 +109,12 @@ class TextAlignedClassifier(ImageClassifier):
             kwargs['weights'] = torch.stack(
                 [s.align_weight for s in data_samples]).to(image).view(-1)
         loss = self.align_loss(image, text, **kwargs)
-        acc = retrieval_accuracy(image.detach(), text)
-        return {'loss_align': loss, 'align_acc': acc}
+        logs = {'loss_align': loss,
+                'align_acc': retrieval_accuracy(image.detach(), text)}
+        if getattr(self.align_loss, 'learnable_temperature', False):
+            logs['align_logit_scale'] = image.new_tensor(
+                self.align_loss.logit_scale())
+        return logs
 
     def text_targets(self, data_samples: List[DataSample]) -> torch.Tensor:
         """Stack the samples' text embeddings (or encode their raw text)."""
