@@ -32,7 +32,7 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='Train a model (mmpretrain CLI)')
-    p.add_argument('config', help='train config file')
+    p.add_argument('config', help='train config file (or mmpretrain::path)')
     p.add_argument('--resume', nargs='?', type=str, const='auto',
                    help='resume from this checkpoint, or the latest one in '
                    'the work dir when no path is given')
@@ -45,7 +45,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def test_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='Test a model (mmpretrain CLI)')
-    p.add_argument('config', help='test config file')
+    p.add_argument('config', help='test config file (or mmpretrain::path)')
     p.add_argument('checkpoint', help='checkpoint file')
     p.add_argument('--out', help='write the metrics as JSON to this file')
     p.add_argument('--amp', action='store_true')
@@ -67,9 +67,22 @@ def _dataloader_defaults(cfg: Config, args: argparse.Namespace) -> None:
         cfg[field] = loader
 
 
+def resolve_config(path: str) -> str:
+    """A config path; ``mmpretrain::resnet/x.py`` names a packaged config."""
+    if not path.startswith('mmpretrain::'):
+        return path
+    import mmpretrain
+    packaged = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'configs',
+                        path.split('::', 1)[1])
+    if not osp.isfile(packaged):
+        raise FileNotFoundError(f'{path}: no such config in mmpretrain '
+                                f'({packaged})')
+    return packaged
+
+
 def _load(args: argparse.Namespace) -> Config:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(resolve_config(args.config))
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

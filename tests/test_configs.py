@@ -65,3 +65,12 @@ def test_config_builds_and_steps(path):
     total.backward()
     if aligned:
         assert model.align_neck.layers[0].weight.grad is not None
+
+
+def test_tools_accept_packaged_mmpretrain_configs():
+    from gpt4image_mm.apis import resolve_config
+    path = resolve_config('mmpretrain::resnet/resnet50_8xb32_in1k.py')
+    assert Config.fromfile(path).model.type == 'ImageClassifier'
+    with pytest.raises(FileNotFoundError, match='no such config'):
+        resolve_config('mmpretrain::nope/nope.py')
+    assert resolve_config('configs/x.py') == 'configs/x.py'
