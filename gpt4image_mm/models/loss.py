@@ -13,7 +13,10 @@ class, or every sample with the same text) and an optional Mixup/CutMix matrix.
 Samples of weight 0 (no description) take no part at all: neither as query,
 positive nor negative.
 """
+from __future__ import annotations
+
 import math
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -24,7 +27,7 @@ from mmpretrain.registry import MODELS
 _EPS = 1e-12
 
 
-def _world_and_rank():
+def _world_and_rank() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
@@ -59,7 +62,7 @@ class _ClampMax(torch.autograd.Function):
         return grad.masked_fill((x > ctx.bound) & (grad < 0), 0), None
 
 
-def _gather_rows(x, sizes):
+def _gather_rows(x: torch.Tensor, sizes: List[int]) -> List[torch.Tensor]:
     """All-gather ``(B_r, ...)`` tensors of unequal ``B_r`` (pad, gather, trim).
 
     No autograd: the caller puts its own differentiable slice back in place."""
@@ -70,7 +73,7 @@ def _gather_rows(x, sizes):
     return [p[:n] for p, n in zip(parts, sizes)]
 
 
-def _weighted_mean(values, weights):
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     # Finite everywhere, so all-zero weights give 0 with the graph kept.
     return (weights * values).sum() / weights.sum().clamp_min(_EPS)
 
@@ -109,13 +112,13 @@ class ContrastiveAlignLoss(nn.Module):
     POSITIVES = ('instance', 'label', 'text')
 
     def __init__(self,
-                 temperature=0.2,
-                 loss_weight=1.0,
-                 mode='clip',
-                 learnable_temperature=False,
-                 max_logit_scale=100.0,
-                 positives='instance',
-                 gather=True):
+                 temperature: float = 0.2,
+                 loss_weight: float = 1.0,
+                 mode: str = 'clip',
+                 learnable_temperature: bool = False,
+                 max_logit_scale: float = 100.0,
+                 positives: str = 'instance',
+                 gather: bool = True):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f'mode must be one of {self.MODES}, got {mode!r}')
@@ -147,7 +150,7 @@ class ContrastiveAlignLoss(nn.Module):
         bound = math.log(self.max_logit_scale)
         return _ClampMax.apply(self.log_logit_scale, bound).exp()
 
-    def logit_scale(self):
+    def logit_scale(self) -> float:
         """Current ``1/tau`` as a float (for logging)."""
         return float(self._scale())
 
@@ -159,11 +162,11 @@ class ContrastiveAlignLoss(nn.Module):
         return eye
 
     def forward(self,
-                image_embeds,
-                text_embeds,
-                labels=None,
-                mix=None,
-                weights=None):
+                image_embeds: torch.Tensor,
+                text_embeds: torch.Tensor,
+                labels: Optional[torch.Tensor] = None,
+                mix: Optional[torch.Tensor] = None,
+                weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """
         Args:
             image_embeds (Tensor): (B, D) projected image features.
@@ -287,7 +290,8 @@ class ContrastiveAlignLoss(nn.Module):
 
 
 @torch.no_grad()
-def retrieval_accuracy(image_embeds, text_embeds):
+def retrieval_accuracy(image_embeds: torch.Tensor,
+                       text_embeds: torch.Tensor) -> torch.Tensor:
     """In-batch image->text top-1 accuracy (local batch), for logging."""
     sims = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(
         text_embeds.float(), dim=-1).T
