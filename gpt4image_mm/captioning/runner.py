@@ -21,8 +21,8 @@ import sys
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..descriptions import DescriptionWriter, iter_records
 from .base import Answer, Backend, CaptionError, FatalError, Request, Scrubber, now_iso
@@ -87,7 +87,7 @@ class OutputState:
         self.failed: Dict[str, str] = {}
 
     @classmethod
-    def load(cls, path: str) -> 'OutputState':
+    def load(cls, path: str) -> OutputState:
         st = cls()
         import os
         if os.path.exists(path):
@@ -113,14 +113,16 @@ class OutputState:
 class TokenBucket:
     """Async token bucket: ``per_minute`` units, refilled continuously.
 
-    Used twice: requests/min and tokens/min. A debit larger than the bucket
-    waits for a full bucket; negative balances (an answer used more tokens
-    than estimated) delay later requests.
+    Used twice: requests/min and tokens/min. Bursts are capped at
+    ``burst_s`` seconds' worth (a full minute's burst trips providers'
+    short-window limits). A take waits until the level covers the request
+    (or the bucket is full) and may drive it negative, so big requests are
+    paid in full and the long-run rate stays exact.
     """
 
-    def __init__(self, per_minute: float):
-        self.capacity = float(per_minute)
+    def __init__(self, per_minute: float, burst_s: float = 2.0):
         self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
         self.level = self.capacity
         self.stamp = time.monotonic()
         self._lock = asyncio.Lock()
@@ -131,14 +133,14 @@ class TokenBucket:
         self.stamp = t
 
     async def take(self, n: float) -> None:
-        n = min(float(n), self.capacity)
+        need = min(float(n), self.capacity)
         async with self._lock:  # FIFO: no starvation of big requests
             while True:
                 self._refill()
-                if self.level >= n:
+                if self.level >= need:
                     self.level -= n
                     return
-                await asyncio.sleep((n - self.level) / self.rate)
+                await asyncio.sleep((need - self.level) / self.rate)
 
     def adjust(self, n: float) -> None:
         """Debit (n > 0) or credit (n < 0) after the fact."""

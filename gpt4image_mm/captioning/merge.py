@@ -1,0 +1,54 @@
+"""Join the outputs of ``--shard i/N`` runs into one descriptions file.
+
+Streams: only the set of keys already written is held in memory, not the
+texts. The first success of a key wins (shards are disjoint, so a second one
+only appears when parts overlap); a key with no success anywhere keeps its
+latest failure, so the merged file still says what is left to redo.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Sequence, Set
+
+from ..descriptions import DescriptionWriter, iter_records
+
+
+def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
+        str, int]:
+    """Write ``out`` from ``parts``; returns counts (successes, failures,
+    duplicate successes dropped)."""
+    if not parts:
+        raise ValueError('merge: no input files')
+    for p in parts:
+        if not os.path.isfile(p):
+            raise ValueError(f'merge: no such file {p}')
+        if os.path.abspath(p) == os.path.abspath(out):
+            raise ValueError(f'merge: {out} is also an input')
+    if os.path.exists(out) and not overwrite:
+        raise ValueError(f'merge: {out} exists (pass --overwrite)')
+    tmp = out + '.merging'
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    done: Set[str] = set()
+    failures: Dict[str, dict] = {}
+    dupes = 0
+    with DescriptionWriter(tmp, fsync_every=4096) as w:
+        for p in parts:
+            for _, rec in iter_records(p):
+                key = rec['key']
+                if 'error' in rec:
+                    if key not in done:
+                        failures[key] = rec
+                    continue
+                if key in done:
+                    dupes += 1
+                    continue
+                w.write(rec)
+                done.add(key)
+                failures.pop(key, None)
+        for key, rec in failures.items():
+            if key not in done:
+                w.write(rec)
+    os.replace(tmp, out)
+    return {'successes': len(done), 'failures': len(failures),
+            'duplicates_dropped': dupes}

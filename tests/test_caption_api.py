@@ -1,0 +1,265 @@
+"""caption.py against a local OpenAI-wire server that injects faults."""
+import json
+import os
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
+
+from gpt4image_mm.captioning import caption  # noqa: E402
+from gpt4image_mm.captioning.cli import main  # noqa: E402
+from gpt4image_mm.captioning.runner import TokenBucket  # noqa: E402
+from gpt4image_mm.descriptions import iter_records, read_descriptions  # noqa: E402
+
+KEY = 'sk-test-SECRET-0123456789abcdef'
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = str(tmp_path / 'imgs')
+    return root, make_images(root, per_class=4)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def _start(**kw):
+        fake = FakeOpenAI(**kw)
+        srv, url = start_server(fake)
+        servers.append(srv)
+        return fake, url
+    yield _start
+    for s in servers:
+        s.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv('OPENAI_API_KEY', KEY)
+
+
+def records(path):
+    return [r for _, r in iter_records(path)]
+
+
+def successes(path):
+    out = {}
+    for r in records(path):
+        if 'error' not in r:
+            assert r['key'] not in out, f'two successes for {r["key"]}'
+            out[r['key']] = r
+    return out
+
+
+def test_faults_are_retried_or_recorded(tmp_path, images, serve):
+    """429+Retry-After, 500, slow and timed-out answers are retried by the
+    SDK and end as successes; empty answers and refusals are failures; a
+    rerun retries only those."""
+    root, keys = images
+    plan = ['429', '500', 'slow', 'timeout', 'empty', 'refusal']
+    assigned, attempts, times = {}, {}, {}
+
+    def policy(body, n):
+        from _openai_server import content_id
+        cid = content_id(body)
+        kind = assigned.setdefault(cid, plan[len(assigned)]
+                                   if len(assigned) < len(plan) else 'ok')
+        attempts[cid] = attempts.get(cid, 0) + 1
+        times.setdefault(cid, []).append(time.monotonic())
+        first = attempts[cid] == 1
+        if kind == '429' and first:
+            return {'status': 429, 'retry_after': 1}
+        if kind == '500' and first:
+            return {'status': 500}
+        if kind == 'slow':
+            return {'delay': 0.4}
+        if kind == 'timeout' and first:
+            return {'delay': 2.5}
+        if kind == 'empty':
+            return {'empty': True}
+        if kind == 'refusal':
+            return {'text': "I'm sorry, but I can't help with that."}
+        return None
+
+    fake, url = serve(api_key=KEY, policy=policy)
+    out = str(tmp_path / 'd.jsonl')
+    res = caption(out, images=root, model='gpt-4o-mini', base_url=url,
+                  concurrency=3, timeout=1.5, max_retries=3, progress=False)
+    assert not res['ok'] and res['failed_left'] == 2
+    ok = successes(out)
+    assert len(ok) == len(keys) - 2
+    errors = sorted(r['error'] for r in records(out) if 'error' in r)
+    assert errors[0].startswith('empty answer') and 'refusal' in errors[1]
+    by_kind = {k: c for c, k in assigned.items()}
+    # Retry-After: 1 honoured between the 429 and its retry
+    t429 = times[by_kind['429']]
+    assert len(t429) == 2 and t429[1] - t429[0] >= 0.9
+    assert attempts[by_kind['500']] == 2
+    assert attempts[by_kind['timeout']] >= 2
+    assert attempts[by_kind['slow']] == 1
+    # no record carries the key; every success names model and prompt
+    text = open(out).read()
+    assert KEY not in text
+    assert all(r['prompt_id'] == 'generic-v1' and r['usage']['prompt_tokens']
+               for r in ok.values())
+
+    # rerun: only the two failed keys are asked again
+    before = fake.n_requests
+    assigned.update({c: 'ok' for c in assigned})
+    res2 = caption(out, images=root, model='gpt-4o-mini', base_url=url,
+                   concurrency=3, timeout=1.5, progress=False)
+    assert res2['ok'] and res2['already_done'] == len(keys) - 2
+    assert fake.n_requests - before == 2
+    assert sorted(successes(out)) == keys
+    assert len(read_descriptions(out)) == len(keys)
+
+
+def test_auth_error_fails_fast_without_leaking_key(tmp_path, images, serve,
+                                                   monkeypatch, capsys):
+    root, _ = images
+    fake, url = serve(api_key='sk-the-right-one-000000')
+    out = str(tmp_path / 'd.jsonl')
+    rc = main(['--images', root, '--out', out, '--model', 'm', '--base-url',
+               url, '--concurrency', '2', '--no-progress'])
+    cap = capsys.readouterr()
+    assert rc == 2
+    assert 'HTTP 401' in cap.err and 'API key' in cap.err
+    assert fake.n_requests <= 2  # no retries, no further requests
+    for blob in (cap.out, cap.err, open(out).read() if os.path.exists(out)
+                 else ''):
+        assert KEY not in blob
+    # the key from another variable: --api-key-env
+    monkeypatch.setenv('MY_KEY', 'sk-the-right-one-000000')
+    rc = main(['--images', root, '--out', out, '--model', 'm', '--base-url',
+               url, '--api-key-env', 'MY_KEY', '--no-progress', '--limit',
+               '2'])
+    assert rc == 0 and len(successes(out)) == 2
+
+
+def test_bad_images_are_failures_not_crashes(tmp_path, images, serve):
+    root, keys = images
+    with open(os.path.join(root, 'cat', 'broken.png'), 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n garbage')
+    good = os.path.join(root, 'cat', '0.jpg')
+    data = open(good, 'rb').read()
+    with open(os.path.join(root, 'dog', 'trunc.jpg'), 'wb') as f:
+        f.write(data[:len(data) // 2])
+    _, url = serve()
+    out = str(tmp_path / 'd.jsonl')
+    res = caption(out, images=root, model='m', base_url=url, progress=False)
+    fails = {r['key']: r['error'] for r in records(out) if 'error' in r}
+    assert set(fails) == {'cat/broken.png', 'dog/trunc.jpg'}
+    assert all('cannot read image' in e and k in e for k, e in fails.items())
+    assert res['succeeded'] == len(keys) and res['failed_left'] == 2
+
+
+def test_class_prompt_limit_max_cost_dry_run(tmp_path, images, serve,
+                                             capsys):
+    root, keys = images
+    fake, url = serve()
+    out = str(tmp_path / 'd.jsonl')
+    est = caption(out, images=root, model='gpt-4o', dry_run=True)
+    assert est['requests'] == len(keys) and fake.n_requests == 0
+    # 48x40 image -> one 512px tile: 85 + 170 tokens plus the prompt
+    assert 255 < est['est_prompt_tokens_per_request'] < 300
+    assert est['est_cost_usd'] > 0 and est['price_known']
+    rc = main(['--images', root, '--out', out, '--model', 'gpt-4o',
+               '--dry-run'])
+    assert rc == 0 and json.loads(capsys.readouterr().out)['requests'] == 8
+
+    res = caption(out, images=root, model='gpt-4o', base_url=url,
+                  prompt='class', limit=3, progress=False)
+    assert res['attempted'] == 3 and res['stopped'].startswith('--limit')
+    recs = records(out)
+    assert len(recs) == 3
+    for r in recs:
+        assert r['prompt_id'] == 'class-v1'
+        assert f'a photo of a {r["key"].split("/")[0]}' in r['text']
+    # worst case of one request ~ 280 in + 300 out tokens at gpt-4o prices
+    res = caption(out, images=root, model='gpt-4o', base_url=url,
+                  max_cost=0.005, concurrency=1, progress=False)
+    assert res['stopped'].startswith('--max-cost')
+    assert 0 < res["cost_usd"] <= 0.005 and res['succeeded'] >= 1
+    assert res['not_attempted'] > 0
+
+
+def test_rate_limit_requests_per_minute(tmp_path, images, serve):
+    root, keys = images
+    _, url = serve()
+    out = str(tmp_path / 'd.jsonl')
+    t = time.monotonic()
+    # 600/min = 10/s with a 2 s burst (20): 8 requests need no wait ...
+    caption(out, images=root, model='m', base_url=url, rpm=600,
+            progress=False)
+    fast = time.monotonic() - t
+    # ... 120/min = 2/s, burst 4: the last 4 of 8 requests wait 2 s
+    os.remove(out)
+    t = time.monotonic()
+    caption(out, images=root, model='m', base_url=url, rpm=120,
+            concurrency=8, progress=False)
+    assert time.monotonic() - t >= 1.8 > fast
+
+
+def test_token_bucket_long_run_rate():
+    import asyncio
+
+    async def go():
+        b = TokenBucket(60 * 50, burst_s=0.1)  # 50/s, capacity 5
+        t = time.monotonic()
+        for _ in range(10):
+            await b.take(4)  # 40 units: ~ (40 - 5) / 50 s
+        return time.monotonic() - t
+    assert asyncio.run(go()) >= 0.6
+
+
+def test_shards_are_disjoint_and_merge(tmp_path, images, serve, capsys):
+    root, keys = images
+    _, url = serve()
+    parts = []
+    for i in range(3):
+        p = str(tmp_path / f'part{i}.jsonl')
+        res = caption(p, images=root, model='m', base_url=url,
+                      shard=f'{i}/3', progress=False)
+        assert res['ok']
+        parts.append(p)
+    got = [set(successes(p)) for p in parts]
+    assert sum(len(g) for g in got) == len(keys)
+    assert set().union(*got) == set(keys)
+    # stable: the same shard again has nothing to do
+    again = caption(parts[0], images=root, model='m', base_url=url,
+                    shard='0/3', progress=False)
+    assert again['attempted'] == 0 and again['already_done'] == len(got[0])
+    merged = str(tmp_path / 'all.jsonl')
+    assert main(['merge', merged] + parts + [parts[0]]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info['successes'] == len(keys)
+    assert info['duplicates_dropped'] == len(got[0])
+    assert sorted(successes(merged)) == keys
+
+
+def test_torn_tail_is_repaired_on_resume(tmp_path, images, serve):
+    root, keys = images
+    fake, url = serve()
+    out = str(tmp_path / 'd.jsonl')
+    caption(out, images=root, model='m', base_url=url, limit=3,
+            progress=False)
+    with open(out, 'ab') as f:
+        f.write(b'{"key": "dog/3.png", "text": "half a rec')
+    res = caption(out, images=root, model='m', base_url=url, progress=False)
+    assert res['ok'] and res['already_done'] == 3
+    assert sorted(successes(out)) == keys
+
+
+def test_nothing_local_is_sent(tmp_path, images, serve):
+    """Only pixels and the prompt go out: no path, no file name."""
+    root, keys = images
+    fake, url = serve()
+    caption(str(tmp_path / 'd.jsonl'), images=root, model='m', base_url=url,
+            progress=False)
+    sent = b''.join(fake.bodies).decode()
+    assert str(tmp_path) not in sent
+    assert not any(k in sent for k in keys)

