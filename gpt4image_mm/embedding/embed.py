@@ -290,9 +290,9 @@ def embed_descriptions(descriptions: PathOrPaths,
         raise StoreError(f'shard {shard}: no rows (only {len(src.keys)} '
                          'descriptions)')
     n, dim = len(keys), int(encoder.dim)
-    # longest first; ties by row, so a rerun processes the same order
-    order = np.array(sorted(range(n), key=lambda j: (-len(texts[j]), j)),
-                     dtype=np.int64)
+    # longest first (by tokens where the encoder can count them); stable
+    # ties by row, so a rerun processes the same order
+    order = np.argsort(-encoder.lengths(texts), kind='stable')
     state = dict(ident, count=n, dim=dim, done=0, truncated=0)
     work = _WorkDir(out)
     try:

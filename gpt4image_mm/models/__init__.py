@@ -2,6 +2,8 @@ from .classifier import TextAlignedClassifier
 from .data_preprocessor import TextAlignedDataPreprocessor
 from .loss import ContrastiveAlignLoss, retrieval_accuracy
 from .neck import AlignmentNeck
+from .teacher import TextEmbeddingTeacher
 
 __all__ = ['AlignmentNeck', 'ContrastiveAlignLoss', 'TextAlignedClassifier',
-           'TextAlignedDataPreprocessor', 'retrieval_accuracy']
+           'TextAlignedDataPreprocessor', 'TextEmbeddingTeacher',
+           'retrieval_accuracy']
