@@ -2,6 +2,7 @@
 that decide what happens to a failed request."""
 from __future__ import annotations
 
+import abc
 import os
 import re
 import time
@@ -44,7 +45,7 @@ class Answer:
     truncated: bool = False
 
 
-class Backend:
+class Backend(abc.ABC):
     """The interface the runner drives.
 
     ``batch_size`` requests go into one :meth:`generate` call and up to
@@ -59,10 +60,11 @@ class Backend:
     image_format = 'data_url'  # or 'pil'
     max_tokens = 300
 
+    @abc.abstractmethod
     async def generate(self, requests: Sequence[Request]) -> List[Any]:
         """One :class:`Answer` or :class:`CaptionError` per request; raise
         :class:`FatalError` to stop the run."""
-        raise NotImplementedError
+        ...
 
     async def aclose(self) -> None:
         return None

@@ -23,6 +23,7 @@ Encoder specs understood by :func:`build_text_encoder`:
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -107,7 +108,7 @@ def _read_json(path: str) -> Dict[str, Any]:
         raise EncoderError(f'{path}: unreadable ({e})') from None
 
 
-class TextEncoder:
+class TextEncoder(abc.ABC):
     """Base class: ``encode(texts)`` -> float32, L2-normalised ``B x dim``.
 
     Attributes: ``name`` and ``revision`` (recorded in store manifests),
@@ -145,9 +146,10 @@ class TextEncoder:
         """Cost of each text, for length-sorted batching (default: chars)."""
         return np.fromiter((len(t) for t in texts), np.int64, len(texts))
 
+    @abc.abstractmethod
     def run(self, prepared: Any) -> torch.Tensor:
         """Encode prepared input: unit vectors, float32, on :attr:`device`."""
-        raise NotImplementedError
+        ...
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit vectors of ``texts`` (float32, on :attr:`device`), no grad."""
