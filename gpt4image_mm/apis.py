@@ -93,6 +93,29 @@ def _load(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _cpu_distributed(cfg: Config) -> None:
+    """Make ``--launcher pytorch`` work on CPU-only hosts (gloo).
+
+    MMEngine's launcher pins a CUDA device and wraps DDP with
+    ``device_ids=[LOCAL_RANK]``; without a GPU both fail. We start the gloo
+    process group ourselves (the runner then skips its own init) and wrap
+    without device ids. Used by CPU clusters and by our 2-process tests.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    cfg.setdefault('env_cfg', ConfigDict())
+    cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
+                                     device_ids=None, broadcast_buffers=False)
+    if cfg.launcher == 'pytorch' and not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+
+
 def train_config(args: argparse.Namespace) -> Config:
     """The config ``tools/train.py`` runs, with the CLI merged in."""
     cfg = _load(args)
@@ -117,6 +140,7 @@ def train(argv: Optional[List[str]] = None) -> None:
     from mmengine.runner import Runner
 
     cfg = train_config(train_parser().parse_args(argv))
+    _cpu_distributed(cfg)
     Runner.from_cfg(cfg).train()
 
 
@@ -131,6 +155,7 @@ def test(argv: Optional[List[str]] = None) -> dict:
         cfg.test_cfg = dict(cfg.get('test_cfg') or {}, fp16=True)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    _cpu_distributed(cfg)
     metrics = Runner.from_cfg(cfg).test()
     if args.out:
         with open(args.out, 'w', encoding='utf-8') as f:

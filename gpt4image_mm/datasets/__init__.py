@@ -1,7 +1,7 @@
-from .description_dataset import DescriptionDataset
+from .description_dataset import DescriptionDataset, SampleLoadError
 from .from_config import build_split_dataset, dataset_cfg_of
 from .store import EmbeddingStore, StoreError, StoreWriter, write_store
 
-__all__ = ['DescriptionDataset', 'EmbeddingStore', 'StoreError',
+__all__ = ['DescriptionDataset', 'SampleLoadError', 'EmbeddingStore', 'StoreError',
            'StoreWriter', 'write_store', 'build_split_dataset',
            'dataset_cfg_of']

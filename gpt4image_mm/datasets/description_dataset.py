@@ -11,18 +11,32 @@ from mmengine.logging import MMLogger
 from mmpretrain.registry import DATASETS
 
 from ..descriptions import read_descriptions
-from ..keys import base_key, class_key, class_names, dataset_keys
+from ..keys import base_key, class_key, class_names, dataset_keys, sample_key
 from .store import EmbeddingStore, StoreError
 
 _POLICIES = ('error', 'drop', 'zero')
 
 
+class SampleLoadError(RuntimeError):
+    """A sample of the wrapped dataset failed to load (key and file named)."""
+
+
 def _group_rows(row_keys: Sequence[str], wanted: Sequence[str]):
     """CSR of the rows of every wanted base key: (group per sample, indptr,
     rows). Resolved once, so workers hold only integer arrays."""
+    if not any('#' in key for key in row_keys):
+        row_of = {key: row for row, key in enumerate(row_keys)}
+        if len(row_of) == len(row_keys):
+            # One row per key (every per-image store): group g is row g, so
+            # a single dict lookup per sample -- ImageNet-sized stores join
+            # in seconds (benchmarks/bench_store_scale.py).
+            groups = np.fromiter((row_of.get(key, -1) for key in wanted),
+                                 np.int64, len(wanted))
+            return (groups, np.arange(len(row_keys) + 1, dtype=np.int64),
+                    np.arange(len(row_keys), dtype=np.int64))
     rows_of: Dict[str, List[int]] = defaultdict(list)
     for row, key in enumerate(row_keys):
-        rows_of[base_key(key)].append(row)
+        rows_of[base_key(key) if '#' in key else key].append(row)
     group_of: Dict[str, int] = {}
     indptr, rows = [0], []
     groups = np.full(len(wanted), -1, dtype=np.int64)
@@ -57,6 +71,12 @@ class DescriptionDataset(torch.utils.data.Dataset):
             them with ``align_weight`` 0 (classification loss only).
         verify_store: scan all store rows for NaN/zero vectors at start-up
             (rows are always checked when read).
+        encoder: if set, the store's manifest must name this encoder (a
+            store embedded by another text encoder is refused).
+
+    A sample that fails to load (a corrupt, truncated or missing image)
+    raises :class:`SampleLoadError` naming its key and file: it is never
+    skipped silently, since that would train on a different dataset.
 
     Several rows per key (``<key>#<k>``, e.g. K descriptions per class) are
     sampled uniformly each time the sample is loaded, i.e. once per epoch.
@@ -64,7 +84,8 @@ class DescriptionDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Union[dict, Any], store: Optional[str] = None,
                  descriptions: Optional[str] = None, per_class: bool = False,
-                 on_missing: str = 'error', verify_store: bool = False):
+                 on_missing: str = 'error', verify_store: bool = False,
+                 encoder: Optional[str] = None):
         if (store is None) == (descriptions is None):
             raise ValueError('DescriptionDataset needs exactly one of store= '
                              'or descriptions=')
@@ -78,7 +99,7 @@ class DescriptionDataset(torch.utils.data.Dataset):
         self.store: Optional[EmbeddingStore] = None
         self.texts: Optional[List[str]] = None
         if store is not None:
-            self.store = EmbeddingStore(store)
+            self.store = EmbeddingStore(store, expected_encoder=encoder)
             if verify_store:
                 self.store.verify()
             row_keys = self.store.keys()
@@ -90,7 +111,7 @@ class DescriptionDataset(torch.utils.data.Dataset):
             source = descriptions
         wanted = self._wanted_keys()
         self._groups, self._indptr, self._rows = _group_rows(row_keys, wanted)
-        self._indices = self._resolve_missing(wanted, source)
+        self._indices = self._resolve_missing(wanted, source, row_keys)
         self._source = source
 
     @property
@@ -111,14 +132,17 @@ class DescriptionDataset(torch.utils.data.Dataset):
         labels = self.dataset.get_gt_labels()
         return [class_key(names[int(lb)]) for lb in labels]
 
-    def _resolve_missing(self, wanted: List[str],
-                         source: str) -> Optional[np.ndarray]:
+    def _resolve_missing(self, wanted: List[str], source: str,
+                         row_keys: Sequence[str]) -> Optional[np.ndarray]:
         missing = np.flatnonzero(self._groups < 0)
         if not len(missing):
             return None
         examples = ', '.join(repr(wanted[i]) for i in missing[:5])
         msg = (f'{len(missing)} of {len(wanted)} samples have no description '
                f'in {source} (e.g. {examples})')
+        if len(missing) == len(wanted) and len(row_keys):
+            msg += (f'; no key matches: its keys look like {row_keys[0]!r} -- '
+                    'made from another dataset config or image root?')
         if self.on_missing == 'error':
             raise StoreError(msg + "; caption them, or set on_missing='drop' "
                              "or 'zero' in the DescriptionDataset config")
@@ -142,9 +166,25 @@ class DescriptionDataset(torch.utils.data.Dataset):
             return int(self._rows[start])
         return int(self._rows[np.random.randint(start, end)])
 
+    def _load_error(self, i: int, err: Exception) -> str:
+        """One line naming the sample that failed, its file and the cause."""
+        try:
+            key = sample_key(self.dataset, i)
+            path = self.dataset.get_data_info(i).get('img_path')
+        except Exception:  # noqa: BLE001  (naming must not mask the error)
+            key, path = f'index {i}', None
+        where = f' ({path})' if path else ''
+        cause = (str(err).strip().splitlines() or [''])[0]
+        return (f'sample {key!r}{where} of {type(self.dataset).__name__} '
+                f'failed to load: {type(err).__name__}: {cause} -- fix or '
+                'remove the file (bad samples are not skipped)')
+
     def __getitem__(self, idx: int) -> Any:
         i = self._inner_index(idx)
-        results = self.dataset[i]
+        try:
+            results = self.dataset[i]
+        except Exception as err:
+            raise SampleLoadError(self._load_error(i, err)) from err
         sample = results['data_samples']
         group = self._groups[i]
         if self.on_missing == 'zero':
