@@ -26,15 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..descriptions import DescriptionWriter
-from .base import Answer, CaptionError, FatalError, Request, Scrubber, api_key_from_env
-from .openai_api import chat_body, error_message, parse_completion
+from .base import Answer, CaptionError, FatalError, Request
+from .openai_api import chat_body, error_message, make_client, parse_completion
 from .pricing import CostMeter
 from .runner import (
     OutputState,
     Summary,
-    _failed_in_shard,
     build_request,
     failure_record,
+    finish_summary,
     success_record,
     todo_indices,
 )
@@ -99,7 +99,6 @@ class BatchBackend:
                  max_requests: int = 50_000, max_bytes: int = 190 << 20,
                  max_active: int = 0, wait: bool = True,
                  timeout: float = 600.0, max_retries: int = 5):
-        import openai
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -110,12 +109,8 @@ class BatchBackend:
         self.max_bytes = max_bytes
         self.max_active = max_active
         self.wait = wait
-        self.openai_params = not base_url or 'api.openai.com' in base_url
-        key = api_key_from_env(api_key_env, required=self.openai_params)
-        self.scrub = Scrubber([key] if key else [])
-        self.client = openai.AsyncOpenAI(api_key=key or 'no-key',
-                                         base_url=base_url, timeout=timeout,
-                                         max_retries=max_retries)
+        self.client, self.scrub, self.openai_params = make_client(
+            base_url, api_key_env, timeout, max_retries)
 
     async def _api(self, coro: Any) -> Any:
         import openai
@@ -383,11 +378,4 @@ class BatchBackend:
             bar.close()
             pool.shutdown()
             await self.client.close()
-        summary.not_attempted = max(0, planned - summary.already_done
-                                    - summary.succeeded - summary.failed)
-        summary.failed_left = _failed_in_shard(state, shard)
-        summary.prompt_tokens = meter.prompt_tokens
-        summary.completion_tokens = meter.completion_tokens
-        summary.cost_usd = round(meter.cost, 6)
-        summary.elapsed_s = round(time.monotonic() - t0, 3)
-        return summary
+        return finish_summary(summary, planned, state, shard, meter, t0)

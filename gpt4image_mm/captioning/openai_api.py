@@ -10,7 +10,7 @@ message; other errors are recorded for this image and retried on a rerun.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .base import (
     Answer,
@@ -28,6 +28,22 @@ OPENAI_HOST = 'api.openai.com'
 
 def _is_openai(base_url: Optional[str]) -> bool:
     return not base_url or OPENAI_HOST in base_url
+
+
+def make_client(base_url: Optional[str], api_key_env: str, timeout: float,
+                max_retries: int) -> Tuple[Any, Scrubber, bool]:
+    """``(AsyncOpenAI client, key scrubber, talks to OpenAI itself)``.
+
+    The key comes from the environment only; a local server (vLLM,
+    Ollama...) often needs none. The SDK does the retries and honours
+    Retry-After.
+    """
+    import openai
+    openai_params = _is_openai(base_url)
+    key = api_key_from_env(api_key_env, required=openai_params)
+    client = openai.AsyncOpenAI(api_key=key or 'no-key', base_url=base_url,
+                                max_retries=max_retries, timeout=timeout)
+    return client, Scrubber([key] if key else []), openai_params
 
 
 def user_message(prompt: str, image_url: Optional[str],
@@ -112,7 +128,6 @@ class OpenAIBackend(Backend):
                  timeout: float = 120.0, max_retries: int = 5,
                  detail: str = 'auto', system: Optional[str] = None,
                  extra_body: Optional[Dict[str, Any]] = None):
-        import openai
 
         self.model = model
         self.base_url = base_url
@@ -122,13 +137,8 @@ class OpenAIBackend(Backend):
         self.detail = detail
         self.system = system
         self.extra_body = extra_body
-        self.openai_params = _is_openai(base_url)
-        # A local server (vLLM, Ollama...) often needs no key.
-        key = api_key_from_env(api_key_env, required=self.openai_params)
-        self.scrub = Scrubber([key] if key else [])
-        self.client = openai.AsyncOpenAI(
-            api_key=key or 'no-key', base_url=base_url,
-            max_retries=max_retries, timeout=timeout)
+        self.client, self.scrub, self.openai_params = make_client(
+            base_url, api_key_env, timeout, max_retries)
 
     def body(self, req: Request) -> Dict[str, Any]:
         return chat_body(self.model, req, max_tokens=self.max_tokens,

@@ -399,6 +399,13 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
         summary.stopped = stop[0]
     elif limit is not None and len(todo) < planned - summary.already_done:
         summary.stopped = f'--limit {limit}'
+    return finish_summary(summary, planned, state, shard, meter, t0)
+
+
+def finish_summary(summary: Summary, planned: int, state: OutputState,
+                   shard: Tuple[int, int], meter: CostMeter,
+                   t0: float) -> Summary:
+    """Fill in the end-of-run totals (shared by every backend's run)."""
     summary.not_attempted = max(0, planned - summary.already_done
                                 - summary.succeeded - summary.failed)
     summary.failed_left = _failed_in_shard(state, shard)
