@@ -1,0 +1,56 @@
+"""The demo pipeline on a tiny slice, with the real models, so it cannot rot.
+
+Real SmolLM2 writes one short description per class, real all-MiniLM-L6-v2
+embeds them, both arms train one epoch on 256 real Fashion-MNIST images and
+are tested; the report and the curves must appear, and a rerun must reuse
+every cached step.
+"""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
+REPO_DATA = osp.join(REPO, 'data', 'fashion_mnist')
+
+
+def _demo(work_dir: str, data_root: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, 'tools/demo.py', '--quick', '--work-dir', work_dir,
+         '--data-root', data_root], cwd=REPO, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONWARNINGS='ignore'), timeout=900)
+
+
+def test_demo_quick(tmp_path):
+    pytest.importorskip('gguf')
+    pytest.importorskip('matplotlib')
+    pytest.importorskip('all_minilm_l6_v2')
+    from gpt4image_mm.fashion_mnist import is_prepared
+    if is_prepared(REPO_DATA):
+        data_root = REPO_DATA  # reuse the repo's prepared copy
+    elif osp.isfile(osp.join(SYSTEM_DIR, 'train-images-idx3-ubyte.gz')):
+        data_root = str(tmp_path / 'data')  # unzip the Debian copy here
+    else:
+        pytest.skip('Fashion-MNIST is not on this machine (Debian package '
+                    'dataset-fashion-mnist); the test downloads nothing')
+    work = str(tmp_path / 'demo')
+    res = _demo(work, data_root)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = open(osp.join(work, 'report.md'), encoding='utf-8').read()
+    assert osp.getsize(osp.join(work, 'curves.png')) > 1000
+    assert '| baseline | GPT4Image | difference |' in report
+    assert '| test top-1 (%)' in report
+    assert '| 0 |' in report  # the per-seed row of both arms
+    # the deployed models are the same: difference +0 parameters
+    params = next(ln for ln in report.splitlines()
+                  if ln.startswith('| parameters at inference'))
+    assert params.rstrip(' |').endswith('+0')
+    assert report.strip() in res.stdout  # printed to the terminal too
+
+    again = _demo(work, data_root)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert 'Fashion-MNIST already prepared' in again.stdout
+    assert again.stdout.count('cached') >= 4  # captions, store, 2 runs
