@@ -164,3 +164,11 @@ def test_per_class_with_real_smollm2(tmp_path, config):
     # the per-class join of the training wrapper finds every class
     ds = _wrapper(cfg, out, per_class=True)
     assert len(ds) == 6
+    # a repetition penalty reaches generation: greedy output changes
+    out2 = str(tmp_path / 'penalised.jsonl')
+    caption(out2, config=cfg, per_class=2, backend='transformers',
+            model=_smollm2(), device='cpu', batch_size=4, max_tokens=24,
+            repetition_penalty=1.5, progress=False)
+    penalised = read_descriptions(out2)
+    assert sorted(penalised) == sorted(recs)
+    assert any(penalised[k]['text'] != recs[k]['text'] for k in recs)

@@ -68,7 +68,8 @@ def caption(out: str, *, backend: str = 'openai', model: str = '',
             prompt: str = 'generic', system: Optional[str] = None,
             concurrency: int = 16, batch_size: int = 8, rpm: float = 0,
             tpm: float = 0, max_tokens: int = 300,
-            temperature: Optional[float] = None, timeout: float = 120.0,
+            temperature: Optional[float] = None,
+            repetition_penalty: Optional[float] = None, timeout: float = 120.0,
             max_retries: int = 5, detail: str = 'auto', max_side: int = 512,
             jpeg_quality: int = 85, shard: Optional[str] = None,
             limit: Optional[int] = None, max_cost: Optional[float] = None,
@@ -137,7 +138,8 @@ def caption(out: str, *, backend: str = 'openai', model: str = '',
         cls = TransformersLLM if plan.text_only else TransformersVLM
         be = cls(model, device=device, dtype=dtype, batch_size=batch_size,
                  max_tokens=max_tokens, temperature=temperature, seed=seed,
-                 system=system if plan.text_only else None)
+                 system=system if plan.text_only else None,
+                 repetition_penalty=repetition_penalty)
     summary = asyncio.run(caption_async(
         plan, be, out, shard=shard_t, limit=limit, max_cost=max_cost,
         meter=meter, rpm=rpm, tpm=tpm, max_side=max_side,
@@ -185,6 +187,8 @@ def _run_parser() -> argparse.ArgumentParser:
     be.add_argument('--max-retries', type=int, default=5)
     be.add_argument('--max-tokens', type=int, default=300)
     be.add_argument('--temperature', type=float, default=None)
+    be.add_argument('--repetition-penalty', type=float, default=None,
+                    help='transformers: e.g. 1.2 stops small models looping')
     be.add_argument('--system', default=None, help='system prompt')
     be.add_argument('--device', default='auto', help='transformers: cpu, '
                     'cuda, cuda:1, auto')
@@ -255,6 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             per_image=a.per_image, prompt=a.prompt, system=a.system,
             concurrency=a.concurrency, batch_size=a.batch_size, rpm=a.rpm,
             tpm=a.tpm, max_tokens=a.max_tokens, temperature=a.temperature,
+            repetition_penalty=a.repetition_penalty,
             timeout=a.timeout, max_retries=a.max_retries, detail=a.detail,
             max_side=a.max_side, jpeg_quality=a.jpeg_quality, shard=a.shard,
             limit=a.limit, max_cost=a.max_cost, dry_run=a.dry_run,

@@ -58,7 +58,8 @@ class _LocalBase(Backend):
     def __init__(self, model: str, *, device: str = 'auto',
                  dtype: str = 'auto', batch_size: int = 8,
                  max_tokens: int = 300, temperature: Optional[float] = None,
-                 seed: int = 0, system: Optional[str] = None):
+                 seed: int = 0, system: Optional[str] = None,
+                 repetition_penalty: Optional[float] = None):
         # a local path names the model by its last part: records carry no
         # paths of this machine
         self.model = (os.path.basename(os.path.normpath(model))
@@ -70,6 +71,8 @@ class _LocalBase(Backend):
         self.temperature = temperature
         self.seed = seed
         self.system = system
+        # small LLMs loop under greedy decoding ("classic, classic, ...")
+        self.repetition_penalty = repetition_penalty
 
     def _gen_kwargs(self, pad_id: Optional[int]) -> Dict[str, Any]:
         kw: Dict[str, Any] = {'max_new_tokens': self.max_tokens,
@@ -78,6 +81,8 @@ class _LocalBase(Backend):
             kw.update(do_sample=True, temperature=self.temperature)
         else:
             kw.update(do_sample=False)
+        if self.repetition_penalty:
+            kw['repetition_penalty'] = self.repetition_penalty
         return kw
 
     def _messages(self, content: Any) -> List[Dict[str, Any]]:
