@@ -379,7 +379,7 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
                 loop.add_signal_handler(sig, on_signal, sig.name)
                 signals_set.append(sig)
             except (NotImplementedError, RuntimeError):
-                pass
+                pass  # no signal handlers here (Windows, non-main thread)
     tasks = [asyncio.ensure_future(worker())
              for _ in range(max(1, backend.concurrency))]
     try:
