@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import ROOT, make_image_folder, random_store
-from test_train_e2e import ALIGN_CFG, BASE_CFG
+from conftest import ROOT
+from test_train_e2e import write_tiny_project
 
 
 def _free_port() -> int:
@@ -25,12 +25,7 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_ranks_gloo(tmp_path: Path):
-    root = tmp_path / 'imgs'
-    keys = make_image_folder(root, per_class=4)
-    random_store(tmp_path / 'store', keys, dim=8)
-    (tmp_path / 'base.py').write_text(BASE_CFG.format(root=root))
-    (tmp_path / 'align.py').write_text(ALIGN_CFG.format(
-        configs=ROOT / 'configs', store=tmp_path / 'store'))
+    write_tiny_project(tmp_path)
     work = tmp_path / 'work'
     env = dict(os.environ, OMP_NUM_THREADS='1',
                TORCH_FORCE_WEIGHTS_ONLY_LOAD='1')

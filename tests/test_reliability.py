@@ -18,8 +18,8 @@ from typing import Dict
 
 import pytest
 import torch
-from conftest import ROOT, make_image_folder, random_store
-from test_train_e2e import ALIGN_CFG, BASE_CFG
+from conftest import ROOT, random_store
+from test_train_e2e import write_tiny_project
 
 import gpt4image_mm  # noqa: F401
 from gpt4image_mm.datasets import DescriptionDataset, StoreError
@@ -38,14 +38,7 @@ KILL_OPTS = ['train_dataloader.batch_size=2',
              'default_hooks.logger.interval=1']
 
 
-def _write_configs(tmp: Path, dim: int = 8) -> Path:
-    root = tmp / 'imgs'
-    keys = make_image_folder(root, per_class=4)
-    random_store(tmp / 'store', keys, dim=dim)
-    (tmp / 'base.py').write_text(BASE_CFG.format(root=root))
-    (tmp / 'align.py').write_text(ALIGN_CFG.format(
-        configs=ROOT / 'configs', store=tmp / 'store'))
-    return tmp / 'align.py'
+_write_configs = write_tiny_project
 
 
 def _env() -> Dict[str, str]:

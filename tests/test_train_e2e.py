@@ -58,13 +58,20 @@ def run(*args, cwd):
     return proc.stdout + proc.stderr
 
 
-def test_train_resume_test_strip(tmp_path):
-    root = tmp_path / 'imgs'
+def write_tiny_project(tmp: Path, dim: int = 8) -> Path:
+    """Image folder, random store, base.py and align.py in ``tmp``; returns
+    align.py (shared by the train, reliability and torchrun tests)."""
+    root = tmp / 'imgs'
     keys = make_image_folder(root, per_class=4)
-    random_store(tmp_path / 'store', keys, dim=8)
-    (tmp_path / 'base.py').write_text(BASE_CFG.format(root=root))
-    (tmp_path / 'align.py').write_text(ALIGN_CFG.format(
-        configs=ROOT / 'configs', store=tmp_path / 'store'))
+    random_store(tmp / 'store', keys, dim=dim)
+    (tmp / 'base.py').write_text(BASE_CFG.format(root=root))
+    (tmp / 'align.py').write_text(ALIGN_CFG.format(
+        configs=ROOT / 'configs', store=tmp / 'store'))
+    return tmp / 'align.py'
+
+
+def test_train_resume_test_strip(tmp_path):
+    write_tiny_project(tmp_path)
     tools = ROOT / 'tools'
     work = tmp_path / 'work'
 
