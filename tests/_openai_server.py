@@ -1,11 +1,20 @@
 """A local endpoint speaking the OpenAI wire format, with fault injection.
 
-Used by the caption tests and benchmarks/bench_caption.py. Implements
-``/v1/chat/completions``, ``/v1/files`` (+ ``/content``) and ``/v1/batches``
-closely enough for the ``openai`` SDK. Faults come from ``policy(body, n)``
-(n = 1-based request count), which returns ``None`` (answer normally) or a
-dict: ``status`` (+ ``retry_after``, ``message``), ``delay`` (seconds before
-answering), ``empty``, ``refusal``, ``text``.
+Used by the caption and embed tests and benchmarks/bench_caption.py.
+Implements ``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/models``,
+``/v1/files`` (+ ``/content``) and ``/v1/batches`` closely enough for the
+``openai`` SDK. Faults come from ``policy(body, n)`` (n = 1-based request
+count), which returns ``None`` (answer normally) or a dict: ``status`` (+
+``retry_after``, ``message``, ``shape``: how the error body looks --
+``openai`` ``{"error": {"message"}}``, ``fastapi`` ``{"detail"}`` as
+llama-cpp-python's server answers, ``text``: plain text), ``delay`` (seconds
+before answering), ``empty``, ``refusal``, ``text``.
+
+Like real servers it can list its models (``models``; None: no
+``/v1/models`` route, 404), answer embeddings one vector per token
+(``per_token``, as llama.cpp does without a pooling type), and records the
+``Authorization`` header of every request (``auth_seen``) and requests the
+client gave up on before the answer (``abandoned``).
 
 Run standalone (own process, no GIL shared with the client):
 ``python tests/_openai_server.py --latency 0.05`` prints ``PORT <n>``.
@@ -18,6 +27,7 @@ import email.parser
 import hashlib
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -52,7 +62,15 @@ class FakeOpenAI:
     def __init__(self, latency: float = 0.0, api_key: Optional[str] = None,
                  policy: Optional[Callable[[Dict[str, Any], int],
                                            Optional[dict]]] = None,
-                 keep_bodies: bool = True, batch_polls: int = 2):
+                 keep_bodies: bool = True, batch_polls: int = 2,
+                 models: Optional[List[str]] = None, dim: int = 16,
+                 per_token: bool = False, auth_shape: str = 'openai'):
+        self.models = models
+        self.dim = dim
+        self.per_token = per_token
+        self.auth_shape = auth_shape
+        self.auth_seen: List[Optional[str]] = []
+        self.abandoned = 0
         self.latency = latency
         self.api_key = api_key
         self.policy = policy
@@ -83,12 +101,7 @@ class FakeOpenAI:
         if sleep and delay:
             time.sleep(delay)
         if 'status' in fault:
-            headers = {}
-            if 'retry_after' in fault:
-                headers['Retry-After'] = str(fault['retry_after'])
-            err = {'error': {'message': fault.get('message', 'injected'),
-                             'type': 'injected', 'code': fault['status']}}
-            return fault['status'], headers, err
+            return error_answer(fault)
         cid = content_id(body)
         if fault.get('empty'):
             text = ''
@@ -108,6 +121,36 @@ class FakeOpenAI:
             'usage': {'prompt_tokens': 100 + len(prompt_text(body)) // 4,
                       'completion_tokens': max(1, len(text) // 4),
                       'total_tokens': 0}}
+
+    # -- embeddings ---------------------------------------------------
+    def embeddings(self, body: Dict[str, Any], n: int):
+        """(status, headers, payload): one vector per input (or, with
+        ``per_token``, one per whitespace token), answered out of order."""
+        fault = (self.policy(body, n) if self.policy else None) or {}
+        if fault.get('delay', self.latency):
+            time.sleep(fault.get('delay', self.latency))
+        if 'status' in fault:
+            return error_answer(fault)
+        inputs = body['input']
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        dim = body.get('dimensions') or self.dim
+        data = []
+        for i, text in enumerate(inputs):
+            vec = raw_vector(text, dim).tolist()
+            if self.per_token:
+                vec = [raw_vector(f'{text}#{t}', dim).tolist()
+                       for t in range(max(1, len(text.split())))]
+            data.append({'object': 'embedding', 'index': i, 'embedding': vec})
+        return 200, {}, {'object': 'list', 'data': data[::-1],
+                         'model': body.get('model'),
+                         'usage': {'prompt_tokens': 1, 'total_tokens': 1}}
+
+    def model_list(self):
+        if self.models is None:
+            return 404, {}, {'detail': 'Not Found'}
+        return 200, {}, {'object': 'list', 'data': [
+            {'id': m, 'object': 'model', 'created': 0, 'owned_by': 'test'}
+            for m in self.models]}
 
     # -- batch --------------------------------------------------------
     def add_file(self, data: bytes, filename: str, purpose: str) -> dict:
@@ -175,6 +218,29 @@ class FakeOpenAI:
         return sum(c - 1 for c in self.answered.values() if c > 1)
 
 
+def raw_vector(text: str, dim: int):
+    """A deterministic, unnormalised vector of a text."""
+    import numpy as np
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], 'big')
+    return np.random.default_rng(seed).standard_normal(dim) * 3.0
+
+
+def error_answer(fault: Dict[str, Any]):
+    """(status, headers, body) of an injected error, in the body shape
+    ``fault['shape']`` names (see the module doc)."""
+    headers = {}
+    if 'retry_after' in fault:
+        headers['Retry-After'] = str(fault['retry_after'])
+    msg = fault.get('message', 'injected')
+    shape = fault.get('shape', 'openai')
+    if shape == 'fastapi':
+        return fault['status'], headers, {'detail': msg}
+    if shape == 'text':
+        return fault['status'], headers, msg  # sent as text/plain
+    return fault['status'], headers, {'error': {
+        'message': msg, 'type': 'injected', 'code': fault['status']}}
+
+
 def _public(obj: dict) -> dict:
     return {k: v for k, v in obj.items() if not k.startswith('_')}
 
@@ -188,10 +254,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: Any, headers: Optional[dict] = None,
               raw: Optional[bytes] = None) -> None:
+        ctype = 'application/json'
+        if isinstance(payload, str):
+            raw, ctype = payload.encode(), 'text/plain'
+        elif raw is not None:
+            ctype = 'application/octet-stream'
         data = raw if raw is not None else json.dumps(payload).encode()
+        if _peer_closed(self.connection):
+            self.fake.abandoned += 1  # the client timed out and hung up
+            self.close_connection = True
+            return
         self.send_response(status)
-        self.send_header('Content-Type', 'application/json'
-                         if raw is None else 'application/octet-stream')
+        self.send_header('Content-Type', ctype)
         self.send_header('Content-Length', str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -200,14 +274,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorised(self) -> bool:
         fake = self.fake
+        got = self.headers.get('Authorization')
+        with fake.lock:
+            fake.auth_seen.append(got)
         if fake.api_key is None:
             return True
-        got = self.headers.get('Authorization', '')
         if got == f'Bearer {fake.api_key}':
             return True
+        if fake.auth_shape == 'fastapi':  # llama-cpp-python's server
+            self._send(401, {'detail': 'Invalid API key'})
+            return False
         # Like the real API, name the offending key (here: in full) -- the
         # client must keep it out of its outputs.
-        given = got.removeprefix('Bearer ')
+        given = (got or '').removeprefix('Bearer ')
         self._send(401, {'error': {
             'message': f'Incorrect API key provided: {given}.',
             'type': 'invalid_request_error', 'code': 'invalid_api_key'}})
@@ -238,6 +317,17 @@ class _Handler(BaseHTTPRequestHandler):
                 with fake.lock:
                     fake.in_flight -= 1
                     fake.statuses[status] += 1
+            self._send(status, payload, headers)
+        elif path.endswith('/embeddings'):
+            body = json.loads(raw)
+            with fake.lock:
+                fake.n_requests += 1
+                n = fake.n_requests
+                if fake.keep_bodies:
+                    fake.bodies.append(raw)
+            status, headers, payload = fake.embeddings(body, n)
+            with fake.lock:
+                fake.statuses[status] += 1
             self._send(status, payload, headers)
         elif path.endswith('/files'):
             fake.bodies.append(raw)
@@ -285,6 +375,9 @@ class _Handler(BaseHTTPRequestHandler):
                              'first_id': data[0]['id'] if data else None,
                              'last_id': data[-1]['id'] if data else None,
                              'has_more': False})
+        elif path.endswith('/models'):
+            status, _, payload = fake.model_list()
+            self._send(status, payload)
         elif path.endswith('/stats'):
             self._send(200, {'requests': fake.n_requests,
                              'duplicates': fake.duplicates,
@@ -292,6 +385,16 @@ class _Handler(BaseHTTPRequestHandler):
                              'max_in_flight': fake.max_in_flight})
         else:
             self._send(404, {'error': {'message': f'no route {path}'}})
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the client has hung up (EOF waiting on the socket)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b''
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 class _Server(ThreadingHTTPServer):

@@ -88,7 +88,8 @@ def test_faults_are_retried_or_recorded(tmp_path, images, serve):
     fake, url = serve(api_key=KEY, policy=policy)
     out = str(tmp_path / 'd.jsonl')
     res = caption(out, images=root, model='gpt-4o-mini', base_url=url,
-                  concurrency=3, timeout=1.5, max_retries=3, progress=False)
+                  api_key_env='OPENAI_API_KEY', concurrency=3, timeout=1.5,
+                  max_retries=3, progress=False)
     assert not res['ok'] and res['failed_left'] == 2
     ok = successes(out)
     assert len(ok) == len(keys) - 2
@@ -111,7 +112,8 @@ def test_faults_are_retried_or_recorded(tmp_path, images, serve):
     before = fake.n_requests
     assigned.update({c: 'ok' for c in assigned})
     res2 = caption(out, images=root, model='gpt-4o-mini', base_url=url,
-                   concurrency=3, timeout=1.5, progress=False)
+                   api_key_env='OPENAI_API_KEY', concurrency=3, timeout=1.5,
+                   progress=False)
     assert res2['ok'] and res2['already_done'] == len(keys) - 2
     assert fake.n_requests - before == 2
     assert sorted(successes(out)) == keys

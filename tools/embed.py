@@ -52,8 +52,10 @@ def _embed_parser() -> argparse.ArgumentParser:
                    help='token limit (default: the model\'s; 77 for CLIP)')
     p.add_argument('--api-base', default=None,
                    help='OpenAI-compatible endpoint (vLLM, TEI, ...)')
-    p.add_argument('--api-key-env', default=None,
-                   help='env var holding the API key (default OPENAI_API_KEY)')
+    p.add_argument('--api-key-env', default=None, metavar='VAR',
+                   help='env var holding the key for --api-base (default: '
+                   'OPENAI_API_KEY, sent only to api.openai.com; other '
+                   'endpoints get no key)')
     p.add_argument('--dimensions', type=int, default=None,
                    help='embeddings API: output size (text-embedding-3-*)')
     p.add_argument('--concurrency', type=int, default=4,
@@ -92,13 +94,24 @@ def run_embed(argv: List[str]) -> int:
         print(f'{res.out}: up to date ({res.rows} rows of {res.dim}-d from '
               'these descriptions and this encoder); --force rebuilds')
         return 0
-    trunc = 'n/a (API)' if res.truncated is None else str(res.truncated)
-    rate = (res.rows - res.resumed_rows) / max(res.seconds, 1e-9)
-    print(f'{res.out}: {res.rows} rows x {res.dim}-d ({res.manifest["dtype"]})'
-          f' | skipped failures: {res.failures} | truncated to '
-          f'{encoder.max_length} tokens: {trunc} | resumed at row '
-          f'{res.resumed_rows} | {res.seconds:.1f} s ({rate:.0f} texts/s)')
+    print(summary_line(res, encoder.max_length))
     return 0
+
+
+def summary_line(res, max_length: Optional[int]) -> str:
+    """The end-of-run line: no ``None`` where a figure is unknown, and a
+    rate that stays readable below one text a second."""
+    if res.truncated is None or max_length is None:
+        trunc = 'truncation: n/a (the API rejects over-long texts)'
+    else:
+        trunc = f'truncated to {max_length} tokens: {res.truncated}'
+    done = res.rows - res.resumed_rows
+    rate = f'{done / res.seconds:.3g} texts/s' if done and res.seconds > 0 \
+        else 'no new rows'
+    return (f'{res.out}: {res.rows} rows x {res.dim}-d '
+            f'({res.manifest["dtype"]}) | skipped failures: {res.failures} | '
+            f'{trunc} | resumed at row {res.resumed_rows} | '
+            f'{res.seconds:.1f} s ({rate})')
 
 
 def run_merge(argv: List[str]) -> int:
@@ -161,13 +174,19 @@ def run_import_map(argv: List[str]) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv: List[str]) -> int:
     if argv and argv[0] in COMMANDS:
         cmd = {'merge': run_merge, 'import-gpt4image': run_import_gpt4image,
                'import-map': run_import_map}[argv[0]]
         return cmd(argv[1:])
     return run_embed(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The tool; every error ends as one scrubbed line and an exit code
+    (see gpt4image_mm/cli_errors.py and docs/embedding.md)."""
+    from gpt4image_mm.cli_errors import run_tool
+    return run_tool(_main, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == '__main__':

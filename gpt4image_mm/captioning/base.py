@@ -3,26 +3,27 @@ that decide what happens to a failed request."""
 from __future__ import annotations
 
 import abc
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..cli_errors import ToolError
+from ..security import Scrubber  # noqa: F401  (re-exported)
+
 # Answers that are refusals in disguise: recorded as failures, never embedded.
 _REFUSAL = re.compile(
     r"^\s*(i'?m sorry|i am sorry|sorry,? (but )?i|i can(no|')t|i cannot|"
     r"i am unable|i'?m unable|i'?m not able|as an ai\b)", re.IGNORECASE)
-_SECRET_LIKE = re.compile(r'\b(sk-[A-Za-z0-9_\-]{6,})')
 
 
 class CaptionError(Exception):
     """One request failed; recorded as a failure record, retried on rerun."""
 
 
-class FatalError(RuntimeError):
+class FatalError(ToolError):
     """Every further request would fail too (bad key, unknown model...):
-    stop the run instead of burning requests."""
+    stop the run instead of burning requests (exit code 2)."""
 
 
 @dataclass
@@ -83,31 +84,6 @@ def check_answer(text: Optional[str], finish_reason: Optional[str] = None,
     if _REFUSAL.match(text):
         raise CaptionError(f'refusal: {text[:200]}')
     return text
-
-
-class Scrubber:
-    """Removes secrets from any text that leaves the process (records, logs,
-    exceptions). Knows the configured key and anything shaped like one."""
-
-    def __init__(self, secrets: Sequence[str] = ()):
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
-
-    def __call__(self, text: Any) -> str:
-        text = str(text)
-        for s in self.secrets:
-            text = text.replace(s, '***')
-        return _SECRET_LIKE.sub('sk-***', text)
-
-
-def api_key_from_env(env_name: str = 'OPENAI_API_KEY',
-                     required: bool = True) -> Optional[str]:
-    """The API key, read only from the environment (never from argv, which
-    other users of the machine can read in ``ps``)."""
-    key = os.environ.get(env_name)
-    if not key and required:
-        raise FatalError(f'no API key: set the environment variable '
-                         f'{env_name} (or pick another with --api-key-env)')
-    return key or None
 
 
 def now_iso() -> str:

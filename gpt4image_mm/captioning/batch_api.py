@@ -93,7 +93,7 @@ class BatchBackend:
     name = 'openai-batch'
 
     def __init__(self, model: str, base_url: Optional[str] = None, *,
-                 api_key_env: str = 'OPENAI_API_KEY', max_tokens: int = 300,
+                 api_key_env: Optional[str] = None, max_tokens: int = 300,
                  temperature: Optional[float] = None, detail: str = 'auto',
                  system: Optional[str] = None, poll_interval: float = 30.0,
                  max_requests: int = 50_000, max_bytes: int = 190 << 20,
@@ -296,7 +296,8 @@ class BatchBackend:
         def prep(j: int) -> Any:
             try:
                 r = build_request(plan.item(j), 'data_url', max_side,
-                                  jpeg_quality, entry, self.detail)
+                                  jpeg_quality, entry, self.detail,
+                                  self.system)
                 return r
             except (ValueError, OSError) as e:
                 return plan.keys[j], str(e)

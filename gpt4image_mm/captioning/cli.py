@@ -1,8 +1,9 @@
 """``tools/caption.py``: the command line over :func:`caption`.
 
-Exit status: 0 all done (or stopped on purpose by --limit / --max-cost),
-1 failures are left in the output (rerun to retry them), 2 fatal error
-(bad key, unknown model, bad arguments).
+Exit status (:mod:`gpt4image_mm.cli_errors`): 0 all done (or stopped on
+purpose by --limit / --max-cost), 1 failures are left in the output (rerun
+to retry them), 2 fix something first (bad key, unknown model, bad
+arguments), 3 the server is unreachable (rerun later to resume).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .base import FatalError, Scrubber
+from ..cli_errors import run_tool
+from .base import Scrubber
 from .merge import merge
 from .pricing import CostMeter, load_prices
 from .prompts import TEXT_SYSTEM, class_text_prompts, image_prompts
@@ -60,7 +62,7 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
 
 def caption(out: str, *, backend: str = 'openai', model: str = '',
             base_url: Optional[str] = None,
-            api_key_env: str = 'OPENAI_API_KEY',
+            api_key_env: Optional[str] = None,
             config: Optional[str] = None, split: str = 'train',
             images: Optional[str] = None,
             classes: Union[None, str, Sequence[str]] = None,
@@ -104,9 +106,12 @@ def caption(out: str, *, backend: str = 'openai', model: str = '',
     if dry_run:
         est = estimate(plan, meter, shard=shard_t, out=out,
                        max_side=max_side, detail=detail,
-                       max_tokens=max_tokens, limit=limit)
+                       max_tokens=max_tokens, limit=limit, system=system)
         est['backend'] = backend
         return est
+    if backend in ('openai', 'openai-batch'):
+        from ..openai_client import check_served_model
+        check_served_model(base_url, api_key_env, model, timeout)
     if backend == 'openai-batch':
         from .batch_api import BatchBackend
         bb = BatchBackend(model, base_url, api_key_env=api_key_env,
@@ -177,8 +182,10 @@ def _run_parser() -> argparse.ArgumentParser:
     be.add_argument('--model', required=True)
     be.add_argument('--base-url', help='OpenAI-compatible endpoint, e.g. '
                     'http://localhost:8000/v1 (vLLM)')
-    be.add_argument('--api-key-env', default='OPENAI_API_KEY',
-                    help='environment variable holding the API key')
+    be.add_argument('--api-key-env', default=None, metavar='VAR',
+                    help='environment variable holding the key for '
+                    '--base-url (default: OPENAI_API_KEY, sent only to '
+                    'api.openai.com; other endpoints get no key)')
     be.add_argument('--concurrency', type=int, default=16)
     be.add_argument('--rpm', type=float, default=0, help='requests/min '
                     'limit (0: none)')
@@ -236,7 +243,11 @@ def _cfg_options(items: Optional[List[str]]) -> Optional[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The tool; every error ends as one line and an exit code."""
+    return run_tool(_main, list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: List[str]) -> int:
     if argv and argv[0] == 'merge':
         mp = argparse.ArgumentParser(prog='caption.py merge',
                                      description='join shard outputs')
@@ -244,38 +255,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mp.add_argument('parts', nargs='+')
         mp.add_argument('--overwrite', action='store_true')
         a = mp.parse_args(argv[1:])
-        try:
-            print(json.dumps(merge(a.out, a.parts, a.overwrite)))
-        except ValueError as e:
-            print(f'error: {e}', file=sys.stderr)
-            return 2
+        print(json.dumps(merge(a.out, a.parts, a.overwrite)))
         return 0
     a = _run_parser().parse_args(argv)
-    try:
-        res = caption(
-            a.out, backend=a.backend, model=a.model, base_url=a.base_url,
-            api_key_env=a.api_key_env, config=a.config, split=a.split,
-            images=a.images, classes=a.classes, per_class=a.per_class,
-            per_image=a.per_image, prompt=a.prompt, system=a.system,
-            concurrency=a.concurrency, batch_size=a.batch_size, rpm=a.rpm,
-            tpm=a.tpm, max_tokens=a.max_tokens, temperature=a.temperature,
-            repetition_penalty=a.repetition_penalty,
-            timeout=a.timeout, max_retries=a.max_retries, detail=a.detail,
-            max_side=a.max_side, jpeg_quality=a.jpeg_quality, shard=a.shard,
-            limit=a.limit, max_cost=a.max_cost, dry_run=a.dry_run,
-            price_table=a.price_table, device=a.device, dtype=a.dtype,
-            seed=a.seed, poll_interval=a.poll_interval,
-            batch_max_requests=a.batch_max_requests,
-            batch_max_active=a.batch_max_active, wait=not a.no_wait,
-            abort_after_failures=a.abort_after_failures,
-            progress=False if a.no_progress else None, handle_signals=True,
-            cfg_options=_cfg_options(a.cfg_options))
-    except FatalError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    res = caption(
+        a.out, backend=a.backend, model=a.model, base_url=a.base_url,
+        api_key_env=a.api_key_env, config=a.config, split=a.split,
+        images=a.images, classes=a.classes, per_class=a.per_class,
+        per_image=a.per_image, prompt=a.prompt, system=a.system,
+        concurrency=a.concurrency, batch_size=a.batch_size, rpm=a.rpm,
+        tpm=a.tpm, max_tokens=a.max_tokens, temperature=a.temperature,
+        repetition_penalty=a.repetition_penalty,
+        timeout=a.timeout, max_retries=a.max_retries, detail=a.detail,
+        max_side=a.max_side, jpeg_quality=a.jpeg_quality, shard=a.shard,
+        limit=a.limit, max_cost=a.max_cost, dry_run=a.dry_run,
+        price_table=a.price_table, device=a.device, dtype=a.dtype,
+        seed=a.seed, poll_interval=a.poll_interval,
+        batch_max_requests=a.batch_max_requests,
+        batch_max_active=a.batch_max_active, wait=not a.no_wait,
+        abort_after_failures=a.abort_after_failures,
+        progress=False if a.no_progress else None, handle_signals=True,
+        cfg_options=_cfg_options(a.cfg_options))
     if a.dry_run:
         print(json.dumps(res, indent=1))
         return 0

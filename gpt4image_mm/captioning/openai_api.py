@@ -12,38 +12,32 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..openai_client import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    api_error,
+    server_reason,
+)
+from ..openai_client import make_client as make_endpoint
+from ..security import Scrubber
 from .base import (
     Answer,
     Backend,
     CaptionError,
     FatalError,
     Request,
-    Scrubber,
-    api_key_from_env,
     check_answer,
 )
 
-OPENAI_HOST = 'api.openai.com'
 
-
-def _is_openai(base_url: Optional[str]) -> bool:
-    return not base_url or OPENAI_HOST in base_url
-
-
-def make_client(base_url: Optional[str], api_key_env: str, timeout: float,
-                max_retries: int) -> Tuple[Any, Scrubber, bool]:
-    """``(AsyncOpenAI client, key scrubber, talks to OpenAI itself)``.
-
-    The key comes from the environment only; a local server (vLLM,
-    Ollama...) often needs none. The SDK does the retries and honours
-    Retry-After.
-    """
-    import openai
-    openai_params = _is_openai(base_url)
-    key = api_key_from_env(api_key_env, required=openai_params)
-    client = openai.AsyncOpenAI(api_key=key or 'no-key', base_url=base_url,
-                                max_retries=max_retries, timeout=timeout)
-    return client, Scrubber([key] if key else []), openai_params
+def make_client(base_url: Optional[str], api_key_env: Optional[str],
+                timeout: float, max_retries: int) -> Tuple[Any, Scrubber, bool]:
+    """``(AsyncOpenAI client, key scrubber, talks to OpenAI itself)`` from
+    the one client factory (:mod:`gpt4image_mm.openai_client`), which
+    applies the key policy."""
+    ep = make_endpoint(base_url, api_key_env, timeout=timeout,
+                       max_retries=max_retries)
+    return ep.client, ep.scrub, ep.is_openai
 
 
 def user_message(prompt: str, image_url: Optional[str],
@@ -60,13 +54,21 @@ def user_message(prompt: str, image_url: Optional[str],
         {'type': 'image_url', 'image_url': image}]}
 
 
+def chat_messages(prompt: str, image_url: Optional[str],
+                  system: Optional[str] = None,
+                  detail: str = 'auto') -> List[Dict[str, Any]]:
+    """The messages of one request (also what its token estimate counts)."""
+    messages = [{'role': 'system', 'content': system}] if system else []
+    messages.append(user_message(prompt, image_url, detail))
+    return messages
+
+
 def chat_body(model: str, req: Request, *, max_tokens: int,
               temperature: Optional[float], detail: str,
               system: Optional[str], openai_params: bool,
               extra_body: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The JSON body of ``/v1/chat/completions`` (also a Batch API line)."""
-    messages = [{'role': 'system', 'content': system}] if system else []
-    messages.append(user_message(req.prompt, req.image, detail))
+    messages = chat_messages(req.prompt, req.image, system, detail)
     body: Dict[str, Any] = {'model': model, 'messages': messages}
     # OpenAI's newer models only accept max_completion_tokens; many
     # self-hosted servers only know max_tokens.
@@ -100,15 +102,11 @@ def parse_completion(data: Any, fallback_model: str) -> Answer:
 
 
 def error_message(e: Exception) -> str:
-    """A short, useful description of an SDK error (status + server text)."""
+    """A short, useful description of an SDK error (status + the server's
+    reason, whatever shape its error body has)."""
     import openai
     if isinstance(e, openai.APIStatusError):
-        body = e.body if isinstance(e.body, dict) else None
-        msg = None
-        if body:
-            err = body.get('error', body)
-            msg = err.get('message') if isinstance(err, dict) else err
-        return f'HTTP {e.status_code}: {msg or e.message}'
+        return f'HTTP {e.status_code}: {server_reason(e)}'
     if isinstance(e, openai.APITimeoutError):
         return 'timeout'
     if isinstance(e, openai.APIConnectionError):
@@ -123,9 +121,10 @@ class OpenAIBackend(Backend):
     name = 'openai'
 
     def __init__(self, model: str, base_url: Optional[str] = None, *,
-                 api_key_env: str = 'OPENAI_API_KEY', concurrency: int = 16,
+                 api_key_env: Optional[str] = None, concurrency: int = 16,
                  max_tokens: int = 300, temperature: Optional[float] = None,
-                 timeout: float = 120.0, max_retries: int = 5,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 max_retries: int = DEFAULT_MAX_RETRIES,
                  detail: str = 'auto', system: Optional[str] = None,
                  extra_body: Optional[Dict[str, Any]] = None):
 
@@ -137,8 +136,12 @@ class OpenAIBackend(Backend):
         self.detail = detail
         self.system = system
         self.extra_body = extra_body
-        self.client, self.scrub, self.openai_params = make_client(
-            base_url, api_key_env, timeout, max_retries)
+        self.max_retries = max_retries
+        self.endpoint = make_endpoint(base_url, api_key_env, timeout=timeout,
+                                      max_retries=max_retries)
+        self.client = self.endpoint.client
+        self.scrub = self.endpoint.scrub
+        self.openai_params = self.endpoint.is_openai
 
     def body(self, req: Request) -> Dict[str, Any]:
         return chat_body(self.model, req, max_tokens=self.max_tokens,
@@ -153,17 +156,15 @@ class OpenAIBackend(Backend):
             resp = await self.client.chat.completions.create(**body)
         except (openai.AuthenticationError, openai.PermissionDeniedError,
                 openai.NotFoundError) as e:
-            raise FatalError(self.scrub(
-                f'{error_message(e)} -- check the API key, the model name '
-                f'{self.model!r} and --base-url; stopping instead of failing '
-                'every request')) from None
-        except openai.APIStatusError as e:
-            retried = e.status_code in (408, 409, 429) or e.status_code >= 500
+            raise FatalError(str(api_error(e, self.endpoint, self.model))
+                             + '; stopping instead of failing every '
+                             'request') from None
+        except openai.APIError as e:
+            retried = self.max_retries > 0 and (
+                not isinstance(e, openai.APIStatusError)
+                or e.status_code in (408, 409, 429) or e.status_code >= 500)
             note = ' (after retries)' if retried else ''
             return CaptionError(self.scrub(error_message(e) + note))
-        except openai.APIError as e:
-            return CaptionError(self.scrub(error_message(e)
-                                           + ' (after retries)'))
         try:
             return parse_completion(resp, self.model)
         except CaptionError as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 PRICES_AS_OF = '2025-06'
 
@@ -99,9 +99,37 @@ def image_tokens(size: Tuple[int, int], entry: Optional[Dict[str, Any]],
     return int(entry.get('tokens', 0))
 
 
+# OpenAI's rule of thumb for English text: about 4 characters a token.
+CHARS_PER_TOKEN = 4
+# Chat-format overhead, from OpenAI's cookbook "How to count tokens with
+# tiktoken": 3 tokens per message (role and separators), 3 priming the reply.
+TOKENS_PER_MESSAGE = 3
+REPLY_PRIMING_TOKENS = 3
+
+
 def text_tokens(text: str) -> int:
-    """A rough count (4 characters a token) plus chat-format overhead."""
-    return len(text) // 4 + 8
+    """A rough count of a text's tokens (no chat overhead)."""
+    return len(text) // CHARS_PER_TOKEN
+
+
+def messages_tokens(messages: List[Dict[str, Any]]) -> int:
+    """Prompt tokens of a chat request's text: every message (system
+    included) with its overhead. Images are priced by :func:`image_tokens`."""
+    total = REPLY_PRIMING_TOKENS
+    for msg in messages:
+        content = msg.get('content') or ''
+        if isinstance(content, list):
+            content = ''.join(p.get('text', '') for p in content
+                              if p.get('type') == 'text')
+        total += TOKENS_PER_MESSAGE + text_tokens(content)
+    return total
+
+
+def request_text_tokens(prompt: str, system: Optional[str] = None) -> int:
+    """Estimated prompt tokens of the text of one request, counted on the
+    exact messages the API backends send (:func:`.openai_api.chat_messages`)."""
+    from .openai_api import chat_messages
+    return messages_tokens(chat_messages(prompt, None, system))
 
 
 @dataclass

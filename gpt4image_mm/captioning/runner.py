@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from ..descriptions import DescriptionWriter, iter_records
 from .base import Answer, Backend, CaptionError, FatalError, Request, Scrubber, now_iso
 from .images import ImageError, downscale, open_rgb, prepare_image
-from .pricing import CostMeter, image_tokens, text_tokens
+from .pricing import CostMeter, image_tokens, request_text_tokens
 from .sources import Item, Plan, shard_of
 
 
@@ -170,11 +170,13 @@ def failure_record(key: str, error: str, model: str = '',
 
 def build_request(item: Item, image_format: str, max_side: int,
                   quality: int, price_entry: Optional[dict],
-                  detail: str = 'auto') -> Request:
-    """Render the prompt and load the image (in a worker thread)."""
+                  detail: str = 'auto',
+                  system: Optional[str] = None) -> Request:
+    """Render the prompt and load the image (in a worker thread); the token
+    estimate counts every message sent, the system prompt included."""
     prompt = item.prompt.render(item.class_name)
     req = Request(item.key, item.prompt.id, prompt)
-    est = text_tokens(prompt)
+    est = request_text_tokens(prompt, system)
     if item.source is not None:
         if image_format == 'pil':
             req.image = downscale(open_rgb(item.source, item.key), max_side)
@@ -266,6 +268,7 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(max(1, prep_threads))
     writer = DescriptionWriter(out)
+    system = getattr(backend, 'system', None)  # counted in token estimates
 
     def record_failure(key: str, error: str, prompt_id: str = '') -> None:
         error = scrub(error)
@@ -295,7 +298,7 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
             try:
                 out_.append(build_request(plan.item(j), backend.image_format,
                                           max_side, jpeg_quality, entry,
-                                          detail))
+                                          detail, system))
             except (ImageError, ValueError) as e:
                 out_.append((key, str(e)))
         return out_
@@ -435,7 +438,8 @@ def expected_output_tokens(max_tokens: int) -> int:
 def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
              out: Optional[str] = None, max_side: int = 512,
              detail: str = 'auto', max_tokens: int = 300,
-             limit: Optional[int] = None, sample: int = 200) -> Dict[str, Any]:
+             limit: Optional[int] = None, sample: int = 200,
+             system: Optional[str] = None) -> Dict[str, Any]:
     """--dry-run: requests, estimated tokens and cost, without any request.
 
     Image sizes are read from the headers of up to ``sample`` images spread
@@ -452,7 +456,8 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
     from .images import image_size
     for j in picks:
         item = plan.item(j)
-        tok = text_tokens(item.prompt.render(item.class_name))
+        tok = request_text_tokens(item.prompt.render(item.class_name),
+                                  system)
         if item.source is not None:
             try:
                 tok += image_tokens(image_size(item.source, max_side),

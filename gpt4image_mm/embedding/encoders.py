@@ -35,6 +35,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cli_errors import ToolError
+from ..openai_client import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    PREFLIGHT_RETRIES,
+    api_error,
+    check_model,
+    make_client,
+)
+
 POOLING_MODES = ('mean', 'cls', 'max', 'last', 'mean_sqrt_len',
                  'weightedmean')
 # sentence-transformers' pooling config keys, in its concatenation order.
@@ -47,9 +57,6 @@ _ST_POOLING_KEYS = (('pooling_mode_cls_token', 'cls'),
 _ST_MODE_NAMES = {'cls': 'cls', 'max': 'max', 'mean': 'mean',
                   'mean_sqrt_len_tokens': 'mean_sqrt_len',
                   'weightedmean': 'weightedmean', 'lasttoken': 'last'}
-# Output sizes of OpenAI's embedding models (no probe request needed).
-OPENAI_DIMS = {'text-embedding-3-small': 1536, 'text-embedding-3-large': 3072,
-               'text-embedding-ada-002': 1536}
 _SNAPSHOT = re.compile(r'[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)')
 
 
@@ -500,8 +507,11 @@ class OpenAIEncoder(TextEncoder):
     """An OpenAI-compatible embeddings endpoint (OpenAI, vLLM, TEI, ...).
 
     Requests go out ``request_size`` texts at a time, ``concurrency`` in
-    flight; the SDK retries rate limits and 5xx with backoff. The API key is
-    read from the environment variable ``api_key_env`` and never logged.
+    flight; the client comes from the one factory
+    (:func:`gpt4image_mm.openai_client.make_client`: key policy, retries).
+    At start it checks that the server lists the model and sends one probe
+    (few retries: a server that fails it is not waited on), so a broken or
+    non-pooling server stops the run before anything is written.
     """
 
     kind = 'openai'
@@ -509,19 +519,13 @@ class OpenAIEncoder(TextEncoder):
     def __init__(self, model: str, api_base: Optional[str] = None,
                  api_key_env: Optional[str] = None,
                  dimensions: Optional[int] = None, request_size: int = 256,
-                 concurrency: int = 4, max_retries: int = 6,
-                 timeout: float = 120.0):
-        import openai
-        env = api_key_env or 'OPENAI_API_KEY'
-        key = os.environ.get(env)
-        if not key:
-            if not api_base:
-                raise EncoderError(
-                    f'openai:{model}: no API key; set ${env} (or pass '
-                    'api_key_env to name another variable)')
-            key = 'EMPTY'  # local servers usually need none
-        self.client = openai.OpenAI(api_key=key, base_url=api_base,
-                                    max_retries=max_retries, timeout=timeout)
+                 concurrency: int = 4,
+                 max_retries: int = DEFAULT_MAX_RETRIES,
+                 timeout: float = DEFAULT_TIMEOUT):
+        self.endpoint = make_client(api_base, api_key_env, timeout=timeout,
+                                    max_retries=max_retries,
+                                    asynchronous=False)
+        self.client = self.endpoint.client
         self.model_name = model
         self.name = f'openai:{model}'
         self.dimensions = dimensions
@@ -529,28 +533,62 @@ class OpenAIEncoder(TextEncoder):
         self.concurrency = max(1, int(concurrency))
         self.truncated = None  # the API rejects, it does not truncate
         self.max_length = None
-        self._dim = dimensions or OPENAI_DIMS.get(model)
+        check_model(self.endpoint, model)
+        probe = self._request(['dimension probe'], PREFLIGHT_RETRIES)
+        self._dim = int(probe.shape[1])
+        if dimensions and self._dim != dimensions:
+            raise ToolError(f'{self.endpoint.url}: asked for {dimensions}-d '
+                            f'vectors, got {self._dim}-d -- this model or '
+                            'server ignores --dimensions; drop it')
 
     @property
     def dim(self) -> int:  # type: ignore[override]
-        if self._dim is None:  # unknown model: ask the server once
-            self._dim = int(self._request(['dimension probe']).shape[1])
         return self._dim
 
     def settings(self) -> Dict[str, Any]:
         return dict(kind=self.kind, dimensions=self.dimensions)
 
-    def _request(self, texts: List[str]) -> np.ndarray:
+    def _request(self, texts: List[str],
+                 retries: Optional[int] = None) -> np.ndarray:
+        import openai
         kwargs: Dict[str, Any] = dict(model=self.model_name, input=texts,
                                       encoding_format='float')
         if self.dimensions:
             kwargs['dimensions'] = int(self.dimensions)
-        resp = self.client.embeddings.create(**kwargs)
+        client = self.client if retries is None else \
+            self.client.with_options(max_retries=retries)
+        try:
+            resp = client.embeddings.create(**kwargs)
+        except openai.APIError as e:
+            raise api_error(e, self.endpoint, self.model_name,
+                            'embedding request') from None
         data = sorted(resp.data, key=lambda d: d.index)
         if len(data) != len(texts):
-            raise EncoderError(f'{self.name}: {len(data)} embeddings for '
-                               f'{len(texts)} inputs')
-        return np.asarray([d.embedding for d in data], dtype=np.float32)
+            raise ToolError(f'{self.endpoint.url}: {len(data)} embeddings '
+                            f'for {len(texts)} inputs -- not an '
+                            'OpenAI-compatible embeddings answer')
+        return self._matrix([d.embedding for d in data])
+
+    def _matrix(self, vectors: List[Any]) -> np.ndarray:
+        """The answer as ``n x dim``, or a one-line error that says what
+        the server did wrong (vectors per token: it does not pool)."""
+        for v in vectors:
+            if isinstance(v, list) and v and isinstance(v[0], list):
+                raise ToolError(
+                    f'{self.endpoint.url} answered {len(v)} vectors for one '
+                    f'text (one per token): the server does not pool -- '
+                    'start it with a pooling type (llama.cpp: --pooling '
+                    'mean)')
+            if not isinstance(v, list) or not v or not all(
+                    isinstance(x, (int, float)) for x in v):
+                raise ToolError(f'{self.endpoint.url} answered an embedding '
+                                'that is not a list of numbers -- not an '
+                                'OpenAI-compatible embeddings server?')
+        sizes = sorted({len(v) for v in vectors})
+        if len(sizes) > 1:
+            raise ToolError(f'{self.endpoint.url} answered vectors of '
+                            f'different sizes {sizes} in one batch')
+        return np.asarray(vectors, dtype=np.float32)
 
     def run(self, prepared: Any) -> torch.Tensor:
         texts = list(prepared)
@@ -562,11 +600,10 @@ class OpenAIEncoder(TextEncoder):
             with ThreadPoolExecutor(min(self.concurrency, len(chunks))) as ex:
                 parts = list(ex.map(self._request, chunks))
         vec = torch.from_numpy(np.concatenate(parts))
-        if self._dim is None:
-            self._dim = vec.shape[1]
-        elif vec.shape[1] != self._dim:
-            raise EncoderError(f'{self.name}: got {vec.shape[1]}-d vectors, '
-                               f'expected {self._dim}')
+        if vec.shape[1] != self._dim:
+            raise ToolError(f'{self.endpoint.url}: got {vec.shape[1]}-d '
+                            f'vectors, expected {self._dim} (the first '
+                            'answer\'s size); did the server change models?')
         return F.normalize(vec, dim=-1)
 
 

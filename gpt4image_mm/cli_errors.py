@@ -1,0 +1,60 @@
+"""The one error path of the command-line tools (caption.py, embed.py).
+
+An error a user can act on is one line, ``error: <what> -- <the fix>``,
+scrubbed of keys, and an exit code; only an unexpected error (a bug) shows
+a traceback, scrubbed too.
+
+Exit codes (docs/captioning.md and docs/embedding.md list them):
+
+* 0 -- the work is done (or stopped on purpose by ``--limit``/``--max-cost``);
+* 1 -- not done: failures left in the output (rerun to retry them), or an
+  unexpected error (a scrubbed traceback is printed);
+* 2 -- fix something first: arguments, input files, the key, the model name,
+  a server that is not set up for this request;
+* 3 -- the server is unreachable or keeps failing: rerun later, the run
+  resumes where it stopped.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable, List, Optional
+
+from .security import scrub
+
+EXIT_OK = 0
+EXIT_NOT_DONE = 1
+EXIT_FIX_INPUT = 2
+EXIT_SERVER = 3
+
+
+class ToolError(RuntimeError):
+    """An error that ends a run with a one-line message and ``exit_code``."""
+
+    exit_code = EXIT_FIX_INPUT
+
+    def __init__(self, message: str, exit_code: Optional[int] = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+def print_error(message: object) -> None:
+    """One scrubbed line on stderr."""
+    line = ' '.join(scrub(message).split())
+    print(f'error: {line}', file=sys.stderr, flush=True)
+
+
+def run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
+    """Run ``main(argv)``; turn every exception into its line and code."""
+    try:
+        return main(argv)
+    except ToolError as e:
+        print_error(e)
+        return e.exit_code
+    except (ValueError, OSError) as e:  # bad arguments, files, records
+        print_error(e)
+        return EXIT_FIX_INPUT
+    except Exception:  # noqa: BLE001 - a bug: show where, keys removed
+        print(scrub(traceback.format_exc()), file=sys.stderr, flush=True)
+        return EXIT_NOT_DONE
