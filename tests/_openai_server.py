@@ -231,6 +231,8 @@ def error_answer(fault: Dict[str, Any]):
     headers = {}
     if 'retry_after' in fault:
         headers['Retry-After'] = str(fault['retry_after'])
+    if 'retry_after_ms' in fault:
+        headers['retry-after-ms'] = str(fault['retry_after_ms'])
     msg = fault.get('message', 'injected')
     shape = fault.get('shape', 'openai')
     if shape == 'fastapi':
@@ -415,8 +417,11 @@ def main() -> None:  # pragma: no cover
     ap = argparse.ArgumentParser()
     ap.add_argument('--latency', type=float, default=0.05)
     ap.add_argument('--port', type=int, default=0)
+    ap.add_argument('--models', nargs='*', default=None,
+                    help='ids /v1/models lists (default: no such route)')
     args = ap.parse_args()
-    server, url = start_server(FakeOpenAI(args.latency, keep_bodies=False))
+    server, url = start_server(FakeOpenAI(args.latency, keep_bodies=False,
+                                          models=args.models))
     print('PORT', server.server_address[1], flush=True)
     try:
         while True:

@@ -34,7 +34,8 @@ def test_batch_submit_poll_collect_resume(tmp_path):
     server, url = start_server(fake)
     out = str(tmp_path / 'd.jsonl')
     common = dict(images=root, model='gpt-4o-mini', base_url=url,
-                  api_key_env='OPENAI_API_KEY', backend='openai-batch', poll_interval=0.01,
+                  api_key_env='OPENAI_API_KEY', backend='openai-batch',
+                  poll_interval=0.01,
                   batch_max_requests=4, progress=False)
     try:
         # 1. submit only (an interrupted run): ids land in the state file
