@@ -1,6 +1,7 @@
 """caption.py against a local OpenAI-wire server that injects faults."""
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -15,6 +16,7 @@ from gpt4image_mm.captioning.runner import TokenBucket  # noqa: E402
 from gpt4image_mm.descriptions import iter_records, read_descriptions  # noqa: E402
 
 KEY = 'sk-test-SECRET-0123456789abcdef'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -120,26 +122,215 @@ def test_faults_are_retried_or_recorded(tmp_path, images, serve):
     assert len(read_descriptions(out)) == len(keys)
 
 
-def test_auth_error_fails_fast_without_leaking_key(tmp_path, images, serve,
-                                                   monkeypatch, capsys):
+def caption_cli(*args, env_extra=None):
+    """tools/caption.py as a user runs it, the user's OpenAI key set."""
+    env = dict(os.environ, OPENAI_API_KEY=KEY, **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'tools', 'caption.py'), *args],
+        capture_output=True, text=True, env=env, timeout=300)
+
+
+def one_error_line(err):
+    assert 'Traceback' not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith('error:')]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_openai_key_stays_with_openai(tmp_path, images, serve):
+    """14.4: another endpoint never gets OPENAI_API_KEY; it gets the key of
+    --api-key-env; nothing shows the key."""
+    root, _ = images
+    fake, url = serve()
+    out = str(tmp_path / 'd.jsonl')
+    proc = caption_cli('--images', root, '--out', out, '--model', 'm',
+                       '--base-url', url, '--limit', '2', '--no-progress')
+    assert proc.returncode == 0, proc.stderr
+    assert fake.auth_seen and set(fake.auth_seen) == {'Bearer no-key'}
+    other = 'sk-local-server-key-55555555'
+    proc = caption_cli('--images', root, '--out', out, '--model', 'm',
+                       '--base-url', url, '--api-key-env', 'MY_KEY',
+                       '--limit', '2', '--no-progress',
+                       env_extra={'MY_KEY': other})
+    assert proc.returncode == 0, proc.stderr
+    assert f'Bearer {other}' in fake.auth_seen
+    assert not any(KEY in (a or '') for a in fake.auth_seen)
+    blobs = proc.stdout + proc.stderr + open(out).read()
+    assert KEY not in blobs and other not in blobs
+
+
+@pytest.mark.parametrize('url,env,sent', [
+    ('https://api.openai.com/v1', None, 'sk-openai'),
+    ('https://api.openai.com.evil.example/v1', None, None),
+    ('http://api.openai.com/v1', None, None),
+    ('https://my-vllm.example/v1', None, None),
+    ('https://my-vllm.example/v1', 'MY_KEY', 'sk-mine'),
+    ('http://localhost:8000/v1', 'MY_KEY', 'sk-mine'),
+    ('http://127.0.0.5:8000/v1', 'MY_KEY', 'sk-mine'),
+    ('http://[::1]:8000/v1', 'MY_KEY', 'sk-mine'),
+    ('http://gpu-box.example:8000/v1', 'MY_KEY', 'refused'),
+    ('http://10.0.0.7:8000/v1', 'MY_KEY', 'refused'),
+])
+def test_key_policy(monkeypatch, url, env, sent):
+    """14.4: the one policy every client set-up goes through."""
+    from gpt4image_mm.security import CredentialError, api_key_for
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-openai')
+    monkeypatch.setenv('MY_KEY', 'sk-mine')
+    if sent == 'refused':
+        with pytest.raises(CredentialError, match='plain http'):
+            api_key_for(url, env)
+    else:
+        assert api_key_for(url, env) == sent
+
+
+def test_key_never_sent_over_plain_http(tmp_path, images, monkeypatch,
+                                        capsys):
+    root, _ = images
+    monkeypatch.setenv('MY_KEY', 'sk-mine-0000000')
+    out = str(tmp_path / 'd.jsonl')
+    t = time.monotonic()
+    rc = main(['--images', root, '--out', out, '--model', 'm', '--base-url',
+               'http://gpu-box.invalid:8000/v1', '--api-key-env', 'MY_KEY',
+               '--no-progress'])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and 'refusing to send the key from MY_KEY' in line
+    assert time.monotonic() - t < 5 and not os.path.exists(out)
+
+
+def test_auth_error_fails_fast_without_leaking_key(tmp_path, images, serve):
+    """14.5, 13.8, 13.9: a wrong key -> rc 2 before any image is sent, one
+    line with the server's reason (any error-body shape) and the fix."""
     root, _ = images
     fake, url = serve(api_key='sk-the-right-one-000000')
     out = str(tmp_path / 'd.jsonl')
-    rc = main(['--images', root, '--out', out, '--model', 'm', '--base-url',
-               url, '--concurrency', '2', '--no-progress'])
-    cap = capsys.readouterr()
-    assert rc == 2
-    assert 'HTTP 401' in cap.err and 'API key' in cap.err
-    assert fake.n_requests <= 2  # no retries, no further requests
-    for blob in (cap.out, cap.err, open(out).read() if os.path.exists(out)
-                 else ''):
-        assert KEY not in blob
-    # the key from another variable: --api-key-env
-    monkeypatch.setenv('MY_KEY', 'sk-the-right-one-000000')
-    rc = main(['--images', root, '--out', out, '--model', 'm', '--base-url',
-               url, '--api-key-env', 'MY_KEY', '--no-progress', '--limit',
-               '2'])
-    assert rc == 0 and len(successes(out)) == 2
+    wrong = 'sk-wrong-key-0123456789'
+    proc = caption_cli('--images', root, '--out', out, '--model', 'm',
+                       '--base-url', url, '--api-key-env', 'MY_KEY',
+                       '--concurrency', '2', '--no-progress',
+                       env_extra={'MY_KEY': wrong})
+    assert proc.returncode == 2
+    line = one_error_line(proc.stderr)
+    assert 'HTTP 401' in line and 'Incorrect API key provided: ***' in line
+    assert 'check the key in MY_KEY' in line
+    assert fake.bodies == []  # stopped at the model listing: no image sent
+    blobs = proc.stdout + proc.stderr + (open(out).read()
+                                         if os.path.exists(out) else '')
+    assert wrong not in blobs and KEY not in blobs
+    # no key at all (OPENAI_API_KEY is not sent there): the fix says so
+    proc = caption_cli('--images', root, '--out', out, '--model', 'm',
+                       '--base-url', url, '--no-progress')
+    assert proc.returncode == 2
+    assert '--api-key-env VAR' in one_error_line(proc.stderr)
+
+
+def test_llama_cpp_401_reason_is_kept(tmp_path, images, serve, monkeypatch,
+                                      capsys):
+    """13.9: llama-cpp-python answers {"detail": "Invalid API key"}."""
+    root, _ = images
+    fake, url = serve(api_key='sk-right-0000000', auth_shape='fastapi')
+    monkeypatch.setenv('MY_KEY', 'sk-wrong-0000000')
+    rc = main(['--images', root, '--out', str(tmp_path / 'd.jsonl'),
+               '--model', 'm', '--base-url', url, '--api-key-env', 'MY_KEY',
+               '--no-progress'])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and 'HTTP 401' in line and 'Invalid API key' in line
+
+
+@pytest.mark.parametrize('shape', ['openai', 'fastapi', 'text'])
+def test_error_body_shapes(tmp_path, images, serve, shape):
+    """13.9: the server's reason is read from every common error shape."""
+    root, _ = images
+    reason = f'prompt too long for this server ({shape})'
+    fake, url = serve(policy=lambda body, n: {'status': 400, 'shape': shape,
+                                              'message': reason})
+    out = str(tmp_path / 'd.jsonl')
+    caption(out, images=root, model='m', base_url=url, limit=1,
+            progress=False)
+    (err,) = [r['error'] for r in records(out)]
+    assert err == f'HTTP 400: {reason}'
+
+
+def test_model_the_server_does_not_list_is_refused(tmp_path, images, serve,
+                                                   capsys):
+    """13.10: a server that echoes any model name must not record a wrong
+    one: refuse it at start; Ollama's ':latest' is the same model."""
+    root, _ = images
+    fake, url = serve(models=['smollm2', 'llava:latest'])
+    out = str(tmp_path / 'd.jsonl')
+    rc = main(['--images', root, '--out', out, '--model', 'does-not-exist',
+               '--base-url', url, '--no-progress'])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "does not serve model 'does-not-exist'" in line
+    assert 'llava:latest, smollm2' in line and fake.bodies == []
+    for model in ('smollm2', 'llava'):
+        res = caption(out, images=root, model=model, base_url=url, limit=1,
+                      progress=False)
+        assert res['succeeded'] == 1
+    # a server without a listing: a warning, and the run goes on
+    _, url2 = serve()
+    res = caption(out, images=root, model='anything', base_url=url2,
+                  limit=1, progress=False)
+    assert res['succeeded'] == 1
+    assert "lists no models; cannot check --model 'anything'" in \
+        capsys.readouterr().err
+
+
+def test_class_level_token_estimate_counts_the_system_prompt(tmp_path):
+    """13.11: the estimate is made on the exact messages sent: system +
+    user, 3 tokens each + 3 for the reply (OpenAI's chat format), 4
+    characters a token."""
+    from gpt4image_mm.captioning.cli import build_plan
+    from gpt4image_mm.captioning.prompts import TEXT_SYSTEM
+    from gpt4image_mm.captioning.runner import build_request
+    classes = tmp_path / 'classes.txt'
+    classes.write_text('bag\n')
+    est = caption(str(tmp_path / 'c.jsonl'), model='m', classes=str(classes),
+                  per_class=1, dry_run=True)
+    prompt = ('Describe in detail what a photo of a bag typically looks '
+              'like.')
+    exact = 3 + (3 + len(TEXT_SYSTEM) // 4) + (3 + len(prompt) // 4)
+    # 52 (llama.cpp counted 48 with SmolLM2's template; the old estimate,
+    # the user message alone, was 23)
+    assert exact == 3 + (3 + 28) + (3 + 15) == 52
+    assert est['est_prompt_tokens_per_request'] == exact
+    plan = build_plan(classes=str(classes), per_class=1)
+    req = build_request(plan.item(0), 'data_url', 512, 85, None,
+                        system=TEXT_SYSTEM)
+    assert req.prompt == prompt and req.est_prompt_tokens == exact
+
+
+@pytest.mark.parametrize('retries,note', [(0, False), (1, True)])
+def test_after_retries_only_when_retried(tmp_path, images, serve, retries,
+                                         note):
+    """13.12: "(after retries)" only when there were retries."""
+    root, _ = images
+    fake, url = serve(policy=lambda body, n: {'status': 500,
+                                              'message': 'boom',
+                                              'retry_after': 0})
+    out = str(tmp_path / 'd.jsonl')
+    caption(out, images=root, model='m', base_url=url, limit=1,
+            max_retries=retries, progress=False)
+    (err,) = [r['error'] for r in records(out)]
+    assert err.startswith('HTTP 500: boom')
+    assert ('(after retries)' in err) == note
+    assert fake.statuses[500] == 1 + retries
+
+
+def test_timed_out_request_hangs_up_with_max_tokens(tmp_path, images, serve):
+    """13.12: a timed-out request closes its connection (so the server can
+    stop generating) and carried max_tokens."""
+    root, _ = images
+    fake, url = serve(policy=lambda body, n: {'delay': 1.5})
+    out = str(tmp_path / 'd.jsonl')
+    caption(out, images=root, model='m', base_url=url, limit=1, timeout=0.4,
+            max_retries=0, max_tokens=77, progress=False)
+    (err,) = [r['error'] for r in records(out)]
+    assert err == 'timeout'
+    deadline = time.time() + 5
+    while fake.abandoned < 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert fake.abandoned == 1
+    assert json.loads(fake.bodies[0])['max_tokens'] == 77
 
 
 def test_bad_images_are_failures_not_crashes(tmp_path, images, serve):
