@@ -174,7 +174,9 @@ def run_import_map(argv: List[str]) -> int:
     return 0
 
 
-def _main(argv: List[str]) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; errors propagate (for callers in Python)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         cmd = {'merge': run_merge, 'import-gpt4image': run_import_gpt4image,
                'import-map': run_import_map}[argv[0]]
@@ -182,12 +184,8 @@ def _main(argv: List[str]) -> int:
     return run_embed(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """The tool; every error ends as one scrubbed line and an exit code
-    (see gpt4image_mm/cli_errors.py and docs/embedding.md)."""
-    from gpt4image_mm.cli_errors import run_tool
-    return run_tool(_main, list(sys.argv[1:] if argv is None else argv))
-
-
 if __name__ == '__main__':
-    sys.exit(main())
+    # every error ends as one scrubbed line and an exit code (see
+    # gpt4image_mm/cli_errors.py and docs/embedding.md)
+    from gpt4image_mm.cli_errors import run_tool
+    sys.exit(run_tool(main, sys.argv[1:]))
