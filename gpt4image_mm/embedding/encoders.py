@@ -534,7 +534,8 @@ class OpenAIEncoder(TextEncoder):
         self.truncated = None  # the API rejects, it does not truncate
         self.max_length = None
         check_model(self.endpoint, model)
-        probe = self._request(['dimension probe'], PREFLIGHT_RETRIES)
+        probe = self._request(['dimension probe'], PREFLIGHT_RETRIES,
+                              'first embedding request')
         self._dim = int(probe.shape[1])
         if dimensions and self._dim != dimensions:
             raise ToolError(f'{self.endpoint.url}: asked for {dimensions}-d '
@@ -548,8 +549,8 @@ class OpenAIEncoder(TextEncoder):
     def settings(self) -> Dict[str, Any]:
         return dict(kind=self.kind, dimensions=self.dimensions)
 
-    def _request(self, texts: List[str],
-                 retries: Optional[int] = None) -> np.ndarray:
+    def _request(self, texts: List[str], retries: Optional[int] = None,
+                 what: str = 'embedding request') -> np.ndarray:
         import openai
         kwargs: Dict[str, Any] = dict(model=self.model_name, input=texts,
                                       encoding_format='float')
@@ -561,7 +562,7 @@ class OpenAIEncoder(TextEncoder):
             resp = client.embeddings.create(**kwargs)
         except openai.APIError as e:
             raise api_error(e, self.endpoint, self.model_name,
-                            'embedding request') from None
+                            what) from None
         data = sorted(resp.data, key=lambda d: d.index)
         if len(data) != len(texts):
             raise ToolError(f'{self.endpoint.url}: {len(data)} embeddings '
