@@ -41,7 +41,6 @@ class Endpoint:
     is_openai: bool
     api_key_env: Optional[str]
     scrub: Scrubber
-    has_key: bool
 
 
 def make_client(base_url: Optional[str], api_key_env: Optional[str] = None,
@@ -58,7 +57,7 @@ def make_client(base_url: Optional[str], api_key_env: Optional[str] = None,
     client = cls(api_key=key or NO_KEY, admin_api_key='', base_url=url,
                  max_retries=max(0, int(max_retries)), timeout=timeout)
     return Endpoint(client, url, is_openai(url), api_key_env,
-                    Scrubber([key] if key else []), bool(key))
+                    Scrubber([key] if key else []))
 
 
 def server_reason(e: BaseException) -> str:
