@@ -24,6 +24,7 @@ COMMANDS = ('merge', 'import-gpt4image', 'import-map')
 
 
 def _embed_parser() -> argparse.ArgumentParser:
+    from gpt4image_mm.openai_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
     p = argparse.ArgumentParser(
         prog='embed.py', description='descriptions JSONL -> embedding store '
         f'(other commands: {", ".join(COMMANDS)})')
@@ -60,6 +61,11 @@ def _embed_parser() -> argparse.ArgumentParser:
                    help='embeddings API: output size (text-embedding-3-*)')
     p.add_argument('--concurrency', type=int, default=4,
                    help='embeddings API: requests in flight')
+    p.add_argument('--max-retries', type=int, default=DEFAULT_MAX_RETRIES,
+                   help='embeddings API: retries of a failed request (the '
+                   'SDK backs off and honours Retry-After)')
+    p.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
+                   help='embeddings API: seconds to wait for an answer')
     p.add_argument('--no-resume', action='store_true',
                    help='discard the progress of an interrupted run')
     p.add_argument('--force', action='store_true', help='replace a store '
@@ -84,7 +90,8 @@ def run_embed(argv: List[str]) -> int:
         dtype=args.dtype, pooling=args.pooling, max_length=args.max_length,
         api_base=args.api_base, api_key_env=args.api_key_env,
         dimensions=args.dimensions, request_size=args.batch_size,
-        concurrency=args.concurrency)
+        concurrency=args.concurrency, max_retries=args.max_retries,
+        timeout=args.timeout)
     res = embed_descriptions(
         args.descriptions, encoder, args.out, batch_size=args.batch_size,
         store_dtype=args.store_dtype, shard=args.shard,

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..cli_errors import run_tool
+from ..openai_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from .base import Scrubber
 from .merge import merge
 from .pricing import CostMeter, load_prices
@@ -71,8 +72,10 @@ def caption(out: str, *, backend: str = 'openai', model: str = '',
             concurrency: int = 16, batch_size: int = 8, rpm: float = 0,
             tpm: float = 0, max_tokens: int = 300,
             temperature: Optional[float] = None,
-            repetition_penalty: Optional[float] = None, timeout: float = 120.0,
-            max_retries: int = 5, detail: str = 'auto', max_side: int = 512,
+            repetition_penalty: Optional[float] = None,
+            timeout: float = DEFAULT_TIMEOUT,
+            max_retries: int = DEFAULT_MAX_RETRIES, detail: str = 'auto',
+            max_side: int = 512,
             jpeg_quality: int = 85, shard: Optional[str] = None,
             limit: Optional[int] = None, max_cost: Optional[float] = None,
             dry_run: bool = False, price_table: Optional[str] = None,
@@ -190,8 +193,8 @@ def _run_parser() -> argparse.ArgumentParser:
     be.add_argument('--rpm', type=float, default=0, help='requests/min '
                     'limit (0: none)')
     be.add_argument('--tpm', type=float, default=0, help='tokens/min limit')
-    be.add_argument('--timeout', type=float, default=120.0)
-    be.add_argument('--max-retries', type=int, default=5)
+    be.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT)
+    be.add_argument('--max-retries', type=int, default=DEFAULT_MAX_RETRIES)
     be.add_argument('--max-tokens', type=int, default=300)
     be.add_argument('--temperature', type=float, default=None)
     be.add_argument('--repetition-penalty', type=float, default=None,

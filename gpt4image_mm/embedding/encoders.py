@@ -685,7 +685,9 @@ def build_text_encoder(encoder: str, device: str = 'cpu', dtype: str = 'auto',
                        api_key_env: Optional[str] = None,
                        dimensions: Optional[int] = None,
                        request_size: int = 256,
-                       concurrency: int = 4) -> TextEncoder:
+                       concurrency: int = 4,
+                       max_retries: int = DEFAULT_MAX_RETRIES,
+                       timeout: float = DEFAULT_TIMEOUT) -> TextEncoder:
     """Build the encoder named by ``encoder`` (see the module docstring)."""
     if not isinstance(encoder, str) or not encoder:
         raise EncoderError(f'encoder must be a name or directory, got '
@@ -695,7 +697,8 @@ def build_text_encoder(encoder: str, device: str = 'cpu', dtype: str = 'auto',
                              if encoder.startswith('openai:') else encoder,
                              api_base=api_base, api_key_env=api_key_env,
                              dimensions=dimensions, request_size=request_size,
-                             concurrency=concurrency)
+                             concurrency=concurrency, max_retries=max_retries,
+                             timeout=timeout)
     if encoder.startswith('open_clip:'):
         arch, _, pretrained = encoder.split(':', 1)[1].partition('/')
         return OpenCLIPEncoder(arch, pretrained or None, device, dtype)
