@@ -27,12 +27,14 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..descriptions import DescriptionWriter
 from .base import Answer, CaptionError, FatalError, Request
+from .images import ImageError
 from .openai_api import chat_body, error_message, make_client, parse_completion
 from .pricing import CostMeter
 from .runner import (
     OutputState,
     Summary,
     build_request,
+    caption_lock,
     failure_record,
     finish_summary,
     success_record,
@@ -272,6 +274,19 @@ class BatchBackend:
                   meter: Optional[CostMeter] = None,
                   max_side: int = 512, jpeg_quality: int = 85,
                   progress: Optional[bool] = None) -> Summary:
+        """Submit, poll and collect; holds ``out``'s lock throughout."""
+        with caption_lock(out):
+            return await self._run_locked(
+                plan, out, shard=shard, limit=limit, max_cost=max_cost,
+                meter=meter, max_side=max_side, jpeg_quality=jpeg_quality,
+                progress=progress)
+
+    async def _run_locked(self, plan: Plan, out: str, *,
+                          shard: Tuple[int, int], limit: Optional[int],
+                          max_cost: Optional[float],
+                          meter: Optional[CostMeter], max_side: int,
+                          jpeg_quality: int,
+                          progress: Optional[bool]) -> Summary:
         from tqdm import tqdm
         t0 = time.monotonic()
         meter = meter or CostMeter(self.model, batch=True)
@@ -298,8 +313,10 @@ class BatchBackend:
                 r = build_request(plan.item(j), 'data_url', max_side,
                                   jpeg_quality, entry, self.detail)
                 return r
-            except (ValueError, OSError) as e:
+            except ImageError as e:
                 return plan.keys[j], str(e)
+            except Exception as e:  # noqa: BLE001  (one sample never ends a run)
+                return plan.keys[j], f'{plan.keys[j]}: {type(e).__name__}: {e}'
 
         def on_bad(key: str, error: str) -> None:
             writer.write(failure_record(key, error, self.model, '',

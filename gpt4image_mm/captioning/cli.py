@@ -1,17 +1,24 @@
 """``tools/caption.py``: the command line over :func:`caption`.
 
-Exit status: 0 all done (or stopped on purpose by --limit / --max-cost),
-1 failures are left in the output (rerun to retry them), 2 fatal error
-(bad key, unknown model, bad arguments).
+Exit status (the one table, also in docs/captioning.md):
+
+* 0   all done, or stopped on purpose by --limit / --max-cost;
+* 1   failures are left in the output (rerun to retry them);
+* 2   fatal error (bad key, unknown model, bad arguments) or --out is locked
+      by another run;
+* 128+N  stopped by signal N: 130 for SIGINT (Ctrl-C), 143 for SIGTERM; the
+      answers received are in the output, rerun to continue.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..files import LockHeld
 from .base import FatalError, Scrubber
 from .merge import merge
 from .pricing import CostMeter, load_prices
@@ -270,18 +277,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             abort_after_failures=a.abort_after_failures,
             progress=False if a.no_progress else None, handle_signals=True,
             cfg_options=_cfg_options(a.cfg_options))
-    except FatalError as e:
+    except (FatalError, ValueError, LockHeld) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:  # outside the runner's own handler
+        print('interrupted; rerun the same command to continue',
+              file=sys.stderr)
+        return 128 + int(signal.SIGINT)
     if a.dry_run:
         print(json.dumps(res, indent=1))
         return 0
     _print_summary(res)
+    return exit_code(res)
+
+
+def exit_code(res: Dict[str, Any]) -> int:
+    """The exit status of a run summary (see the module doc)."""
     if res.get('fatal'):
         return 2
+    if res.get('signal'):
+        return 128 + int(res['signal'])
     return 0 if res['ok'] else 1
 
 

@@ -1,0 +1,186 @@
+"""Hostile inputs and misuse (issue 14): each test builds the bad input itself
+and drives the real tool (CLI subprocesses against a local OpenAI-wire
+server where a run is involved)."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
+
+from gpt4image_mm.descriptions import iter_records  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY_ENV = 'HOSTILE_TEST_KEY'  # a named variable: never OPENAI_API_KEY to a local URL
+
+
+def bomb_png(path: str, side: int = 30000) -> int:
+    """A tiny PNG whose header claims ``side`` x ``side`` pixels (a
+    decompression bomb for PIL's 2 x 89.5 M pixel limit); its size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data)))
+    raw = (b'\x89PNG\r\n\x1a\n'
+           + chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0))
+           + chunk(b'IDAT', zlib.compress(b'\0' * 16))
+           + chunk(b'IEND', b''))
+    with open(path, 'wb') as f:
+        f.write(raw)
+    return len(raw)
+
+
+def caption_cmd(root: str, out: str, url: str, *extra: str) -> list:
+    return [sys.executable, os.path.join(REPO, 'tools', 'caption.py'),
+            '--images', root, '--out', out, '--model', 'm', '--base-url', url,
+            '--api-key-env', KEY_ENV, '--no-progress', *extra]
+
+
+def cli_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env[KEY_ENV] = 'sk-hostile-local-0000'
+    return env
+
+
+def records(out: str) -> list:
+    return [r for _, r in iter_records(out)] if os.path.exists(out) else []
+
+
+@pytest.fixture
+def server():
+    fake = FakeOpenAI(latency=0.0)
+    srv, url = start_server(fake)
+    yield fake, url
+    srv.shutdown()
+
+
+# -- 14.1 a decompression bomb is one failure record ---------------------
+def test_decompression_bomb_is_a_failure_record_and_the_run_goes_on(
+        tmp_path, server):
+    fake, url = server
+    root = str(tmp_path / 'imgs')
+    keys = make_images(root, classes=('a', 'b', 'c'), per_class=12)
+    assert bomb_png(os.path.join(root, 'b', 'bomb.png')) < 80
+    out = str(tmp_path / 'd.jsonl')
+    env = cli_env()
+    dry = subprocess.run(caption_cmd(root, out, url, '--dry-run'), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)['requests'] == len(keys) + 1
+    run = subprocess.run(caption_cmd(root, out, url, '--concurrency', '4'),
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr  # a failure is left: rerunnable
+    assert 'Traceback' not in run.stderr
+    recs = records(out)
+    fails = [r for r in recs if 'error' in r]
+    assert [r['key'] for r in fails] == ['b/bomb.png']
+    assert 'decompression bomb' in fails[0]['error']
+    assert 'b/bomb.png' in fails[0]['error']
+    assert sorted(r['key'] for r in recs if 'error' not in r) == keys
+    assert len(fake.answered) == len(keys)  # every paid answer was kept
+    # a rerun retries only the bomb, fails it again, and goes on
+    rerun = subprocess.run(caption_cmd(root, out, url), env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 1 and 'Traceback' not in rerun.stderr
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])['attempted'] == 1
+
+
+def test_every_image_decoder_names_the_bomb(tmp_path):
+    from gpt4image_mm.captioning.images import (
+        ImageError,
+        image_size,
+        open_rgb,
+        prepare_image,
+    )
+    path = str(tmp_path / 'bomb.png')
+    bomb_png(path)
+    for decode in (open_rgb, image_size, prepare_image):
+        with pytest.raises(ImageError, match='bomb.png: decompression bomb'):
+            decode(path)
+
+
+# -- 14.3 one run at a time per --out --------------------------------------
+def test_second_caption_run_on_the_same_out_is_refused(tmp_path):
+    release = threading.Event()  # the first run's answers wait for this
+    fake = FakeOpenAI(policy=lambda body, n: release.wait(120) and None)
+    srv, url = start_server(fake)
+    root = str(tmp_path / 'imgs')
+    make_images(root, per_class=4)
+    out = str(tmp_path / 'd.jsonl')
+    first = subprocess.Popen(caption_cmd(root, out, url, '--concurrency', '1'),
+                             env=cli_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while fake.n_requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(caption_cmd(root, out, url), env=cli_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert f'pid {first.pid}' in second.stderr.replace('"pid": ', 'pid ')
+        assert 'another run' in second.stderr
+    finally:
+        release.set()
+        first.kill()
+        first.wait()
+        srv.shutdown()
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    from gpt4image_mm.files import LockHeld, OutputLock
+    path = str(tmp_path / 'x.lock')
+    code = (f'import sys, os; sys.path.insert(0, {REPO!r})\n'
+            'from gpt4image_mm.files import OutputLock\n'
+            f'OutputLock({path!r}, "x").acquire(); os._exit(0)')
+    subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+    assert 'pid' in open(path).read()  # the dead holder's record is there
+    with OutputLock(path, 'x'):
+        with pytest.raises(LockHeld, match=f'"pid": {os.getpid()}'):
+            OutputLock(path, 'x').acquire()
+
+
+# -- 14.7 a signal is not success ------------------------------------------
+@pytest.mark.parametrize('sig,code', [(signal.SIGINT, 130),
+                                      (signal.SIGTERM, 143)])
+def test_run_stopped_by_a_signal_exits_non_zero(tmp_path, sig, code):
+    fake = FakeOpenAI(latency=0.3)
+    srv, url = start_server(fake)
+    root = str(tmp_path / 'imgs')
+    make_images(root, per_class=10)
+    out = str(tmp_path / 'd.jsonl')
+    proc = subprocess.Popen(caption_cmd(root, out, url, '--concurrency', '2'),
+                            env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(records(out)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        srv.shutdown()
+    assert proc.returncode == code, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary['ok'] is False and summary['signal'] == int(sig)
+    assert summary['not_attempted'] > 0
+    assert len(records(out)) == summary['succeeded']  # answers kept
+
+
+def test_limit_stop_still_exits_zero(tmp_path, server):
+    _, url = server
+    root = str(tmp_path / 'imgs')
+    make_images(root, per_class=3)
+    out = str(tmp_path / 'd.jsonl')
+    run = subprocess.run(caption_cmd(root, out, url, '--limit', '2'),
+                         env=cli_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert len(records(out)) == 2
