@@ -71,6 +71,22 @@ def iter_records(path: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
             pass  # the crash-torn tail; the writer cuts it before appending
 
 
+def is_descriptions_file(path: str) -> bool:
+    """Whether ``path`` is a descriptions file (empty, or its first line is a
+    record): what ``--force`` / ``--overwrite`` may replace."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, 'rb') as f:
+        first = f.readline()
+    if not first.strip():
+        return os.path.getsize(path) == len(first)
+    try:
+        _parse_line(path, 1, first.rstrip(b'\n'))
+    except DescriptionFileError:
+        return False
+    return True
+
+
 def read_descriptions(path: str,
                       on_duplicate: str = 'error') -> Dict[str, Dict[str, Any]]:
     """Successful records by key, in first-seen order.

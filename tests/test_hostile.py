@@ -184,3 +184,52 @@ def test_limit_stop_still_exits_zero(tmp_path, server):
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert len(records(out)) == 2
+
+
+# -- 14.2 --force replaces what the tool wrote, nothing else ---------------
+def test_embed_force_never_deletes_a_directory_that_is_not_a_store(tmp_path):
+    from gpt4image_mm.embedding import minilm_dir
+    desc = tmp_path / 'd.jsonl'
+    desc.write_text(json.dumps({'key': 'a.png', 'text': 'a red car'}) + '\n')
+    out = tmp_path / 'photos'
+    out.mkdir()
+    (out / 'holiday.jpg').write_bytes(b'precious')
+    run = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'tools', 'embed.py'), str(desc),
+         '--encoder', minilm_dir(), '--out', str(out), '--force',
+         '--device', 'cpu', '--no-progress'],
+        env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert 'is not an embedding store' in run.stderr
+    assert (out / 'holiday.jpg').read_bytes() == b'precious'
+    assert sorted(os.listdir(tmp_path)) == ['d.jsonl', 'photos']
+
+
+def test_store_writer_and_merges_refuse_to_replace_unknown_outputs(tmp_path):
+    import numpy as np
+
+    from gpt4image_mm.captioning.merge import merge
+    from gpt4image_mm.datasets.store import StoreError, write_store
+    from gpt4image_mm.embedding.importers import ImportSourceError, import_map
+    other = tmp_path / 'notes'
+    other.mkdir()
+    (other / 'x.txt').write_text('keep')
+    with pytest.raises(StoreError, match='not an embedding store'):
+        write_store(str(other), ['a'], np.ones((1, 2)), 'e', overwrite=True)
+    store = tmp_path / 'store'
+    write_store(str(store), ['a'], np.ones((1, 2)), 'e')
+    write_store(str(store), ['b'], np.ones((1, 2)), 'e', overwrite=True)
+    assert (other / 'x.txt').read_text() == 'keep'
+    part = tmp_path / 'p.jsonl'
+    part.write_text(json.dumps({'key': 'a', 'text': 't'}) + '\n')
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('my thesis\n')
+    with pytest.raises(ValueError, match='not a descriptions file'):
+        merge(str(notes), [str(part)], overwrite=True)
+    csv = tmp_path / 'm.csv'
+    csv.write_text('key,text\na.png,a cat\n')
+    with pytest.raises(ImportSourceError, match='not a descriptions file'):
+        import_map(str(csv), str(notes), force=True)
+    assert notes.read_text() == 'my thesis\n'
+    merge(str(tmp_path / 'm.jsonl'), [str(part)])
+    merge(str(tmp_path / 'm.jsonl'), [str(part)], overwrite=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Sequence, Set
 
-from ..descriptions import DescriptionWriter, iter_records
+from ..descriptions import DescriptionWriter, is_descriptions_file, iter_records
+from ..files import check_replaceable
 
 
 def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
@@ -26,6 +27,7 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
             raise ValueError(f'merge: {out} is also an input')
     if os.path.exists(out) and not overwrite:
         raise ValueError(f'merge: {out} exists (pass --overwrite)')
+    check_replaceable(out, is_descriptions_file, 'a descriptions file')
     tmp = out + '.merging'
     if os.path.exists(tmp):
         os.remove(tmp)

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..files import check_replaceable
 from ..keys import check_key
 
 FORMAT_NAME = 'gpt4image-mm-embedding-store'
@@ -60,6 +61,16 @@ def read_manifest(path: str) -> Dict[str, Any]:
     return manifest
 
 
+def is_store(path: str) -> bool:
+    """Whether ``path`` holds a committed store (a readable manifest): what
+    ``--force`` may replace."""
+    try:
+        read_manifest(path)
+    except StoreError:
+        return False
+    return True
+
+
 def bad_rows(array: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Indices of rows that are non-finite or all zero (scanned in chunks)."""
     bad = []
@@ -84,6 +95,9 @@ class StoreWriter:
                              f'{SUPPORTED_DTYPES}')
         if os.path.exists(path) and not overwrite:
             raise StoreError(f'{path} exists; pass overwrite=True to replace')
+        if os.path.exists(path):  # fail before the work, not at commit
+            check_replaceable(path, is_store, 'an embedding store',
+                              StoreError)
         self.path = os.path.abspath(path)
         self.count, self.dim, self.dtype = count, dim, dtype
         self.tmp = f'{self.path}.tmp-{uuid.uuid4().hex[:8]}'
@@ -123,6 +137,8 @@ class StoreWriter:
             os.fsync(f.fileno())
         old = None
         if os.path.exists(self.path):
+            check_replaceable(self.path, is_store, 'an embedding store',
+                              StoreError)
             old = f'{self.path}.old-{uuid.uuid4().hex[:8]}'
             os.rename(self.path, old)
         os.rename(self.tmp, self.path)
