@@ -12,6 +12,7 @@ from typing import Dict, Tuple
 import torch
 
 import gpt4image_mm  # noqa: F401  (safe-loading allow-list)
+from gpt4image_mm.safe_loading import safe_torch_load
 
 TRAINING_ONLY_PREFIXES = ('align_neck.', 'align_loss.', 'teacher.')
 
@@ -30,7 +31,7 @@ def strip_checkpoint(src: str, dst: str) -> int:
     Loaded with ``weights_only=True``: an untrusted file cannot run code.
     Optimizer and resume state are dropped too (they mention the neck).
     """
-    ckpt = torch.load(src, map_location='cpu', weights_only=True)
+    ckpt = safe_torch_load(src, map_location='cpu')
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{src}: not a checkpoint with a state_dict')

@@ -233,3 +233,69 @@ def test_store_writer_and_merges_refuse_to_replace_unknown_outputs(tmp_path):
     assert notes.read_text() == 'my thesis\n'
     merge(str(tmp_path / 'm.jsonl'), [str(part)])
     merge(str(tmp_path / 'm.jsonl'), [str(part)], overwrite=True)
+
+
+# -- 14.8 checkpoints load safely whatever torch's default -----------------
+EVIL_LOAD = '''
+import http.server, os, sys, threading
+sys.path.insert(0, {repo!r})
+import gpt4image_mm, torch
+from mmengine.runner import load_checkpoint
+model = torch.nn.Linear(2, 2)
+for src in ({pth!r}, 'http://127.0.0.1:{{}}/evil.pth'):
+    if src.startswith('http'):
+        os.chdir(os.path.dirname({pth!r}))
+        srv = http.server.ThreadingHTTPServer(
+            ('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        src = src.format(srv.server_address[1])
+    try:
+        load_checkpoint(model, src, map_location='cpu')
+        print('LOADED', src)
+    except Exception as e:
+        print('REFUSED', type(e).__name__)
+'''
+
+
+class _Evil:
+    """Unpickling this opens (creates) the marker file: code execution."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, 'w')
+
+
+def _evil_checkpoint(tmp_path):
+    import torch
+    marker = tmp_path / 'PWNED'
+    pth = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'meta': _Evil(str(marker))}, pth)
+    return pth, marker
+
+
+def test_evil_checkpoint_cannot_run_code_even_when_torch_is_told_to(tmp_path):
+    pth, marker = _evil_checkpoint(tmp_path)
+    env = dict(cli_env(), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1',
+               TORCH_HOME=str(tmp_path / 'hub'))
+    run = subprocess.run(
+        [sys.executable, '-c', EVIL_LOAD.format(repo=REPO, pth=str(pth))],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count('REFUSED UnpicklingError') == 2, run.stdout
+    assert not marker.exists()
+
+
+def test_tools_test_refuses_an_evil_checkpoint(tmp_path):
+    from test_train_e2e import write_tiny_project
+    write_tiny_project(tmp_path)
+    pth, marker = _evil_checkpoint(tmp_path)
+    env = dict(cli_env(), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    run = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'tools', 'test.py'), 'base.py',
+         str(pth), '--work-dir', str(tmp_path / 'work')],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0
+    assert 'UnpicklingError' in run.stderr or 'Weights only' in run.stderr
+    assert not marker.exists()
