@@ -299,3 +299,43 @@ def test_tools_test_refuses_an_evil_checkpoint(tmp_path):
     assert run.returncode != 0
     assert 'UnpicklingError' in run.stderr or 'Weights only' in run.stderr
     assert not marker.exists()
+
+
+# -- 14.6 a complete last record without newline is kept -------------------
+def test_last_record_without_newline_is_kept_by_reader_and_writer(tmp_path):
+    from gpt4image_mm.descriptions import DescriptionWriter
+    path = tmp_path / 'd.jsonl'
+    first = json.dumps({'key': 'a', 'text': 'one'})
+    last = json.dumps({'key': 'b', 'text': 'two'})
+    path.write_text(first + '\n' + last)  # killed before the newline
+    assert [r['key'] for r in records(str(path))] == ['a', 'b']
+    with DescriptionWriter(str(path)) as w:
+        w.write({'key': 'c', 'text': 'three'})
+    assert [r['key'] for r in records(str(path))] == ['a', 'b', 'c']
+    assert path.read_text().endswith('}\n') and path.read_text().count(
+        '\n') == 3
+    # a torn last line is still cut, and the reader never reported it
+    path.write_text(first + '\n' + last[:-3])
+    assert [r['key'] for r in records(str(path))] == ['a']
+    with DescriptionWriter(str(path)) as w:
+        w.write({'key': 'c', 'text': 'three'})
+    assert [r['key'] for r in records(str(path))] == ['a', 'c']
+
+
+# -- 14.14 reading descriptions streams ------------------------------------
+def test_reading_descriptions_does_not_hold_the_file(tmp_path):
+    import tracemalloc
+
+    from gpt4image_mm.descriptions import iter_records
+    path = tmp_path / 'd.jsonl'
+    text = 'a photo of a small dog on a lawn ' * 25
+    with open(path, 'w') as f:
+        for i in range(20_000):
+            f.write(json.dumps({'key': f'k/{i}', 'text': text}) + '\n')
+    size = path.stat().st_size  # ~17 MB
+    tracemalloc.start()
+    n = sum(1 for _ in iter_records(str(path)))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == 20_000
+    assert peak < size / 20, f'peak {peak} bytes for a {size}-byte file'
