@@ -339,3 +339,21 @@ def test_reading_descriptions_does_not_hold_the_file(tmp_path):
     tracemalloc.stop()
     assert n == 20_000
     assert peak < size / 20, f'peak {peak} bytes for a {size}-byte file'
+
+
+# -- 14.9 symlink loops and links out of the root ---------------------------
+def test_symlink_loops_and_escapes_list_each_image_once(tmp_path):
+    from gpt4image_mm.captioning.sources import list_images
+    root = tmp_path / 'imgs'
+    keys = make_images(str(root), classes=('a', 'b'), per_class=1)
+    os.symlink('..', root / 'a' / 'up')              # a loop
+    os.symlink(str(root / 'b'), root / 'a' / 'b2')   # the same dir again
+    outside = tmp_path / 'private'
+    make_images(str(outside), classes=('x',), per_class=1)
+    os.symlink(str(outside), root / 'a' / 'out')     # leaves the root
+    os.symlink(str(outside / 'x' / '0.jpg'), root / 'a' / 'leak.jpg')
+    listed = [os.path.relpath(p, root) for p in list_images(str(root))]
+    assert sorted(listed) == keys  # each image once, by its own path
+    assert {os.path.realpath(root / p) for p in listed} == {
+        os.path.realpath(root / k) for k in keys}
+    assert not any('out' in p or 'leak' in p for p in listed)
