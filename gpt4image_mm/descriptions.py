@@ -137,6 +137,47 @@ def failed_keys(path: str) -> Dict[str, str]:
     return {k: e for k, e in state.items() if e is not None}
 
 
+SOURCE_SUFFIX = '.source.json'
+
+
+def source_path(path: str) -> str:
+    """The provenance sidecar of a descriptions file."""
+    return path + SOURCE_SUFFIX
+
+
+def read_source(path: str) -> Optional[Dict[str, Any]]:
+    """What the descriptions at ``path`` were made from (``root``: real path
+    of the image / data root, ``split``), or None when unknown."""
+    try:
+        with open(source_path(path), encoding='utf-8') as f:
+            src = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise DescriptionFileError(f'{source_path(path)}: unreadable '
+                                   f'({e})') from None
+    return src if isinstance(src, dict) else None
+
+
+def record_source(path: str, source: Optional[Dict[str, Any]]) -> None:
+    """Record (or check) the dataset the descriptions at ``path`` describe.
+
+    Keys are relative to an image root, so appending descriptions of another
+    folder with the same layout would mix two datasets silently: refused.
+    """
+    if not source:
+        return
+    old = read_source(path)
+    if old is None:
+        from .files import atomic_write_json
+        atomic_write_json(source_path(path), source, indent=1)
+    elif (old.get('root'), old.get('split')) != (source.get('root'),
+                                                 source.get('split')):
+        raise DescriptionFileError(
+            f'{path} holds descriptions of {old} (see '
+            f'{source_path(path)}), not of {source}; write to another --out')
+
+
 def texts_checksum(records: Iterable[Tuple[str, str]]) -> str:
     """Order-independent checksum of (key, text) pairs: the store's source id."""
     h = hashlib.sha256()

@@ -357,3 +357,92 @@ def test_symlink_loops_and_escapes_list_each_image_once(tmp_path):
     assert {os.path.realpath(root / p) for p in listed} == {
         os.path.realpath(root / k) for k in keys}
     assert not any('out' in p or 'leak' in p for p in listed)
+
+
+# -- 14.13 store integrity and provenance ----------------------------------
+def _folder_cfg(root) -> dict:
+    return dict(type='CustomDataset', data_root=str(root),
+                pipeline=[dict(type='LoadImageFromFile'),
+                          dict(type='PackInputs')])
+
+
+def test_reordered_or_duplicated_store_keys_are_refused(tmp_path,
+                                                        image_folder):
+    import numpy as np
+    from conftest import random_store
+
+    from gpt4image_mm.datasets import DescriptionDataset, StoreError
+    from gpt4image_mm.datasets.store import EmbeddingStore, write_store
+    root, keys = image_folder
+    store = tmp_path / 'store'
+    random_store(store, keys)
+    kfile = store / 'keys.txt'
+    kfile.write_text('\n'.join(reversed(keys)) + '\n')  # right length
+    with pytest.raises(StoreError, match='reordered or edited'):
+        DescriptionDataset(_folder_cfg(root), store=str(store))
+    with pytest.raises(StoreError, match="'b' appears twice"):
+        write_store(str(tmp_path / 'dup'), ['a', 'b', 'b'], np.ones((3, 2)),
+                    'e')
+    assert not (tmp_path / 'dup').exists()
+    # a store of the old format (no digest) with duplicates: refused on open
+    man = json.loads((store / 'manifest.json').read_text())
+    del man['keys_sha256']
+    (store / 'manifest.json').write_text(json.dumps(man))
+    kfile.write_text('\n'.join([keys[0]] + keys[:-1]) + '\n')
+    with pytest.raises(StoreError, match='appears twice'):
+        EmbeddingStore(str(store)).keys()
+
+
+def test_a_nan_row_is_named_by_its_key(tmp_path, image_folder):
+    import numpy as np
+    from conftest import random_store
+
+    from gpt4image_mm.datasets import DescriptionDataset, StoreError
+    root, keys = image_folder
+    store = tmp_path / 'store'
+    random_store(store, keys)
+    rows = np.load(store / 'embeddings.npy', mmap_mode='r+')
+    rows[2] = np.nan
+    rows.flush()
+    del rows
+    ds = DescriptionDataset(_folder_cfg(root), store=str(store))
+    with pytest.raises(StoreError, match=repr(keys[2])):
+        ds[2]
+
+
+def test_store_of_another_image_folder_with_the_same_layout_is_refused(
+        tmp_path, server, monkeypatch):
+    import shutil
+
+    from conftest import make_image_folder
+
+    from gpt4image_mm.captioning import caption
+    from gpt4image_mm.datasets import DescriptionDataset, StoreError
+    from gpt4image_mm.embedding import (
+        build_text_encoder,
+        embed_descriptions,
+        minilm_dir,
+    )
+    _, url = server
+    mine, theirs = tmp_path / 'mine', tmp_path / 'theirs'
+    make_image_folder(mine, per_class=2)
+    shutil.copytree(mine, theirs)
+    for p in theirs.rglob('*.png'):  # same keys, other pictures
+        p.write_bytes((mine / p.relative_to(theirs)).read_bytes()[::-1])
+    out = str(tmp_path / 'd.jsonl')
+    monkeypatch.setenv(KEY_ENV, 'sk-hostile-local-0000')
+    res = caption(out, images=str(mine), model='m', base_url=url,
+                  api_key_env=KEY_ENV, progress=False)
+    assert res['ok']
+    with pytest.raises(ValueError, match='write to another --out'):
+        caption(out, images=str(theirs), model='m', base_url=url,
+                api_key_env=KEY_ENV, progress=False)
+    store = str(tmp_path / 'store')
+    embed_descriptions(out, build_text_encoder(minilm_dir()), store,
+                       progress=False)
+    assert len(DescriptionDataset(_folder_cfg(mine), store=store)) == 6
+    with pytest.raises(StoreError, match='check_source=False'):
+        DescriptionDataset(_folder_cfg(theirs), store=store)
+    moved = DescriptionDataset(_folder_cfg(theirs), store=store,
+                               check_source=False)
+    assert len(moved) == 6

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import DescriptionWriter
+from ..descriptions import DescriptionWriter, record_source
 from ..files import atomic_write_json
 from .base import Answer, CaptionError, FatalError, Request
 from .images import ImageError
@@ -319,6 +319,7 @@ class BatchBackend:
                   progress: Optional[bool] = None) -> Summary:
         """Submit, poll and collect; holds ``out``'s lock throughout."""
         with caption_lock(out):
+            record_source(out, plan.source)
             return await self._run_locked(
                 plan, out, shard=shard, limit=limit, max_cost=max_cost,
                 meter=meter, max_side=max_side, jpeg_quality=jpeg_quality,

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import DescriptionWriter, iter_records
+from ..descriptions import DescriptionWriter, iter_records, record_source
 from ..files import OutputLock, lock_path
 from .base import Answer, Backend, CaptionError, FatalError, Request, Scrubber, now_iso
 from .images import ImageError, downscale, open_rgb, prepare_image
@@ -256,6 +256,7 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
     has it): two runs would pay twice and write two successes per key.
     """
     with caption_lock(out):
+        record_source(out, plan.source)
         return await _caption_locked(
             plan, backend, out, shard=shard, limit=limit, max_cost=max_cost,
             meter=meter, rpm=rpm, tpm=tpm, max_side=max_side,

@@ -34,7 +34,12 @@ from ..datasets.store import (
     is_store,
     read_manifest,
 )
-from ..descriptions import DescriptionFileError, iter_records, texts_checksum
+from ..descriptions import (
+    DescriptionFileError,
+    iter_records,
+    read_source,
+    texts_checksum,
+)
 from ..files import LockHeld, OutputLock, atomic_write_json, check_replaceable
 from .encoders import TextEncoder, build_text_encoder
 
@@ -55,6 +60,8 @@ class DescriptionTexts:
     failures: int  # keys whose only records are failures
     checksum: str  # of every (key, text): the store's source id
     paths: List[str] = field(default_factory=list)
+    # the datasets the descriptions describe (their caption.py sidecars)
+    sources: List[Dict[str, Any]] = field(default_factory=list)
 
 
 def load_description_texts(paths: PathOrPaths) -> DescriptionTexts:
@@ -86,9 +93,12 @@ def load_description_texts(paths: PathOrPaths) -> DescriptionTexts:
                 where[key] = f'{path}:{lineno}'
     keys = sorted(texts)
     ordered = [texts[k] for k in keys]
+    sources = [s for s in map(read_source, paths) if s]
     return DescriptionTexts(keys, ordered, len(failed - texts.keys()),
                             texts_checksum(zip(keys, ordered)),
-                            [os.path.abspath(p) for p in paths])
+                            [os.path.abspath(p) for p in paths],
+                            [s for i, s in enumerate(sources)
+                             if s not in sources[:i]])
 
 
 def parse_shard(shard: Union[None, str, Tuple[int, int]]
@@ -303,7 +313,7 @@ def embed_descriptions(descriptions: PathOrPaths,
             shard=list(shard) if shard else None,
             total_count=len(src.keys), failures_skipped=src.failures,
             truncated=state['truncated'], max_length=encoder.max_length,
-            descriptions=src.paths)
+            descriptions=src.paths, source_datasets=src.sources)
         _commit(out, rows, order, keys, dim, store_dtype, encoder.name,
                 src.checksum, manifest_extra)
         del rows
@@ -472,7 +482,8 @@ def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
             total_count=total, failures_skipped=first.get('failures_skipped'),
             truncated=None if None in truncs else sum(truncs),
             max_length=first.get('max_length'),
-            descriptions=first.get('descriptions'), merged_from=n_shards)
+            descriptions=first.get('descriptions'), merged_from=n_shards,
+            source_datasets=first.get('source_datasets') or [])
     except BaseException:
         writer.abort()
         raise
