@@ -199,8 +199,9 @@ def test_embed_force_never_deletes_a_directory_that_is_not_a_store(tmp_path):
          '--encoder', minilm_dir(), '--out', str(out), '--force',
          '--device', 'cpu', '--no-progress'],
         env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert 'is not an embedding store' in run.stderr
+    assert 'Traceback' not in run.stderr
     assert (out / 'holiday.jpg').read_bytes() == b'precious'
     assert sorted(os.listdir(tmp_path)) == ['d.jsonl', 'photos']
 

@@ -170,5 +170,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_embed(argv)
 
 
+def cli() -> int:
+    """:func:`main` with the exit codes of docs/embedding.md: 0 written (or
+    up to date), 2 a refused or bad input (one line naming the file, no
+    traceback), 130 on Ctrl-C (a rerun resumes)."""
+    try:
+        return main()
+    except ValueError as e:  # StoreError, DescriptionFileError, bad input
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted; rerun the same command to resume',
+              file=sys.stderr)
+        return 130
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli())
