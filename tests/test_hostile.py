@@ -447,3 +447,20 @@ def test_store_of_another_image_folder_with_the_same_layout_is_refused(
     moved = DescriptionDataset(_folder_cfg(theirs), store=store,
                                check_source=False)
     assert len(moved) == 6
+
+
+def test_merged_descriptions_keep_their_source(tmp_path):
+    from gpt4image_mm.captioning.merge import merge
+    from gpt4image_mm.descriptions import read_source, record_source
+    src = {'root': str(tmp_path / 'imgs'), 'split': None}
+    parts = []
+    for i in range(2):
+        part = tmp_path / f'p{i}.jsonl'
+        part.write_text(json.dumps({'key': f'k{i}', 'text': 't'}) + '\n')
+        record_source(str(part), src)
+        parts.append(str(part))
+    merge(str(tmp_path / 'all.jsonl'), parts)
+    assert read_source(str(tmp_path / 'all.jsonl')) == src
+    record_source(parts[1], src)  # same source: accepted
+    with pytest.raises(ValueError, match='write to another --out'):
+        record_source(parts[1], dict(src, root='/elsewhere'))

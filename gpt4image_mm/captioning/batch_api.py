@@ -357,7 +357,7 @@ class BatchBackend:
                 r = build_request(plan.item(j), 'data_url', max_side,
                                   jpeg_quality, entry, self.detail)
                 return r
-            except ImageError as e:
+            except (ImageError, ValueError) as e:  # messages name the key
                 return plan.keys[j], str(e)
             except Exception as e:  # noqa: BLE001  (one sample never ends a run)
                 return plan.keys[j], f'{plan.keys[j]}: {type(e).__name__}: {e}'

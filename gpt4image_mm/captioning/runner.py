@@ -330,7 +330,7 @@ async def _caption_locked(plan: Plan, backend: Backend, out: str, *,
                 out_.append(build_request(plan.item(j), backend.image_format,
                                           max_side, jpeg_quality, entry,
                                           detail))
-            except ImageError as e:
+            except (ImageError, ValueError) as e:  # messages name the key
                 out_.append((key, str(e)))
             except Exception as e:  # noqa: BLE001  (one sample never ends a run)
                 out_.append((key, f'{key}: {type(e).__name__}: {e}'))
