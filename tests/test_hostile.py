@@ -447,6 +447,9 @@ def test_store_of_another_image_folder_with_the_same_layout_is_refused(
     moved = DescriptionDataset(_folder_cfg(theirs), store=store,
                                check_source=False)
     assert len(moved) == 6
+    with pytest.raises(StoreError, match='check_source=False'):
+        DescriptionDataset(_folder_cfg(theirs), descriptions=out)
+    assert len(DescriptionDataset(_folder_cfg(mine), descriptions=out)) == 6
 
 
 def test_merged_descriptions_keep_their_source(tmp_path):

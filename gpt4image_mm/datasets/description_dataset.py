@@ -10,7 +10,7 @@ import torch
 from mmengine.logging import MMLogger
 from mmpretrain.registry import DATASETS
 
-from ..descriptions import read_descriptions
+from ..descriptions import read_descriptions, read_source
 from ..keys import (
     base_key,
     class_key,
@@ -114,10 +114,14 @@ class DescriptionDataset(torch.utils.data.Dataset):
             if verify_store:
                 self.store.verify()
             if check_source:
-                self._check_source()
+                self._check_source(
+                    self.store.manifest.get('source_datasets') or [],
+                    self.store.path)
             row_keys = self.store.keys()
             source = self.store.path
         else:
+            if check_source:
+                self._check_source([read_source(descriptions)], descriptions)
             recs = read_descriptions(descriptions)
             row_keys = list(recs)
             self.texts = [r['text'] for r in recs.values()]
@@ -127,10 +131,11 @@ class DescriptionDataset(torch.utils.data.Dataset):
         self._indices = self._resolve_missing(wanted, source, row_keys)
         self._source = source
 
-    def _check_source(self) -> None:
-        """The store must describe this dataset, not a look-alike: compare
-        the manifest's source datasets (root, split) with ours."""
-        recorded = self.store.manifest.get('source_datasets') or []
+    def _check_source(self, recorded: List[Optional[dict]],
+                      where: str) -> None:
+        """The descriptions must be of this dataset, not a look-alike:
+        compare the datasets they were made from (root, split) with ours."""
+        recorded = [r for r in recorded if r]
         self.dataset.full_init()
         if self.per_class or not recorded or not len(self.dataset):
             return
@@ -140,7 +145,7 @@ class DescriptionDataset(torch.utils.data.Dataset):
                    or src.get(k) == ours.get(k) for k in ('root', 'split')):
                 return
         raise StoreError(
-            f'{self.store.path}: made from descriptions of {recorded}, but '
+            f'{where}: made from descriptions of {recorded}, but '
             f'this dataset is {ours} (same keys, other images?); use the '
             'store of this dataset, or set check_source=False in the '
             'DescriptionDataset config if the data only moved')
