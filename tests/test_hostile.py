@@ -467,3 +467,21 @@ def test_merged_descriptions_keep_their_source(tmp_path):
     record_source(parts[1], src)  # same source: accepted
     with pytest.raises(ValueError, match='write to another --out'):
         record_source(parts[1], dict(src, root='/elsewhere'))
+
+
+def test_strip_align_never_overwrites_a_file_that_is_not_a_checkpoint(
+        tmp_path):
+    import torch
+
+    from gpt4image_mm.checkpoint import strip_checkpoint
+    src = tmp_path / 'train.pth'
+    torch.save({'state_dict': {'backbone.w': torch.ones(2),
+                               'align_neck.w': torch.ones(2)}}, src)
+    cfg = tmp_path / 'my_config.py'
+    cfg.write_text('model = dict()\n')
+    with pytest.raises(ValueError, match='is not a checkpoint'):
+        strip_checkpoint(str(src), str(cfg))  # a typo'd argument order
+    assert cfg.read_text() == 'model = dict()\n'
+    dst = str(tmp_path / 'deploy.pth')
+    assert strip_checkpoint(str(src), dst) == 1
+    assert strip_checkpoint(str(src), dst) == 1  # its own output: replaced
