@@ -2,12 +2,13 @@
 
 ``import gpt4image_mm`` (or ``custom_imports=dict(imports=['gpt4image_mm'])``
 in a config) registers the components into mmpretrain's registries and lets
-torch's safe loading read MMEngine checkpoints.
+torch's safe loading read MMEngine checkpoints (and enforces it).
 """
-from .safe_loading import allow_mmengine_checkpoints
+from .safe_loading import allow_mmengine_checkpoints, enforce_safe_mmengine_loading
 from .version import __version__
 
 allow_mmengine_checkpoints()
+enforce_safe_mmengine_loading()
 
 from . import datasets, models  # noqa: E402,F401  (register components)
 

@@ -12,6 +12,8 @@ from typing import Dict, Tuple
 import torch
 
 import gpt4image_mm  # noqa: F401  (safe-loading allow-list)
+from gpt4image_mm.files import check_replaceable
+from gpt4image_mm.safe_loading import safe_torch_load
 
 TRAINING_ONLY_PREFIXES = ('align_neck.', 'align_loss.', 'teacher.')
 
@@ -30,7 +32,7 @@ def strip_checkpoint(src: str, dst: str) -> int:
     Loaded with ``weights_only=True``: an untrusted file cannot run code.
     Optimizer and resume state are dropped too (they mention the neck).
     """
-    ckpt = torch.load(src, map_location='cpu', weights_only=True)
+    ckpt = safe_torch_load(src, map_location='cpu')
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{src}: not a checkpoint with a state_dict')
@@ -38,5 +40,22 @@ def strip_checkpoint(src: str, dst: str) -> int:
     meta = dict(ckpt.get('meta') or {}) if 'state_dict' in ckpt else {}
     meta['gpt4image_stripped'] = dropped
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save({'meta': meta, 'state_dict': kept}, dst)
+    check_replaceable(dst, is_checkpoint, 'a checkpoint')
+    tmp = f'{dst}.tmp-{os.getpid()}'
+    try:
+        torch.save({'meta': meta, 'state_dict': kept}, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return dropped
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a (safely loadable) checkpoint: what the strip
+    tool may overwrite -- never a config or any other file."""
+    try:
+        ckpt = safe_torch_load(path, map_location='cpu')
+    except Exception:  # noqa: BLE001  (any failure: not one)
+        return False
+    return isinstance(ckpt, dict) and 'state_dict' in ckpt

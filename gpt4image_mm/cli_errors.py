@@ -12,10 +12,13 @@ Exit codes (docs/captioning.md and docs/embedding.md list them):
 * 2 -- fix something first: arguments, input files, the key, the model name,
   a server that is not set up for this request;
 * 3 -- the server is unreachable or keeps failing: rerun later, the run
-  resumes where it stopped.
+  resumes where it stopped;
+* 128+N -- stopped by signal N (130 Ctrl-C, 143 SIGTERM): what was finished
+  is kept, rerun the same command to continue.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from typing import Callable, List, Optional
@@ -26,6 +29,7 @@ EXIT_OK = 0
 EXIT_NOT_DONE = 1
 EXIT_FIX_INPUT = 2
 EXIT_SERVER = 3
+EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
 
 
 class ToolError(RuntimeError):
@@ -52,6 +56,10 @@ def run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
     except ToolError as e:
         print_error(e)
         return e.exit_code
+    except KeyboardInterrupt:  # outside a runner's own signal handling
+        print('interrupted; rerun the same command to continue',
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except (ValueError, OSError) as e:  # bad arguments, files, records
         print_error(e)
         return EXIT_FIX_INPUT

@@ -5,7 +5,9 @@ One record per line, append-only. A success record has ``key`` and ``text``
 (plus ``model``, ``prompt_id``, ``usage``, ``time``); a failure record has
 ``key`` and ``error``. A later success for a key supersedes earlier failures;
 writers never emit a second success for a key. A torn last line (a crash in
-the middle of a write) is tolerated on read and cut off before appending.
+the middle of a write) is tolerated on read and cut off before appending;
+a complete last record that only lacks its newline is kept by both.
+Files are read as a stream: memory does not grow with their size.
 """
 from __future__ import annotations
 
@@ -56,19 +58,49 @@ def _parse_line(path: str, lineno: int, raw: bytes) -> Dict[str, Any]:
 
 
 def iter_records(path: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """Yield ``(line number, record)``; a torn last line is skipped."""
+    """Yield ``(line number, record)``, streaming (memory does not grow with
+    the file). A last line without its newline is yielded when it is a
+    complete record and skipped when torn -- exactly what
+    :class:`DescriptionWriter` keeps and cuts (:func:`_usable_tail`)."""
     with open(path, 'rb') as f:
-        data = f.read()
-    lines = data.split(b'\n')
-    torn = lines.pop()  # b'' when the file ends with a newline
-    for lineno, raw in enumerate(lines, 1):
-        if raw.strip():
-            yield lineno, _parse_line(path, lineno, raw)
-    if torn.strip():
-        try:
-            yield len(lines) + 1, _parse_line(path, len(lines) + 1, torn)
-        except DescriptionFileError:
-            pass  # the crash-torn tail; the writer cuts it before appending
+        for lineno, raw in enumerate(f, 1):
+            if raw.endswith(b'\n'):
+                if raw.strip():
+                    yield lineno, _parse_line(path, lineno, raw[:-1])
+            elif raw.strip():
+                rec = _usable_tail(path, lineno, raw)
+                if rec is not None:
+                    yield lineno, rec
+
+
+def _usable_tail(path: str, lineno: int, raw: bytes
+                 ) -> Optional[Dict[str, Any]]:
+    """The record of a last line without newline, or None if it is torn.
+
+    One rule for reader and writer: a complete, valid record is kept (the
+    writer appends the missing newline), anything else is a crash-torn
+    write that the writer cuts.
+    """
+    try:
+        return _parse_line(path, lineno, raw)
+    except DescriptionFileError:
+        return None
+
+
+def is_descriptions_file(path: str) -> bool:
+    """Whether ``path`` is a descriptions file (empty, or its first line is a
+    record): what ``--force`` / ``--overwrite`` may replace."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, 'rb') as f:
+        first = f.readline()
+    if not first.strip():
+        return os.path.getsize(path) == len(first)
+    try:
+        _parse_line(path, 1, first.rstrip(b'\n'))
+    except DescriptionFileError:
+        return False
+    return True
 
 
 def read_descriptions(path: str,
@@ -105,12 +137,66 @@ def failed_keys(path: str) -> Dict[str, str]:
     return {k: e for k, e in state.items() if e is not None}
 
 
+SOURCE_SUFFIX = '.source.json'
+
+
+def source_path(path: str) -> str:
+    """The provenance sidecar of a descriptions file."""
+    return path + SOURCE_SUFFIX
+
+
+def read_source(path: str) -> Optional[Dict[str, Any]]:
+    """What the descriptions at ``path`` were made from (``root``: real path
+    of the image / data root, ``split``), or None when unknown."""
+    try:
+        with open(source_path(path), encoding='utf-8') as f:
+            src = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise DescriptionFileError(f'{source_path(path)}: unreadable '
+                                   f'({e})') from None
+    return src if isinstance(src, dict) else None
+
+
+def record_source(path: str, source: Optional[Dict[str, Any]]) -> None:
+    """Record (or check) the dataset the descriptions at ``path`` describe.
+
+    Keys are relative to an image root, so appending descriptions of another
+    folder with the same layout would mix two datasets silently: refused.
+    """
+    if not source:
+        return
+    old = read_source(path)
+    if old is None:
+        from .files import atomic_write_json
+        atomic_write_json(source_path(path), source, indent=1)
+    elif (old.get('root'), old.get('split')) != (source.get('root'),
+                                                 source.get('split')):
+        raise DescriptionFileError(
+            f'{path} holds descriptions of {old} (see '
+            f'{source_path(path)}), not of {source}; write to another --out')
+
+
 def texts_checksum(records: Iterable[Tuple[str, str]]) -> str:
     """Order-independent checksum of (key, text) pairs: the store's source id."""
     h = hashlib.sha256()
     for key, text in sorted(records):
         h.update(key.encode('utf-8') + b'\0' + text.encode('utf-8') + b'\0')
     return 'sha256:' + h.hexdigest()
+
+
+def _last_line_start(f: Any, size: int, chunk: int = 1 << 16) -> int:
+    """Offset just after the last newline of an open binary file (0: none)."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - chunk)
+        f.seek(start)
+        nl = f.read(pos - start).rfind(b'\n')
+        if nl >= 0:
+            return start + nl + 1
+        pos = start
+    return 0
 
 
 class DescriptionWriter:
@@ -128,27 +214,27 @@ class DescriptionWriter:
         self._f = open(path, 'ab')
 
     def _repair_tail(self) -> None:
+        """Make the file end with a newline before appending: a complete
+        last record gets its newline, a torn one is cut (as the reader
+        decides, :func:`_usable_tail`)."""
         if not os.path.exists(self.path):
             return
         with open(self.path, 'rb+') as f:
             size = f.seek(0, os.SEEK_END)
             if size == 0:
                 return
-            f.seek(max(0, size - 1))
+            f.seek(size - 1)
             if f.read(1) == b'\n':
                 return
-            # walk back to the last newline and cut the torn record
-            pos, chunk = size, 1 << 16
-            while pos > 0:
-                start = max(0, pos - chunk)
-                f.seek(start)
-                buf = f.read(pos - start)
-                nl = buf.rfind(b'\n')
-                if nl >= 0:
-                    f.truncate(start + nl + 1)
-                    return
-                pos = start
-            f.truncate(0)
+            start = _last_line_start(f, size)
+            f.seek(start)
+            tail = f.read(size - start)
+            if _usable_tail(self.path, 0, tail) is not None:
+                f.write(b'\n')
+            else:
+                f.truncate(start)
+            f.flush()
+            os.fsync(f.fileno())
 
     def write(self, record: Dict[str, Any]) -> None:
         check_key(record.get('key'))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 CLASS_PREFIX = 'class:'
 _MULTI = re.compile(r'^(.*)#(\d+)$')
@@ -97,6 +97,16 @@ def _split_name(dataset: Any) -> str:
     if split:
         return str(split)
     return 'test' if getattr(dataset, 'test_mode', False) else 'train'
+
+
+def dataset_source(dataset: Any) -> Dict[str, Optional[str]]:
+    """What a dataset's keys are relative to: the real path of its image root
+    (file datasets) or data root (array datasets), and its split. Keys alone
+    cannot tell two image folders of the same layout apart; this can."""
+    root = _image_root(dataset)
+    first = dataset.get_data_info(0) if len(dataset) else {}
+    return {'root': os.path.realpath(root) if root else None,
+            'split': None if 'img_path' in first else _split_name(dataset)}
 
 
 def sample_key(dataset: Any, index: int) -> str:

@@ -96,3 +96,59 @@ def test_batch_crash_between_create_and_save_is_found(tmp_path):
         assert sorted(r['key'] for _, r in iter_records(out)) == keys
     finally:
         server.shutdown()
+
+
+def test_batch_resumes_from_another_working_directory(tmp_path,
+                                                      monkeypatch):
+    """Issue 14.10: the state names chunk files relative to itself."""
+    root = str(tmp_path / 'imgs')
+    keys = make_images(root, classes=('x',), per_class=3)
+    fake = FakeOpenAI(batch_polls=1)
+    server, url = start_server(fake)
+    (tmp_path / 'runs').mkdir()
+    (tmp_path / 'elsewhere').mkdir()
+    common = dict(images=root, model='m', base_url=url,
+                  backend='openai-batch', poll_interval=0.01, progress=False)
+    try:
+        monkeypatch.chdir(tmp_path)
+        caption(os.path.join('runs', 'd.jsonl'), wait=False, **common)
+        monkeypatch.chdir(tmp_path / 'elsewhere')
+        res = caption(os.path.join('..', 'runs', 'd.jsonl'), **common)
+        assert res['ok'] and len(fake.batches) == 1
+    finally:
+        server.shutdown()
+    out = str(tmp_path / 'runs' / 'd.jsonl')
+    assert sorted(r['key'] for _, r in iter_records(out)) == keys
+    st = json.load(open(state_path(out)))
+    assert all('/' not in c['keys'] for c in st['chunks'])
+
+
+def test_answers_of_another_chunk_are_never_written_to_this_ones_keys(
+        tmp_path):
+    """Issue 14.11: a result whose custom_id names another chunk is
+    refused; this chunk's keys become failures, not wrong successes."""
+    root = str(tmp_path / 'imgs')
+    keys = make_images(root, classes=('x',), per_class=4)
+    fake = FakeOpenAI(batch_polls=1)
+    server, url = start_server(fake)
+    out = str(tmp_path / 'd.jsonl')
+    common = dict(images=root, model='m', base_url=url,
+                  backend='openai-batch', poll_interval=0.01,
+                  batch_max_requests=2, progress=False)
+    try:
+        caption(out, wait=False, **common)
+        first, second = list(fake.batches.values())
+        # the second batch answers the first chunk's requests
+        second['input_file_id'] = first['input_file_id']
+        res = caption(out, **common)
+    finally:
+        server.shutdown()
+    st = json.load(open(state_path(out)))
+    chunk2 = [k for k, _ in map(json.loads, open(os.path.join(
+        out + '.batch', st['chunks'][1]['keys'])))]
+    recs = [r for _, r in iter_records(out)]
+    ok = {r['key'] for r in recs if 'error' not in r}
+    failed = {r['key']: r['error'] for r in recs if 'error' in r}
+    assert ok == set(keys) - set(chunk2) and set(failed) == set(chunk2)
+    assert all('not of chunk' in e for e in failed.values())
+    assert res['failed_left'] == 2 and not res['ok']

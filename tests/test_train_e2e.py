@@ -1,5 +1,6 @@
 """End to end through tools/: train, resume (safe loading), test, strip."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,9 +125,11 @@ def test_untrusted_checkpoint_cannot_run_code(tmp_path, tool):
     (tmp_path / 'base.py').write_text(BASE_CFG.format(root=root))
     args = (['base.py', evil, '--work-dir', tmp_path / 'w']
             if tool == 'test.py' else [evil, tmp_path / 'out.pth'])
+    # torch told to unpickle anything: our loads pass weights_only=True
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
     proc = subprocess.run([sys.executable, ROOT / 'tools' / tool, *args],
                           cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     assert proc.returncode != 0
     assert 'Weights only load failed' in proc.stderr or \
         'weights_only' in proc.stderr

@@ -25,14 +25,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import DescriptionWriter
+from ..descriptions import DescriptionWriter, record_source
+from ..files import atomic_write_json
 from .base import Answer, CaptionError, FatalError, Request
+from .images import ImageError
 from .openai_api import chat_body, error_message, make_client, parse_completion
 from .pricing import CostMeter
 from .runner import (
     OutputState,
     Summary,
     build_request,
+    caption_lock,
     failure_record,
     finish_summary,
     success_record,
@@ -53,10 +56,18 @@ def work_dir(out: str) -> str:
 
 
 class BatchState:
-    """Chunks and their file / batch ids; saved atomically after each step."""
+    """Chunks and their file / batch ids; saved atomically after each step.
+
+    A chunk's files are found from its name, next to the state file
+    (``<out>.batch/<name>.*``), never from a path relative to the working
+    directory of the run that wrote them: a rerun from another directory
+    (or with an absolute ``--out``) finds them.
+    """
 
     def __init__(self, path: str):
         self.path = path
+        self.dir = (path[:-len('.json')] if path.endswith('.json')
+                    else path + '.d')
         self.chunks: List[Dict[str, Any]] = []
         if os.path.exists(path):
             with open(path, encoding='utf-8') as f:
@@ -64,15 +75,20 @@ class BatchState:
             if data.get('version') != STATE_VERSION:
                 raise ValueError(f'{path}: unknown batch state version')
             self.chunks = data['chunks']
+            for c in self.chunks:
+                c.update(self.chunk_files(c['name']))
+
+    def chunk_files(self, name: str) -> Dict[str, str]:
+        """Where the request and keys files of chunk ``name`` live."""
+        return {'requests': os.path.join(self.dir, name + '.requests.jsonl'),
+                'keys': os.path.join(self.dir, name + '.keys')}
 
     def save(self) -> None:
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump({'version': STATE_VERSION, 'chunks': self.chunks}, f,
-                      indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        chunks = [dict(c, requests=os.path.basename(c['requests']),
+                       keys=os.path.basename(c['keys']))
+                  for c in self.chunks]
+        atomic_write_json(self.path, {'version': STATE_VERSION,
+                                      'chunks': chunks}, indent=1)
 
     def open_chunks(self) -> List[Dict[str, Any]]:
         return [c for c in self.chunks if c['status'] != 'collected']
@@ -85,6 +101,23 @@ def _read_keys(path: str) -> List[Tuple[str, str]]:
     """``(key, prompt id)`` of each line of a chunk."""
     with open(path, encoding='utf-8') as f:
         return [tuple(json.loads(ln)) for ln in f if ln.strip()]
+
+
+def line_index(custom_id: Any, chunk: str, n_lines: int) -> int:
+    """The request line a result's ``custom_id`` (``<chunk>-<line>``) names.
+
+    Raises ``ValueError`` unless it names a line of *this* chunk: an answer
+    of another chunk (another run, a reused output file id) must never be
+    written under this chunk's keys.
+    """
+    name, sep, line = str(custom_id).rpartition('-')
+    if not sep or name != chunk or not line.isdigit():
+        raise ValueError(f'custom_id {custom_id!r} is not of chunk {chunk!r}')
+    idx = int(line)
+    if idx >= n_lines:
+        raise ValueError(f'custom_id {custom_id!r}: chunk {chunk!r} has '
+                         f'{n_lines} lines')
+    return idx
 
 
 class BatchBackend:
@@ -162,10 +195,10 @@ class BatchBackend:
                      on_bad: Any) -> Tuple[Dict[str, Any], float]:
         """Write the next request file from ``todo`` (consumed from the
         front); returns the chunk and its estimated prompt tokens."""
-        os.makedirs(work_dir(out), exist_ok=True)
+        os.makedirs(st.dir, exist_ok=True)
         name = st.next_name()
-        req_path = os.path.join(work_dir(out), name + '.requests.jsonl')
-        keys_path = os.path.join(work_dir(out), name + '.keys')
+        files = st.chunk_files(name)
+        req_path, keys_path = files['requests'], files['keys']
         n, size, est = 0, 0, 0.0
         with open(req_path, 'w', encoding='utf-8') as rf, \
                 open(keys_path, 'w', encoding='utf-8') as kf:
@@ -208,6 +241,7 @@ class BatchBackend:
                        bar: Any) -> None:
         keys = _read_keys(chunk['keys'])
         seen: Set[int] = set()
+        foreign: List[str] = []
         for fid in (batch.output_file_id, batch.error_file_id):
             if not fid:
                 continue
@@ -215,12 +249,17 @@ class BatchBackend:
             for line in content.text.splitlines():
                 if not line.strip():
                     continue
-                rec = json.loads(line)
                 try:
-                    idx = int(str(rec['custom_id']).rsplit('-', 1)[1])
-                    key, pid = keys[idx]
-                except (KeyError, ValueError, IndexError):
+                    rec = json.loads(line)
+                    idx = line_index(rec['custom_id'], chunk['name'],
+                                     len(keys))
+                except (KeyError, ValueError, TypeError) as e:
+                    foreign.append(str(e))
                     continue
+                if idx in seen:
+                    foreign.append(f'custom_id {rec["custom_id"]!r} twice')
+                    continue
+                key, pid = keys[idx]
                 seen.add(idx)
                 resp = rec.get('response') or {}
                 body = resp.get('body') or {}
@@ -237,11 +276,17 @@ class BatchBackend:
                         res = e
                 self._record(key, pid, res, writer, state, meter, summary,
                              bar)
+        why = (f'; {len(foreign)} result line(s) not of this chunk were '
+               f'ignored (first: {foreign[0]})' if foreign else '')
+        if foreign:
+            print(f'batch {batch.id}: {len(foreign)} result line(s) not of '
+                  f'chunk {chunk["name"]} ignored (first: {foreign[0]})',
+                  file=sys.stderr)
         for idx, (key, pid) in enumerate(keys):
             if idx not in seen:
                 self._record(key, pid, CaptionError(
                     f'batch {batch.id} {batch.status}: no result for this '
-                    'request'), writer, state, meter, summary, bar)
+                    f'request{why}'), writer, state, meter, summary, bar)
         chunk['status'] = 'collected'
         chunk['batch_status'] = batch.status
         writer.sync()
@@ -272,6 +317,20 @@ class BatchBackend:
                   meter: Optional[CostMeter] = None,
                   max_side: int = 512, jpeg_quality: int = 85,
                   progress: Optional[bool] = None) -> Summary:
+        """Submit, poll and collect; holds ``out``'s lock throughout."""
+        with caption_lock(out):
+            record_source(out, plan.source)
+            return await self._run_locked(
+                plan, out, shard=shard, limit=limit, max_cost=max_cost,
+                meter=meter, max_side=max_side, jpeg_quality=jpeg_quality,
+                progress=progress)
+
+    async def _run_locked(self, plan: Plan, out: str, *,
+                          shard: Tuple[int, int], limit: Optional[int],
+                          max_cost: Optional[float],
+                          meter: Optional[CostMeter], max_side: int,
+                          jpeg_quality: int,
+                          progress: Optional[bool]) -> Summary:
         from tqdm import tqdm
         t0 = time.monotonic()
         meter = meter or CostMeter(self.model, batch=True)
@@ -299,8 +358,10 @@ class BatchBackend:
                                   jpeg_quality, entry, self.detail,
                                   self.system)
                 return r
-            except (ValueError, OSError) as e:
+            except (ImageError, ValueError) as e:  # messages name the key
                 return plan.keys[j], str(e)
+            except Exception as e:  # noqa: BLE001  (one sample never ends a run)
+                return plan.keys[j], f'{plan.keys[j]}: {type(e).__name__}: {e}'
 
         def on_bad(key: str, error: str) -> None:
             writer.write(failure_record(key, error, self.model, '',

@@ -1,9 +1,14 @@
 """``tools/caption.py``: the command line over :func:`caption`.
 
-Exit status (:mod:`gpt4image_mm.cli_errors`): 0 all done (or stopped on
-purpose by --limit / --max-cost), 1 failures are left in the output (rerun
-to retry them), 2 fix something first (bad key, unknown model, bad
-arguments), 3 the server is unreachable (rerun later to resume).
+Exit status (:mod:`gpt4image_mm.cli_errors`, also in docs/captioning.md):
+
+* 0   all done, or stopped on purpose by --limit / --max-cost;
+* 1   failures are left in the output (rerun to retry them);
+* 2   fix something first (bad key, unknown model, bad arguments), or --out
+      is locked by another run;
+* 3   the server is unreachable or keeps failing (rerun later to resume);
+* 128+N  stopped by signal N: 130 for SIGINT (Ctrl-C), 143 for SIGTERM; the
+      answers received are in the output, rerun to continue.
 """
 from __future__ import annotations
 
@@ -283,8 +288,15 @@ def _main(argv: List[str]) -> int:
         print(json.dumps(res, indent=1))
         return 0
     _print_summary(res)
+    return exit_code(res)
+
+
+def exit_code(res: Dict[str, Any]) -> int:
+    """The exit status of a run summary (see the module doc)."""
     if res.get('fatal'):
         return 2
+    if res.get('signal'):
+        return 128 + int(res['signal'])
     return 0 if res['ok'] else 1
 
 

@@ -2,16 +2,18 @@
 
 Downscaling before upload is the main cost lever of API captioning: most
 providers bill images by size, and ImageNet photos are ~400x350 anyway. A bad
-image (corrupt, truncated, not an image) raises :class:`ImageError` naming
-the file; the runner records it as a failure and goes on.
+image (corrupt, truncated, not an image, a decompression bomb) raises
+:class:`ImageError` naming the file; the runner records it as a failure and
+goes on. :func:`open_image` is the one place that opens an image file.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
-from typing import Any, Tuple, Union
+from typing import Any, Iterator, Tuple, Union
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
                     '.tiff', '.ppm', '.pgm')
@@ -21,23 +23,46 @@ class ImageError(ValueError):
     """An image could not be read; the message names the file."""
 
 
+@contextlib.contextmanager
+def image_errors(label: str) -> Iterator[None]:
+    """Turn any failure of decoding one image into :class:`ImageError`.
+
+    PIL raises many types for hostile files: ``DecompressionBombError`` (a
+    header claiming more than twice ``Image.MAX_IMAGE_PIXELS`` pixels),
+    ``OSError``, ``SyntaxError``, ``struct.error``, ``MemoryError``, ...; one
+    sample must never end a run, so every ``Exception`` becomes one.
+    """
+    try:
+        yield
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001  (see docstring)
+        kind = ('decompression bomb' if isinstance(
+            e, Image.DecompressionBombError) else 'cannot read image')
+        raise ImageError(f'{label}: {kind} ({type(e).__name__}: {e})') \
+            from None
+
+
+@contextlib.contextmanager
+def open_image(path: str, name: str = '') -> Iterator[Image.Image]:
+    """``Image.open`` with every decoding failure as :class:`ImageError`."""
+    with image_errors(name or path), Image.open(path) as im:
+        yield im
+
+
 def open_rgb(source: Union[str, Any], name: str = '') -> Image.Image:
     """Decode ``source`` (a path or an HxW[xC] uint8 array) fully to RGB."""
     label = name or (source if isinstance(source, str) else 'array image')
-    try:
-        if isinstance(source, str):
-            with Image.open(source) as im:
-                im.load()  # decode now: truncation shows up here, not later
-                return im.convert('RGB')
+    if isinstance(source, str):
+        with open_image(source, label) as im, image_errors(label):
+            im.load()  # decode now: truncation shows up here, not later
+            return im.convert('RGB')
+    with image_errors(label):
         import numpy as np
         arr = np.asarray(source)
         if arr.dtype != np.uint8:
             arr = arr.astype(np.uint8)
         return Image.fromarray(arr).convert('RGB')
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
-            TypeError) as e:
-        raise ImageError(f'{label}: cannot read image '
-                         f'({type(e).__name__}: {e})') from None
 
 
 def downscale(img: Image.Image, max_side: int) -> Image.Image:
@@ -69,14 +94,12 @@ def prepare_image(source: Union[str, Any], max_side: int = 512,
 def image_size(source: Union[str, Any], max_side: int = 512) -> Tuple[int,
                                                                       int]:
     """Size after downscaling, reading only the header (for --dry-run)."""
-    try:
-        if isinstance(source, str):
-            with Image.open(source) as im:
-                w, h = im.size
-        else:
+    if isinstance(source, str):
+        with open_image(source) as im:
+            w, h = im.size
+    else:
+        with image_errors('array image'):
             h, w = source.shape[:2]
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ImageError(f'{source}: cannot read image ({e})') from None
     if max_side and max(w, h) > max_side:
         s = max_side / max(w, h)
         w, h = max(1, round(w * s)), max(1, round(h * s))

@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from typing import Dict, Sequence, Set
 
-from ..descriptions import DescriptionWriter, iter_records
+from ..descriptions import (
+    DescriptionWriter,
+    is_descriptions_file,
+    iter_records,
+    read_source,
+    source_path,
+)
+from ..files import atomic_write_json, check_replaceable
 
 
 def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
@@ -26,6 +33,7 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
             raise ValueError(f'merge: {out} is also an input')
     if os.path.exists(out) and not overwrite:
         raise ValueError(f'merge: {out} exists (pass --overwrite)')
+    check_replaceable(out, is_descriptions_file, 'a descriptions file')
     tmp = out + '.merging'
     if os.path.exists(tmp):
         os.remove(tmp)
@@ -50,5 +58,10 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
             if key not in done:
                 w.write(rec)
     os.replace(tmp, out)
+    sources = [read_source(p) for p in parts]
+    if sources[0] and all(s == sources[0] for s in sources):
+        atomic_write_json(source_path(out), sources[0], indent=1)
+    elif os.path.exists(source_path(out)):  # parts of unknown/mixed origin
+        os.remove(source_path(out))
     return {'successes': len(done), 'failures': len(failures),
             'duplicates_dropped': dupes}

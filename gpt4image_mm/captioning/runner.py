@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import DescriptionWriter, iter_records
+from ..descriptions import DescriptionWriter, iter_records, record_source
+from ..files import OutputLock, lock_path
 from .base import Answer, Backend, CaptionError, FatalError, Request, Scrubber, now_iso
 from .images import ImageError, downscale, open_rgb, prepare_image
 from .pricing import CostMeter, image_tokens, request_text_tokens
@@ -49,10 +50,14 @@ class Summary:
     elapsed_s: float = 0.0
     stopped: Optional[str] = None  # why scheduling stopped early, if it did
     fatal: Optional[str] = None
+    signal: Optional[int] = None   # the signal that stopped the run, if any
 
     @property
     def ok(self) -> bool:
-        return self.fatal is None and self.failed_left == 0
+        """Done: no fatal error, no failure left, not stopped by a signal
+        (a stop by --limit / --max-cost is done: it was asked for)."""
+        return (self.fatal is None and self.failed_left == 0
+                and self.signal is None)
 
     def as_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -247,7 +252,36 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
                         scrub: Optional[Scrubber] = None,
                         handle_signals: bool = False,
                         prep_threads: int = 4) -> Summary:
-    """Caption the plan's missing keys into ``out``; see module doc."""
+    """Caption the plan's missing keys into ``out``; see module doc.
+
+    Holds ``out``'s lock for the whole run (:class:`LockHeld` if another run
+    has it): two runs would pay twice and write two successes per key.
+    """
+    with caption_lock(out):
+        record_source(out, plan.source)
+        return await _caption_locked(
+            plan, backend, out, shard=shard, limit=limit, max_cost=max_cost,
+            meter=meter, rpm=rpm, tpm=tpm, max_side=max_side,
+            jpeg_quality=jpeg_quality, detail=detail,
+            abort_after_failures=abort_after_failures, progress=progress,
+            scrub=scrub, handle_signals=handle_signals,
+            prep_threads=prep_threads)
+
+
+def caption_lock(out: str) -> OutputLock:
+    """The lock every caption backend holds on its ``--out``."""
+    return OutputLock(lock_path(out), f'--out {out}', 'caption.py')
+
+
+async def _caption_locked(plan: Plan, backend: Backend, out: str, *,
+                          shard: Tuple[int, int], limit: Optional[int],
+                          max_cost: Optional[float],
+                          meter: Optional[CostMeter], rpm: float, tpm: float,
+                          max_side: int, jpeg_quality: int, detail: str,
+                          abort_after_failures: int,
+                          progress: Optional[bool],
+                          scrub: Optional[Scrubber], handle_signals: bool,
+                          prep_threads: int) -> Summary:
     t0 = time.monotonic()
     scrub = scrub or Scrubber()
     meter = meter or CostMeter(backend.model)
@@ -299,8 +333,10 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
                 out_.append(build_request(plan.item(j), backend.image_format,
                                           max_side, jpeg_quality, entry,
                                           detail, system))
-            except (ImageError, ValueError) as e:
+            except (ImageError, ValueError) as e:  # messages name the key
                 out_.append((key, str(e)))
+            except Exception as e:  # noqa: BLE001  (one sample never ends a run)
+                out_.append((key, f'{key}: {type(e).__name__}: {e}'))
         return out_
 
     async def worker() -> None:
@@ -370,6 +406,7 @@ async def caption_async(plan: Plan, backend: Backend, out: str, *,
 
         def on_signal(signame: str) -> None:
             hits[0] += 1
+            summary.signal = summary.signal or int(signal.Signals[signame])
             stop[0] = stop[0] or f'{signame}: finishing requests in flight'
             print(f'\n{signame}: stopping after requests in flight finish '
                   '(again to abort them)', file=sys.stderr)

@@ -10,8 +10,15 @@ import torch
 from mmengine.logging import MMLogger
 from mmpretrain.registry import DATASETS
 
-from ..descriptions import read_descriptions
-from ..keys import base_key, class_key, class_names, dataset_keys, sample_key
+from ..descriptions import read_descriptions, read_source
+from ..keys import (
+    base_key,
+    class_key,
+    class_names,
+    dataset_keys,
+    dataset_source,
+    sample_key,
+)
 from .store import EmbeddingStore, StoreError
 
 _POLICIES = ('error', 'drop', 'zero')
@@ -73,6 +80,10 @@ class DescriptionDataset(torch.utils.data.Dataset):
             (rows are always checked when read).
         encoder: if set, the store's manifest must name this encoder (a
             store embedded by another text encoder is refused).
+        check_source: refuse a store whose manifest says its descriptions
+            were made from another image root / split than the wrapped
+            dataset's (same keys, other images). Set False when the data
+            really moved (a copy on another machine at another path).
 
     A sample that fails to load (a corrupt, truncated or missing image)
     raises :class:`SampleLoadError` naming its key and file: it is never
@@ -85,7 +96,7 @@ class DescriptionDataset(torch.utils.data.Dataset):
     def __init__(self, dataset: Union[dict, Any], store: Optional[str] = None,
                  descriptions: Optional[str] = None, per_class: bool = False,
                  on_missing: str = 'error', verify_store: bool = False,
-                 encoder: Optional[str] = None):
+                 encoder: Optional[str] = None, check_source: bool = True):
         if (store is None) == (descriptions is None):
             raise ValueError('DescriptionDataset needs exactly one of store= '
                              'or descriptions=')
@@ -102,9 +113,15 @@ class DescriptionDataset(torch.utils.data.Dataset):
             self.store = EmbeddingStore(store, expected_encoder=encoder)
             if verify_store:
                 self.store.verify()
+            if check_source:
+                self._check_source(
+                    self.store.manifest.get('source_datasets') or [],
+                    self.store.path)
             row_keys = self.store.keys()
             source = self.store.path
         else:
+            if check_source:
+                self._check_source([read_source(descriptions)], descriptions)
             recs = read_descriptions(descriptions)
             row_keys = list(recs)
             self.texts = [r['text'] for r in recs.values()]
@@ -113,6 +130,25 @@ class DescriptionDataset(torch.utils.data.Dataset):
         self._groups, self._indptr, self._rows = _group_rows(row_keys, wanted)
         self._indices = self._resolve_missing(wanted, source, row_keys)
         self._source = source
+
+    def _check_source(self, recorded: List[Optional[dict]],
+                      where: str) -> None:
+        """The descriptions must be of this dataset, not a look-alike:
+        compare the datasets they were made from (root, split) with ours."""
+        recorded = [r for r in recorded if r]
+        self.dataset.full_init()
+        if self.per_class or not recorded or not len(self.dataset):
+            return
+        ours = dataset_source(self.dataset)
+        for src in recorded:
+            if all(src.get(k) is None or ours.get(k) is None
+                   or src.get(k) == ours.get(k) for k in ('root', 'split')):
+                return
+        raise StoreError(
+            f'{where}: made from descriptions of {recorded}, but '
+            f'this dataset is {ours} (same keys, other images?); use the '
+            'store of this dataset, or set check_source=False in the '
+            'DescriptionDataset config if the data only moved')
 
     @property
     def metainfo(self) -> dict:
@@ -196,9 +232,18 @@ class DescriptionDataset(torch.utils.data.Dataset):
         if group < 0:
             vec = torch.zeros(self.store.dim)
         else:
-            vec = torch.from_numpy(self.store.row(self._pick_row(group)))
+            vec = torch.from_numpy(self._store_row(self._pick_row(group)))
         sample.set_field(vec, 'text_embedding')
         return results
+
+    def _store_row(self, row: int) -> np.ndarray:
+        """A store row; a bad one is named by its key (read only then)."""
+        try:
+            return self.store.row(row)
+        except StoreError:
+            key = self.store.keys()[row]
+            self.store.row(row, key=key)  # raises, naming the key
+            raise
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}({len(self)} samples, source='

@@ -5,7 +5,11 @@ A directory with
 * ``embeddings.npy``  -- an N x D array (fp16 by default), memory-mappable;
 * ``keys.txt``        -- the N keys in row order, one per line (UTF-8);
 * ``manifest.json``   -- encoder, dim, dtype, normalized, count, the checksum
-  of the source descriptions and the format version.
+  of the source descriptions, the SHA-256 of ``keys.txt`` (checked on open:
+  a reordered or edited keys file is refused), the source datasets the
+  descriptions were made from (where known) and the format version.
+
+Keys are unique: duplicates are refused when written and when opened.
 
 Stores are written into a sibling temporary directory and renamed into place,
 so a crash never leaves a directory that :class:`EmbeddingStore` accepts: the
@@ -13,6 +17,7 @@ manifest is the last file written and is required to open one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..files import check_replaceable
 from ..keys import check_key
 
 FORMAT_NAME = 'gpt4image-mm-embedding-store'
@@ -60,6 +66,27 @@ def read_manifest(path: str) -> Dict[str, Any]:
     return manifest
 
 
+def check_unique(keys: Sequence[str], where: str) -> None:
+    """Refuse duplicate row keys: a key must name exactly one vector."""
+    seen: set = set()
+    for row, key in enumerate(keys):
+        if key in seen:
+            first = next(i for i, k in enumerate(keys) if k == key)
+            raise StoreError(f'{where}: key {key!r} appears twice (rows '
+                             f'{first} and {row}); a store needs unique keys')
+        seen.add(key)
+
+
+def is_store(path: str) -> bool:
+    """Whether ``path`` holds a committed store (a readable manifest): what
+    ``--force`` may replace."""
+    try:
+        read_manifest(path)
+    except StoreError:
+        return False
+    return True
+
+
 def bad_rows(array: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Indices of rows that are non-finite or all zero (scanned in chunks)."""
     bad = []
@@ -84,6 +111,9 @@ class StoreWriter:
                              f'{SUPPORTED_DTYPES}')
         if os.path.exists(path) and not overwrite:
             raise StoreError(f'{path} exists; pass overwrite=True to replace')
+        if os.path.exists(path):  # fail before the work, not at commit
+            check_replaceable(path, is_store, 'an embedding store',
+                              StoreError)
         self.path = os.path.abspath(path)
         self.count, self.dim, self.dtype = count, dim, dtype
         self.tmp = f'{self.path}.tmp-{uuid.uuid4().hex[:8]}'
@@ -105,16 +135,21 @@ class StoreWriter:
                 raise StoreError(
                     f'{self.path}: {len(bad)} rows are NaN/inf or all zero, '
                     f'e.g. key {keys[int(bad[0])]!r} (row {int(bad[0])})')
+        check_unique(keys, self.path)
         self.rows.flush()
         del self.rows
+        digest = hashlib.sha256()
         with open(os.path.join(self.tmp, KEYS_FILE), 'w',
                   encoding='utf-8', newline='\n') as f:
             for i, key in enumerate(keys):
-                f.write(check_key(key, f'row {i}: ') + '\n')
+                line = check_key(key, f'row {i}: ') + '\n'
+                f.write(line)
+                digest.update(line.encode('utf-8'))
         manifest = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION,
                         encoder=encoder, dim=self.dim, dtype=self.dtype,
                         normalized=bool(normalized), count=self.count,
                         source_checksum=source_checksum,
+                        keys_sha256=digest.hexdigest(),
                         created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **extra)
         mpath = os.path.join(self.tmp, MANIFEST_FILE)
         with open(mpath, 'w', encoding='utf-8') as f:
@@ -123,6 +158,8 @@ class StoreWriter:
             os.fsync(f.fileno())
         old = None
         if os.path.exists(self.path):
+            check_replaceable(self.path, is_store, 'an embedding store',
+                              StoreError)
             old = f'{self.path}.old-{uuid.uuid4().hex[:8]}'
             os.rename(self.path, old)
         os.rename(self.tmp, self.path)
@@ -217,7 +254,25 @@ class EmbeddingStore:
         if len(keys) != self.count:
             raise StoreError(f'{kpath}: {len(keys)} keys but the manifest '
                              f'counts {self.count} rows')
+        self._check_keys_digest(kpath, keys)
+        check_unique(keys, kpath)
         return keys
+
+    def _check_keys_digest(self, kpath: str, keys: List[str]) -> None:
+        """Refuse a keys.txt edited or reordered after the store was written:
+        every row would get another key's vector. (Stores written before
+        the digest existed have none to check.)"""
+        want = self.manifest.get('keys_sha256')
+        if want is None:
+            return
+        digest = hashlib.sha256()
+        for key in keys:
+            digest.update(key.encode('utf-8') + b'\n')
+        if digest.hexdigest() != want:
+            raise StoreError(
+                f'{kpath}: the keys do not match the manifest\'s keys_sha256 '
+                '(reordered or edited after the store was written): rows '
+                'would get the wrong vectors; rebuild the store with embed.py')
 
     def row(self, index: int, key: Optional[str] = None) -> np.ndarray:
         """Row ``index`` as float32; NaN/inf/zero rows raise naming the key."""

@@ -15,7 +15,6 @@ the store an unsharded run would have written.
 """
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import os
@@ -29,13 +28,19 @@ import numpy as np
 import torch
 
 from ..datasets.store import (
-    MANIFEST_FILE,
     EmbeddingStore,
     StoreError,
     StoreWriter,
+    is_store,
     read_manifest,
 )
-from ..descriptions import DescriptionFileError, iter_records, texts_checksum
+from ..descriptions import (
+    DescriptionFileError,
+    iter_records,
+    read_source,
+    texts_checksum,
+)
+from ..files import LockHeld, OutputLock, atomic_write_json, check_replaceable
 from .encoders import TextEncoder, build_text_encoder
 
 PARTIAL_SUFFIX = '.partial'
@@ -55,6 +60,8 @@ class DescriptionTexts:
     failures: int  # keys whose only records are failures
     checksum: str  # of every (key, text): the store's source id
     paths: List[str] = field(default_factory=list)
+    # the datasets the descriptions describe (their caption.py sidecars)
+    sources: List[Dict[str, Any]] = field(default_factory=list)
 
 
 def load_description_texts(paths: PathOrPaths) -> DescriptionTexts:
@@ -86,9 +93,12 @@ def load_description_texts(paths: PathOrPaths) -> DescriptionTexts:
                 where[key] = f'{path}:{lineno}'
     keys = sorted(texts)
     ordered = [texts[k] for k in keys]
+    sources = [s for s in map(read_source, paths) if s]
     return DescriptionTexts(keys, ordered, len(failed - texts.keys()),
                             texts_checksum(zip(keys, ordered)),
-                            [os.path.abspath(p) for p in paths])
+                            [os.path.abspath(p) for p in paths],
+                            [s for i, s in enumerate(sources)
+                             if s not in sources[:i]])
 
 
 def parse_shard(shard: Union[None, str, Tuple[int, int]]
@@ -156,33 +166,19 @@ def _differences(manifest: Dict[str, Any], ident: Dict[str, Any]) -> str:
     return ', '.join(diff)
 
 
-def _write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class _WorkDir:
     """``<out>.partial/``: the resumable scratch of one output store."""
 
     def __init__(self, out: str):
         self.path = out + PARTIAL_SUFFIX
         os.makedirs(self.path, exist_ok=True)
-        self._lock = open(os.path.join(self.path, 'lock'), 'w')
+        self._lock = OutputLock(os.path.join(self.path, 'lock'),
+                                f'store {out}', 'embed.py')
         try:
-            import fcntl
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-        except OSError as e:
-            self._lock.close()
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise StoreError(f'{out}: another embed run is writing this '
-                                 'store') from None
-            raise
+            self._lock.acquire()
+        except LockHeld as e:
+            raise StoreError(f'{out}: another embed run is writing this '
+                             f'store: {e}') from None
 
     def progress(self) -> Optional[Dict[str, Any]]:
         try:
@@ -206,7 +202,7 @@ class _WorkDir:
                                          dtype=np.dtype(dtype), shape=shape)
 
     def save_progress(self, state: Dict[str, Any]) -> None:
-        _write_json_atomic(os.path.join(self.path, PROGRESS_FILE), state)
+        atomic_write_json(os.path.join(self.path, PROGRESS_FILE), state)
 
     def reset(self) -> None:
         for name in (PROGRESS_FILE, ROWS_FILE):
@@ -216,11 +212,11 @@ class _WorkDir:
                 pass
 
     def remove(self) -> None:
-        self._lock.close()
+        self._lock.release()
         shutil.rmtree(self.path, ignore_errors=True)
 
     def release(self) -> None:
-        self._lock.close()
+        self._lock.release()
 
 
 def _check_existing(out: str, ident: Dict[str, Any], force: bool
@@ -229,13 +225,11 @@ def _check_existing(out: str, ident: Dict[str, Any], force: bool
     replace a store of other descriptions/encoder unless ``force``."""
     if not os.path.exists(out):
         return None
+    check_replaceable(out, is_store, 'an embedding store', StoreError)
     try:
         manifest = read_manifest(out)
     except StoreError:
-        if force or (os.path.isdir(out) and not os.listdir(out)):
-            return None
-        raise StoreError(f'{out} exists and is not an embedding store; '
-                         'remove it or pass force') from None
+        return None  # an empty directory
     if _same_source(manifest, ident):
         return None if force else manifest
     if not force:
@@ -319,7 +313,7 @@ def embed_descriptions(descriptions: PathOrPaths,
             shard=list(shard) if shard else None,
             total_count=len(src.keys), failures_skipped=src.failures,
             truncated=state['truncated'], max_length=encoder.max_length,
-            descriptions=src.paths)
+            descriptions=src.paths, source_datasets=src.sources)
         _commit(out, rows, order, keys, dim, store_dtype, encoder.name,
                 src.checksum, manifest_extra)
         del rows
@@ -488,13 +482,10 @@ def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
             total_count=total, failures_skipped=first.get('failures_skipped'),
             truncated=None if None in truncs else sum(truncs),
             max_length=first.get('max_length'),
-            descriptions=first.get('descriptions'), merged_from=n_shards)
+            descriptions=first.get('descriptions'), merged_from=n_shards,
+            source_datasets=first.get('source_datasets') or [])
     except BaseException:
         writer.abort()
         raise
     return read_manifest(out)
 
-
-def is_store(path: str) -> bool:
-    """Whether ``path`` holds a committed store (a manifest)."""
-    return os.path.isfile(os.path.join(path, MANIFEST_FILE))

@@ -18,7 +18,8 @@ import os
 import time
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..descriptions import DescriptionWriter
+from ..descriptions import DescriptionWriter, is_descriptions_file
+from ..files import check_replaceable
 from ..keys import check_key, class_key, description_key
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
@@ -71,6 +72,8 @@ def write_records(records: Iterable[dict], out: str,
     """Write description records to ``out`` atomically; returns the count."""
     if os.path.exists(out) and not force:
         raise ImportSourceError(f'{out} exists; pass force (--force) to replace')
+    check_replaceable(out, is_descriptions_file, 'a descriptions file',
+                      ImportSourceError)
     tmp = f'{out}.tmp-{os.getpid()}'
     n = 0
     try:
