@@ -50,5 +50,5 @@ custom_hooks = _base_.deit_custom_hooks
 default_hooks = dict(checkpoint=dict(
     type='CheckpointHook', interval=1, max_keep_ckpts=2,
     save_best='accuracy/top1', rule='greater'))
-randomness = dict(seed=0)  # main.py:163
+randomness = dict(seed=0, diff_rank_seed=True)  # main.py:163, 202: seed + rank
 caption_prompt = 'configs/prompts/imagenet.txt'
