@@ -1,5 +1,5 @@
 # ResNet-50 on CUB-200-2011 (fine-grained birds) with GPT4Image: mmpretrain's
-# fine-grained recipe (ImageNet-pretrained ResNet-50 fine-tuned at 448 px,
+# fine-grained recipe (ImageNet-21k-pretrained ResNet-50 fine-tuned at 448 px,
 # SGD 0.01 nesterov, 5 warm-up + 95 cosine epochs) plus the alignment loss.
 # Captions: tools/caption.py --config THIS_CONFIG
 #   --prompt configs/prompts/cub.txt (class-conditioned), then tools/embed.py.

@@ -1,6 +1,6 @@
 # ResNet-50 on FGVC-Aircraft (100 variants) with GPT4Image:
 # mmpretrain's fine-grained recipe
-# (resnet50_8xb8_cub.py: ImageNet-pretrained ResNet-50 fine-tuned at 448 px,
+# (resnet50_8xb8_cub.py: ImageNet-21k-pretrained ResNet-50 fine-tuned at 448 px,
 # SGD 0.01 nesterov, 5 warm-up + 95 cosine epochs) on mmpretrain's FGVCAircraft
 # dataset class, plus the alignment loss. Captions: tools/caption.py
 #   --config THIS_CONFIG --prompt configs/prompts/fgvc_aircraft.txt (class-conditioned).
