@@ -25,8 +25,9 @@ Overridden, and only these (each must be, to run here in seconds):
   * CIFAR's md5 table -> None (the stand-in pickles cannot have the real
     files' checksums; the files themselves are read by mmpretrain's code).
 Not a config value, but set for speed: one torch thread (``one_thread``).
-Measured: the 25 Runner runs take 5.9 min wall (2.2 min CPU) on the shared
-2-core machine, the slowest DeiT-B (43 s, mostly writing its checkpoints).
+Measured on the shared 2-core machine: this file's 66 tests take 4-6 min
+wall (about 2.2 min CPU); the slowest is DeiT-B (31-43 s, mostly writing its
+checkpoints).
 
 The schedules are checked separately: each config's param schedulers are
 stepped over all of its epochs on a dummy optimizer, and the learning rate at
