@@ -8,3 +8,4 @@ train_dataloader = dict(dataset=dict(
     _delete_=True, type='DescriptionDataset',
     dataset=_base_.train_dataloader.dataset,
     store='data/imagenet/gpt4image_store'))
+caption_prompt = 'configs/prompts/imagenet.txt'

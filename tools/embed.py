@@ -6,6 +6,8 @@
     python tools/embed.py DESC.jsonl --encoder DIR --out part0 --shard 0/4
     python tools/embed.py merge part0 part1 part2 part3 --out STORE
     python tools/embed.py import-gpt4image release.pt --config CFG --out D.jsonl
+    python tools/embed.py import-gpt4image-embeddings EMB.pth \
+        --images data/imagenet/train --out STORE
     python tools/embed.py import-map descriptions.csv --out D.jsonl
 
 A killed run resumes where it stopped (rerun the same command). See
@@ -20,7 +22,8 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-COMMANDS = ('merge', 'import-gpt4image', 'import-map')
+COMMANDS = ('merge', 'import-gpt4image', 'import-gpt4image-embeddings',
+            'import-map')
 
 
 def _embed_parser() -> argparse.ArgumentParser:
@@ -163,6 +166,40 @@ def run_import_gpt4image(argv: List[str]) -> int:
     return 0
 
 
+def run_import_gpt4image_embeddings(argv: List[str]) -> int:
+    from gpt4image_mm.embedding.importers import (
+        OFFICIAL_ENCODER,
+        import_gpt4image_embeddings,
+    )
+    p = argparse.ArgumentParser(
+        prog='embed.py import-gpt4image-embeddings',
+        description='the official N x D text-embedding tensor '
+        '(description2embedding.py output; row i = ImageFolder index i) -> '
+        'an embedding store keyed like the dataset')
+    p.add_argument('embeddings', help='e.g. imagenet_clip_text_emb_0_1281166'
+                   '.pth')
+    p.add_argument('--images', required=True,
+                   help='the ImageFolder root it was made for (train/ of '
+                   'ImageNet)')
+    p.add_argument('--out', required=True, help='store directory to write')
+    p.add_argument('--encoder-name', default=OFFICIAL_ENCODER,
+                   help='encoder recorded in the manifest (default: '
+                   f'{OFFICIAL_ENCODER}, 1024-d; ViT-L/14 files are 768-d: '
+                   'open_clip:ViT-L-14/openai)')
+    p.add_argument('--store-dtype', default='float16',
+                   choices=('float16', 'float32'))
+    p.add_argument('--force', action='store_true',
+                   help='replace an existing store')
+    args = p.parse_args(argv)
+    man = import_gpt4image_embeddings(
+        args.embeddings, args.images, args.out,
+        encoder_name=args.encoder_name, store_dtype=args.store_dtype,
+        force=args.force)
+    print(f'{args.out}: {man["count"]} rows x {man["dim"]}-d '
+          f'({man["dtype"]}, {man["encoder"]})')
+    return 0
+
+
 def run_import_map(argv: List[str]) -> int:
     p = argparse.ArgumentParser(
         prog='embed.py import-map',
@@ -186,6 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         cmd = {'merge': run_merge, 'import-gpt4image': run_import_gpt4image,
+               'import-gpt4image-embeddings':
+                   run_import_gpt4image_embeddings,
                'import-map': run_import_map}[argv[0]]
         return cmd(argv[1:])
     return run_embed(argv)

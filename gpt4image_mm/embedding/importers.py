@@ -1,14 +1,23 @@
-"""Bring descriptions from elsewhere into the descriptions JSONL format.
+"""Bring descriptions and embeddings from elsewhere into our formats.
 
-* the description set released with the GPT4Image paper: a torch-saved list
-  of strings, one per ImageNet training image in torchvision ``ImageFolder``
-  order (sorted class folders, then ``sorted(os.walk(...))`` and sorted
-  file names) -- re-keyed here to the dataset's own keys;
-* CSV / JSON maps of key -> text (or key -> [texts], several descriptions
-  per key, e.g. per-class description files).
+The official GPT4Image files (huawei-noah/Efficient-Computing, GPT4Image/),
+both in torchvision ``ImageFolder`` order (sorted class folders, then
+``sorted(os.walk(...))`` and sorted file names), re-keyed here to the
+dataset's own keys:
 
-Output goes to a temporary file renamed into place: a crash never leaves a
-half import that embed.py would take for the whole.
+* the released description set ``minigpt4_caption_imagenet_train_*.pth``: a
+  torch-saved list of strings (what description2embedding.py:20 loads)
+  -> descriptions JSONL (:func:`import_gpt4image`);
+* the text-embedding tensor that description2embedding.py:40-42 saves and the
+  training scripts load (resnet/utils.py:176, deit/utils.py:263): N x D,
+  CLIP RN50 (1024-d) by default -> an embedding store
+  (:func:`import_gpt4image_embeddings`).
+
+Also CSV / JSON maps of key -> text (or key -> [texts], several descriptions
+per key, e.g. per-class description files).
+
+Output goes to a temporary file or directory renamed into place: a crash
+never leaves a half import that embed.py or training would take for whole.
 """
 from __future__ import annotations
 
@@ -18,9 +27,15 @@ import os
 import time
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ..descriptions import DescriptionWriter, is_descriptions_file
 from ..files import check_replaceable
 from ..keys import check_key, class_key, description_key
+
+# description2embedding.py:48 default --model RN50 (CLIP), as open_clip names
+# it; its text tower is 1024-d. ViT-L/14 (the other choice there) is 768-d.
+OFFICIAL_ENCODER = 'open_clip:RN50/openai'
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
@@ -99,21 +114,100 @@ def _clean_text(text: object, where: str) -> str:
     return text
 
 
-def load_gpt4image_release(path: str) -> List[str]:
-    """The paper's torch-saved list of description strings (safe loading)."""
+def load_gpt4image_file(path: str) -> object:
+    """An official GPT4Image .pth file, loaded safely (``weights_only``)."""
     import torch
     try:
-        texts = torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle/zip errors vary
-        raise ImportSourceError(f'{path}: not a torch-saved list of strings '
-                           f'({type(e).__name__}: {e})') from None
+        raise ImportSourceError(f'{path}: not a torch-saved description list '
+                                f'or embedding tensor ({type(e).__name__}: '
+                                f'{e})') from None
+
+
+def _is_tensor(obj: object) -> bool:
+    import torch
+    return isinstance(obj, torch.Tensor)
+
+
+def load_gpt4image_release(path: str) -> List[str]:
+    """The paper's torch-saved list of description strings (safe loading)."""
+    texts = load_gpt4image_file(path)
+    if _is_tensor(texts):
+        raise ImportSourceError(
+            f'{path}: an embedding tensor (description2embedding.py output), '
+            'not descriptions: use import-gpt4image-embeddings')
     if isinstance(texts, tuple):
         texts = list(texts)
     if not isinstance(texts, list) or not all(isinstance(t, str)
                                               for t in texts):
         raise ImportSourceError(f'{path}: expected a list of strings, got '
-                           f'{type(texts).__name__}')
+                                f'{type(texts).__name__}')
     return texts
+
+
+def load_gpt4image_embeddings(path: str) -> np.ndarray:
+    """The official N x D text-embedding tensor (fp16 or fp32) as float32."""
+    emb = load_gpt4image_file(path)
+    if isinstance(emb, list):
+        raise ImportSourceError(
+            f'{path}: a description list, not embeddings: use '
+            'import-gpt4image, then tools/embed.py --encoder '
+            f'{OFFICIAL_ENCODER}')
+    if not _is_tensor(emb) or emb.dim() != 2 or not emb.is_floating_point():
+        shape = tuple(emb.shape) if _is_tensor(emb) else type(emb).__name__
+        raise ImportSourceError(f'{path}: expected an N x D float tensor, '
+                                f'got {shape}')
+    return emb.float().numpy()
+
+
+def _unit_rows(emb: np.ndarray, keys: Sequence[str], path: str) -> np.ndarray:
+    """L2-normalise rows; a zero or non-finite row is an error naming it."""
+    norms = np.linalg.norm(emb, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        i = int(bad[0])
+        raise ImportSourceError(f'{path}: row {i} (image {keys[i]!r}) is zero '
+                                f'or not finite ({len(bad)} such rows)')
+    return emb / norms[:, None]
+
+
+def _check_replaceable(out: str, force: bool) -> None:
+    """``force`` replaces a store, never another directory or file."""
+    from ..datasets.store import is_store
+    if os.path.exists(out) and not force:
+        raise ImportSourceError(f'{out} exists; pass --force to replace it')
+    check_replaceable(out, is_store, 'an embedding store', ImportSourceError)
+
+
+def import_gpt4image_embeddings(path: str, images_root: str, out: str,
+                                encoder_name: str = OFFICIAL_ENCODER,
+                                store_dtype: str = 'float16',
+                                force: bool = False) -> dict:
+    """Turn the official embedding tensor into a store keyed like our
+    datasets (row i = ImageFolder index i of ``images_root``).
+
+    The row count must equal the image count: the official loaders never
+    check it (resnet/utils.py:177 has the assert commented out), and a
+    different tree pairs every image with another image's text. Nothing is
+    written unless every check passes. Returns the manifest.
+    """
+    from ..datasets.store import read_manifest, write_store
+    _check_replaceable(out, force)
+    keys = image_folder_keys(images_root)
+    emb = load_gpt4image_embeddings(path)
+    if len(emb) != len(keys):
+        raise ImportSourceError(
+            f'{path} holds {len(emb)} embeddings but {images_root} has '
+            f'{len(keys)} images; the official file covers the ImageNet-1k '
+            'train split (1,281,167 images) in ImageFolder order -- point '
+            '--images at that split')
+    rows = _unit_rows(emb, keys, path)
+    write_store(out, keys, rows, encoder=encoder_name, dtype=store_dtype,
+                normalized=True, overwrite=force,
+                source=f'gpt4image-embeddings:{os.path.basename(path)}',
+                images_root=os.path.abspath(images_root))
+    return read_manifest(out)
 
 
 def import_gpt4image(path: str, keys: Sequence[str], out: str,
@@ -150,35 +244,60 @@ def import_gpt4image(path: str, keys: Sequence[str], out: str,
     return write_records(records(), out, force)
 
 
+def _no_duplicate_keys(path: str):
+    """``object_pairs_hook`` for json: a repeated key is an error, not a
+    silent last-one-wins."""
+    def hook(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ImportSourceError(f'{path}: key {key!r} appears twice')
+            seen.add(key)
+        return dict(pairs)
+    return hook
+
+
+def _read_json_map(path: str) -> List[Tuple[str, object]]:
+    hook = _no_duplicate_keys(path)
+    # utf-8-sig: a byte-order mark (Windows editors) is not part of a key
+    with open(path, encoding='utf-8-sig') as f:
+        if path.lower().endswith('.jsonl'):
+            data: object = [json.loads(line, object_pairs_hook=hook)
+                            for line in f if line.strip()]
+        else:
+            data = json.load(f, object_pairs_hook=hook)
+    if isinstance(data, dict):
+        return list(data.items())
+    if isinstance(data, list) and all(isinstance(r, dict) and 'key' in r
+                                      and 'text' in r for r in data):
+        return [(r['key'], r['text']) for r in data]
+    raise ImportSourceError(f'{path}: expected {{key: text}} or a list of '
+                            '{"key": ..., "text": ...}')
+
+
+def _read_csv_map(path: str) -> List[Tuple[str, object]]:
+    # utf-8-sig: Excel starts UTF-8 CSVs with a byte-order mark, which
+    # would otherwise become part of the first key ('\ufeffkey').
+    with open(path, encoding='utf-8-sig', newline='') as f:
+        rows = list(csv.reader(f))
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ['key', 'text']:
+        rows = rows[1:]
+    pairs: List[Tuple[str, object]] = []
+    for n, row in enumerate(rows, 1):
+        if len(row) < 2:
+            raise ImportSourceError(f'{path}: row {n} has no text column')
+        pairs.append((row[0], row[1]))
+    return pairs
+
+
 def read_map(path: str) -> List[Tuple[str, str]]:
     """(key, text) pairs from a CSV (columns ``key,text``, or the first two)
     or JSON file (``{key: text}``, ``{key: [texts]}`` or a list of
     ``{"key", "text"}`` objects). A list of texts gives ``key#k`` keys."""
-    pairs: List[Tuple[str, object]] = []
     if path.lower().endswith(('.json', '.jsonl')):
-        with open(path, encoding='utf-8') as f:
-            if path.lower().endswith('.jsonl'):
-                data: object = [json.loads(line) for line in f if line.strip()]
-            else:
-                data = json.load(f)
-        if isinstance(data, dict):
-            pairs = list(data.items())
-        elif isinstance(data, list) and all(isinstance(r, dict) and 'key' in r
-                                            and 'text' in r for r in data):
-            pairs = [(r['key'], r['text']) for r in data]
-        else:
-            raise ImportSourceError(f'{path}: expected {{key: text}} or a list of '
-                               '{"key": ..., "text": ...}')
+        pairs = _read_json_map(path)
     else:
-        with open(path, encoding='utf-8', newline='') as f:
-            rows = list(csv.reader(f))
-        if rows and [c.strip().lower() for c in rows[0][:2]] == ['key',
-                                                                 'text']:
-            rows = rows[1:]
-        for n, row in enumerate(rows, 1):
-            if len(row) < 2:
-                raise ImportSourceError(f'{path}: row {n} has no text column')
-            pairs.append((row[0], row[1]))
+        pairs = _read_csv_map(path)
     out: List[Tuple[str, str]] = []
     for key, text in pairs:
         if isinstance(text, list):

@@ -30,6 +30,10 @@ class TextAlignedClassifier(ImageClassifier):
         teacher: optional ``TextEmbeddingTeacher`` config for online mode:
             samples carry raw ``text`` and are encoded on the fly.
         align_feature: ``'pre_logits'`` (default) or ``'neck'``.
+        mix_text_targets: under Mixup/CutMix, aim each mixed image at the
+            same mix of its sources' texts (default). ``False`` keeps text i
+            as image i's only target, as the official code does (its
+            deit/engine.py:44-55 mixes images and labels, never text).
         Other args: as :class:`mmpretrain.models.ImageClassifier`.
     """
 
@@ -37,6 +41,7 @@ class TextAlignedClassifier(ImageClassifier):
                  neck: Optional[dict] = None, head: Optional[dict] = None,
                  teacher: Optional[dict] = None,
                  align_feature: str = 'pre_logits',
+                 mix_text_targets: bool = True,
                  pretrained: Optional[str] = None,
                  train_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -54,6 +59,7 @@ class TextAlignedClassifier(ImageClassifier):
                          data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         self.align_feature = align_feature
+        self.mix_text_targets = mix_text_targets
         align_neck = dict(align_neck)
         if align_neck.get('in_channels') is None:
             align_neck['in_channels'] = self._aligned_channels()
@@ -102,7 +108,7 @@ class TextAlignedClassifier(ImageClassifier):
         if 'gt_label' in first:
             kwargs['labels'] = torch.cat(
                 [s.gt_label[:1] for s in data_samples]).to(image.device)
-        if 'mix_weights' in first:
+        if self.mix_text_targets and 'mix_weights' in first:
             kwargs['mix'] = torch.stack(
                 [s.mix_weights for s in data_samples]).to(image)
         if 'align_weight' in first:

@@ -1,0 +1,16 @@
+# ResNet-18 on CIFAR-10 with GPT4Image: mmpretrain's recipe
+# (mmpretrain::resnet/resnet18_8xb16_cifar10.py,
+# CIFAR stem: 3x3 conv, no max-pool) plus the alignment loss. Arrays are keyed
+# <split>/<index>. Captions: tools/caption.py --config THIS_CONFIG
+#   --prompt configs/prompts/cifar.txt (class-conditioned), then tools/embed.py.
+_base_ = ['mmpretrain::resnet/resnet18_8xb16_cifar10.py', '_base_/gpt4image.py']
+
+model = _base_.gpt4image_cnn
+train_dataloader = dict(dataset=dict(
+    _delete_=True, type='DescriptionDataset',
+    dataset=_base_.train_dataloader.dataset,
+    store='data/cifar10/gpt4image_store'))
+default_hooks = dict(checkpoint=dict(
+    type='CheckpointHook', interval=1, max_keep_ckpts=2,
+    save_best='accuracy/top1', rule='greater'))
+caption_prompt = 'configs/prompts/cifar.txt'
