@@ -246,3 +246,21 @@ def test_per_class_with_real_smollm2(tmp_path, config):
     penalised = read_descriptions(out2)
     assert sorted(penalised) == sorted(recs)
     assert any(penalised[k]['text'] != recs[k]['text'] for k in recs)
+
+
+def test_class_level_keys_without_per_class_suggest_per_class(tmp_path,
+                                                              config):
+    import json
+
+    from gpt4image_mm.datasets.store import StoreError
+    cfg, _ = config
+    path = tmp_path / 'classes.jsonl'
+    path.write_text(''.join(json.dumps({'key': f'class:{c}#0', 'text': t})
+                            + '\n' for c, t in (('goldfish', 'A fish.'),
+                                                ('tabby cat', 'A cat.'))))
+    with pytest.raises(StoreError) as err:
+        _wrapper(cfg, str(path))
+    msg = str(err.value)
+    assert "'class:goldfish#0'" in msg and 'per_class=True' in msg
+    assert "positives='label'" in msg and '\n' not in msg
+    assert len(_wrapper(cfg, str(path), per_class=True)) == 6
