@@ -264,3 +264,33 @@ def test_class_level_keys_without_per_class_suggest_per_class(tmp_path,
     assert "'class:goldfish#0'" in msg and 'per_class=True' in msg
     assert "positives='label'" in msg and '\n' not in msg
     assert len(_wrapper(cfg, str(path), per_class=True)) == 6
+
+
+def test_progress_lines_when_not_a_terminal():
+    """First answer at once, then no more often than the interval, and the
+    last state at close; slow rates as seconds per request."""
+    import io
+    import time
+
+    from gpt4image_mm.captioning.pricing import CostMeter
+    from gpt4image_mm.captioning.runner import Progress, format_rate
+    stream = io.StringIO()
+    bar = Progress(4, None, CostMeter('m'), interval=0.3, stream=stream)
+    bar.update(True)
+    bar.update(True, truncated=True)  # within the interval: no line
+    time.sleep(0.35)
+    bar.update(False)  # interval passed: a line
+    bar.update(True)
+    bar.close()  # the 4th answer is reported at close
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == 'caption: 4 requests to do'
+    assert [ln.split(',')[0] for ln in lines[1:]] == [
+        'caption: 1/4 done', 'caption: 3/4 done', 'caption: 4/4 done']
+    assert lines[-1].startswith('caption: 4/4 done, 1 failed, 1 truncated')
+    assert format_rate(20, 660) == '33.0 s/req'
+    assert format_rate(30, 10) == '3.0 req/s'
+    silent = io.StringIO()
+    off = Progress(2, False, CostMeter('m'), stream=silent)
+    off.update(True)
+    off.close()
+    assert silent.getvalue() == ''
