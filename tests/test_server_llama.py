@@ -43,15 +43,17 @@ def _free_port() -> int:
 class LlamaServer:
     """``python -m llama_cpp.server`` in the server venv, on loopback."""
 
-    def __init__(self, alias: str, *extra: str, port: int = 0):
+    def __init__(self, alias: str, *extra: str, port: int = 0,
+                 gguf: str = ''):
         self.alias, self.extra = alias, extra
+        self.gguf = gguf or smollm2_gguf()
         self.port = port or _free_port()
         self.url = f'http://127.0.0.1:{self.port}/v1'
         self.proc = None
 
     def start(self, ready_s: float = 180) -> 'LlamaServer':
         cmd = [os.path.join(LLAMA_VENV, 'bin', 'python'), '-m',
-               'llama_cpp.server', '--model', smollm2_gguf(),
+               'llama_cpp.server', '--model', self.gguf,
                '--model_alias', self.alias, '--host', '127.0.0.1',
                '--port', str(self.port), '--api_key', KEY,
                '--n_threads', '1', '--n_ctx', '2048', *self.extra]
@@ -92,11 +94,31 @@ def chat_server():
     srv.kill()
 
 
+def pooling_copy(src: str, dst: str) -> str:
+    """A copy of a GGUF whose metadata asks for mean pooling: llama.cpp
+    answers one vector per token for a causal LM otherwise, and
+    llama_cpp.server has no option for it."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import (
+        MetadataDetails,
+        copy_with_new_metadata,
+    )
+    reader = gguf.GGUFReader(src)
+    arch = bytes(reader.fields[gguf.Keys.General.ARCHITECTURE].parts[-1])
+    arch = arch.decode()
+    writer = gguf.GGUFWriter(dst, arch=arch, endianess=reader.endianess)
+    key = gguf.Keys.LLM.POOLING_TYPE.format(arch=arch)
+    copy_with_new_metadata(reader, writer, {key: MetadataDetails(
+        gguf.GGUFValueType.UINT32, int(gguf.PoolingType.MEAN))}, [])
+    return dst
+
+
 @pytest.fixture(scope='module')
-def embed_server():
-    # llama.cpp answers one vector per token unless told to pool (mean = 1)
+def embed_server(tmp_path_factory):
+    gguf_file = pooling_copy(smollm2_gguf(), str(
+        tmp_path_factory.mktemp('gguf') / 'smollm2-mean-pooling.gguf'))
     srv = LlamaServer('smollm2-embed', '--embedding', 'true',
-                      '--pooling_type', '1').start()
+                      gguf=gguf_file).start()
     yield srv
     srv.kill()
 
