@@ -12,7 +12,6 @@ if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import llama_cpp.
     exit 0
 fi
 "$PYTHON" -m venv "$VENV_DIR"
-"$VENV_DIR/bin/pip" install -q --upgrade pip
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     "$VENV_DIR/bin/pip" install "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
 "$VENV_DIR/bin/python" -c "import llama_cpp.server; print('llama-cpp-python server ready')"
