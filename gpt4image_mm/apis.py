@@ -54,13 +54,17 @@ def test_parser() -> argparse.ArgumentParser:
 
 
 def _dataloader_defaults(cfg: Config, args: argparse.Namespace) -> None:
+    import torch
+    # Pinned memory only exists with an accelerator; without one torch
+    # ignores pin_memory=True and warns at every epoch's iterator.
+    can_pin = torch.accelerator.is_available()
     for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         if cfg.get(field) is None:
             continue
         loader = ConfigDict(pin_memory=True, persistent_workers=True,
                             collate_fn=dict(type='default_collate'))
         loader.update(cfg[field])
-        if args.no_pin_memory:
+        if args.no_pin_memory or not can_pin:
             loader.pin_memory = False
         if args.no_persistent_workers or loader.get('num_workers', 0) == 0:
             loader.persistent_workers = False
@@ -131,8 +135,47 @@ def train_config(args: argparse.Namespace) -> Config:
     if args.auto_scale_lr:
         cfg.auto_scale_lr.enable = True
     if args.cfg_options:
+        old_epochs = (cfg.get('train_cfg') or {}).get('max_epochs')
         cfg.merge_from_dict(args.cfg_options)
+        if not any(k.startswith('param_scheduler') for k in args.cfg_options):
+            sync_schedule_to_epochs(cfg, old_epochs)
     return cfg
+
+
+def sync_schedule_to_epochs(cfg: Config, old_epochs: Optional[int]) -> None:
+    """Keep epoch schedules on an overridden ``train_cfg.max_epochs``.
+
+    ``--cfg-options train_cfg.max_epochs=N`` alone would leave a cosine
+    schedule's ``T_max``/``end`` at the config's old length (the lr stops
+    mid-curve, or restarts). Every epoch-based scheduler whose ``end`` or
+    ``T_max`` spanned the old run to its last epoch is moved to the new one;
+    each change is logged. Options that set ``param_scheduler`` themselves
+    switch this off.
+    """
+    from mmengine.logging import print_log
+    new_epochs = (cfg.get('train_cfg') or {}).get('max_epochs')
+    scheds = cfg.get('param_scheduler')
+    if not old_epochs or not new_epochs or new_epochs == old_epochs \
+            or not scheds:
+        return
+    for i, sched in enumerate(scheds if isinstance(scheds, list)
+                              else [scheds]):
+        if not sched.get('by_epoch', True):
+            continue  # iteration units: not comparable to epochs
+        begin = sched.get('begin', 0)
+        changed = []
+        if sched.get('end') == old_epochs:
+            sched['end'] = new_epochs
+            changed.append('end')
+        if sched.get('T_max') == old_epochs - begin:
+            sched['T_max'] = new_epochs - begin
+            changed.append('T_max')
+        if changed:
+            print_log(
+                f'train_cfg.max_epochs {old_epochs} -> {new_epochs}: '
+                f'param_scheduler[{i}] ({sched.get("type")}) '
+                f'{"/".join(changed)} follows (set param_scheduler in '
+                '--cfg-options to choose yourself)', logger='current')
 
 
 def train(argv: Optional[List[str]] = None) -> None:

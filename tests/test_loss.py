@@ -254,6 +254,23 @@ def test_retrieval_accuracy():
     assert not acc.requires_grad
 
 
+def test_retrieval_accuracy_follows_the_positives():
+    # two texts per class (class-level descriptions): image 0 is nearest to
+    # text 1, another description of its own class -- a hit for 'label',
+    # a miss for 'instance'; image 3 is nearest to a text of another class
+    txt = torch.eye(4)
+    labels = torch.tensor([0, 0, 1, 1])
+    img = txt[[1, 0, 2, 0]] + 0.01
+    assert retrieval_accuracy(img, txt).item() == pytest.approx(0.25)
+    assert retrieval_accuracy(img, txt, labels, 'label').item() == \
+        pytest.approx(0.75)
+    same = txt[[0, 0, 2, 3]]  # texts 0 and 1 identical
+    img = txt[[0, 0, 2, 0]] + 0.01  # image 1 finds text 0 == its own text
+    assert retrieval_accuracy(img, same).item() == pytest.approx(0.5)
+    assert retrieval_accuracy(img, same, None, 'text').item() == \
+        pytest.approx(0.75)
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError):
         ContrastiveAlignLoss(mode='byol')

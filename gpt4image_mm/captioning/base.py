@@ -43,7 +43,10 @@ class Answer:
     text: str
     model: str
     usage: Dict[str, int] = field(default_factory=dict)
-    truncated: bool = False
+    truncated: bool = False  # stopped at max_tokens (finish_reason 'length')
+    # the request's own seconds when the backend knows better than the
+    # runner (a row of a batched local generate finishes before the batch)
+    latency_s: Optional[float] = None
 
 
 class Backend(abc.ABC):

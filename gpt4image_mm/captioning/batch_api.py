@@ -33,6 +33,7 @@ from .openai_api import chat_body, error_message, make_client, parse_completion
 from .pricing import CostMeter
 from .runner import (
     OutputState,
+    Progress,
     Summary,
     build_request,
     caption_lock,
@@ -299,15 +300,18 @@ class BatchBackend:
             meter.add(res.usage)
             if key in state.done:  # never a 2nd success
                 return
-            writer.write(success_record(req, res, self.name, 0.0))
+            # no per-request latency: the Batch API answers a whole file
+            writer.write(success_record(req, res, self.name, None))
             state.succeed(key)
             summary.succeeded += 1
+            summary.truncated += res.truncated
         else:
             writer.write(failure_record(key, str(res), self.model,
                                         prompt_id, self.name))
             state.fail(key, str(res))
             summary.failed += 1
-        bar.update(1)
+        bar.update(isinstance(res, Answer),
+                   isinstance(res, Answer) and res.truncated)
 
     # -- the run --------------------------------------------------------
     async def run(self, plan: Plan, out: str, *,
@@ -331,7 +335,6 @@ class BatchBackend:
                           meter: Optional[CostMeter], max_side: int,
                           jpeg_quality: int,
                           progress: Optional[bool]) -> Summary:
-        from tqdm import tqdm
         t0 = time.monotonic()
         meter = meter or CostMeter(self.model, batch=True)
         st = BatchState(state_path(out))
@@ -347,9 +350,7 @@ class BatchBackend:
         if limit is not None:
             todo = todo[:max(0, limit)]
         writer = DescriptionWriter(out)
-        bar = tqdm(total=len(todo) + len(in_batches), unit='req',
-                   disable=None if progress is None else not progress,
-                   file=sys.stderr)
+        bar = Progress(len(todo) + len(in_batches), progress, meter)
         entry = meter.entry
 
         def prep(j: int) -> Any:
@@ -369,7 +370,7 @@ class BatchBackend:
             state.fail(key, error)
             summary.failed += 1
             summary.attempted += 1
-            bar.update(1)
+            bar.update(False)
 
         def reserved() -> float:
             return sum(meter.cost_of(c.get('est_prompt_tokens', 0),
@@ -430,8 +431,7 @@ class BatchBackend:
                                        'submitted; rerun the same command to '
                                        'collect them')
                     break
-                bar.set_postfix(batches=active, usd=f'{meter.cost:.4f}',
-                                refresh=True)
+                bar.set_postfix(batches=active)
                 await asyncio.sleep(self.poll_interval)
         except FatalError as e:
             summary.fatal = self.scrub(e)

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..cli_errors import run_tool
 from ..openai_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from .base import Scrubber
+from .base import FatalError, Scrubber
 from .merge import merge
 from .pricing import CostMeter, load_prices
 from .prompts import TEXT_SYSTEM, class_text_prompts, image_prompts
@@ -66,6 +66,17 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
                              prompts, per_image)
 
 
+def local_model_path(model: str) -> str:
+    """``--model`` for the transformers backend: a short name of a bundled
+    model (``smollm2``) becomes its file; a missing one is a fatal error that
+    says where the file should be and how to install it."""
+    from ..embedding.assets import resolve_bundled_llm
+    try:
+        return resolve_bundled_llm(model)
+    except FileNotFoundError as e:
+        raise FatalError(str(e)) from None
+
+
 def caption(out: str, *, backend: str = 'openai', model: str = '',
             base_url: Optional[str] = None,
             api_key_env: Optional[str] = None,
@@ -100,6 +111,8 @@ def caption(out: str, *, backend: str = 'openai', model: str = '',
         raise ValueError(f'--backend {backend!r}: one of {BACKENDS}')
     if not model:
         raise ValueError('--model is required')
+    if backend == 'transformers':
+        model = local_model_path(model)
     plan = build_plan(config=config, split=split, images=images,
                       classes=classes, per_class=per_class,
                       per_image=per_image, prompt=prompt,
@@ -162,16 +175,29 @@ def caption(out: str, *, backend: str = 'openai', model: str = '',
     return summary.as_dict()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every default (options without help text too)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if '%(default)' in text or action.default in (None, False,
+                                                       argparse.SUPPRESS):
+            return text
+        return f'{text} (default: %(default)s)'.lstrip()
+
+
 def _run_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog='caption.py', description='Describe every training image with '
-        'a multimodal LLM (GPT4Image stage 1). Resumable: rerun the same '
-        'command to continue. `caption.py merge OUT PART...` joins shards.')
+        prog='caption.py', formatter_class=_HelpFormatter,
+        description='Describe every training image with a multimodal LLM '
+        '(GPT4Image stage 1). Resumable: rerun the same command to '
+        'continue. `caption.py merge OUT PART...` joins shards.')
     src = ap.add_argument_group('input')
     src.add_argument('--config', help='mmpretrain config: caption its '
                      'dataset with the keys training uses')
     src.add_argument('--split', default='train', choices=('train', 'val',
-                                                          'test'))
+                                                          'test'),
+                     help='dataset split of --config')
     src.add_argument('--images', help='caption every image below DIR '
                      '(key = path relative to DIR)')
     src.add_argument('--per-class', type=int, metavar='K', help='class-level '
@@ -186,22 +212,34 @@ def _run_parser() -> argparse.ArgumentParser:
     ap.add_argument('--out', required=True, help='descriptions JSONL '
                     '(appended to; resumes)')
     be = ap.add_argument_group('backend')
-    be.add_argument('--backend', default='openai', choices=BACKENDS)
-    be.add_argument('--model', required=True)
+    be.add_argument('--backend', default='openai', choices=BACKENDS,
+                    help='openai: any OpenAI-compatible server; '
+                    'transformers: a local model in this process')
+    be.add_argument('--model', required=True, help='model name (API), or '
+                    'for --backend transformers a local directory, hub id, '
+                    '.gguf file or `smollm2` (the bundled SmolLM2-135M GGUF)')
     be.add_argument('--base-url', help='OpenAI-compatible endpoint, e.g. '
                     'http://localhost:8000/v1 (vLLM)')
     be.add_argument('--api-key-env', default=None, metavar='VAR',
                     help='environment variable holding the key for '
                     '--base-url (default: OPENAI_API_KEY, sent only to '
                     'api.openai.com; other endpoints get no key)')
-    be.add_argument('--concurrency', type=int, default=16)
+    be.add_argument('--concurrency', type=int, default=16,
+                    help='API requests in flight at once')
     be.add_argument('--rpm', type=float, default=0, help='requests/min '
                     'limit (0: none)')
-    be.add_argument('--tpm', type=float, default=0, help='tokens/min limit')
-    be.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT)
-    be.add_argument('--max-retries', type=int, default=DEFAULT_MAX_RETRIES)
-    be.add_argument('--max-tokens', type=int, default=300)
-    be.add_argument('--temperature', type=float, default=None)
+    be.add_argument('--tpm', type=float, default=0, help='tokens/min '
+                    'limit (0: none)')
+    be.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
+                    help='seconds per API request')
+    be.add_argument('--max-retries', type=int, default=DEFAULT_MAX_RETRIES,
+                    help='API retries per request (rate limits, 5xx)')
+    be.add_argument('--max-tokens', type=int, default=300,
+                    help='answer length cap; answers that hit it are '
+                    'counted as truncated')
+    be.add_argument('--temperature', type=float, default=None,
+                    help='sampling temperature (unset: greedy for '
+                    'transformers, the server default for APIs)')
     be.add_argument('--repetition-penalty', type=float, default=None,
                     help='transformers: e.g. 1.2 stops small models looping')
     be.add_argument('--system', default=None, help='system prompt')
@@ -211,10 +249,12 @@ def _run_parser() -> argparse.ArgumentParser:
                     'float32, float16, bfloat16')
     be.add_argument('--batch-size', type=int, default=8,
                     help='transformers: images per generate call')
-    be.add_argument('--seed', type=int, default=0)
+    be.add_argument('--seed', type=int, default=0,
+                    help='transformers: sampling seed')
     be.add_argument('--poll-interval', type=float, default=30.0,
                     help='openai-batch: seconds between polls')
-    be.add_argument('--batch-max-requests', type=int, default=50_000)
+    be.add_argument('--batch-max-requests', type=int, default=50_000,
+                    help='openai-batch: requests per batch file')
     be.add_argument('--batch-max-active', type=int, default=0,
                     help='openai-batch: batches in flight at once (0: any)')
     be.add_argument('--no-wait', action='store_true', help='openai-batch: '
@@ -224,9 +264,11 @@ def _run_parser() -> argparse.ArgumentParser:
                     '(class name in the prompt) or a template file')
     pr.add_argument('--max-side', type=int, default=512, help='downscale '
                     'longest side before upload (0: keep)')
-    pr.add_argument('--jpeg-quality', type=int, default=85)
+    pr.add_argument('--jpeg-quality', type=int, default=85,
+                    help='JPEG quality of uploaded images')
     pr.add_argument('--detail', default='auto', choices=('auto', 'low',
-                                                         'high'))
+                                                         'high'),
+                    help='image detail level sent to the API')
     run = ap.add_argument_group('run control')
     run.add_argument('--shard', help='i/N: this machine takes part i of N')
     run.add_argument('--limit', type=int, help='at most N requests this run')
@@ -237,7 +279,8 @@ def _run_parser() -> argparse.ArgumentParser:
     run.add_argument('--price-table', help='JSON overriding the price table')
     run.add_argument('--abort-after-failures', type=int, default=50,
                      help='stop after N failures in a row (0: never)')
-    run.add_argument('--no-progress', action='store_true')
+    run.add_argument('--no-progress', action='store_true',
+                     help='no progress bar / periodic progress lines')
     return ap
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .base import Answer, Backend, CaptionError, FatalError, Request, check_answer
@@ -41,7 +42,9 @@ def split_gguf(path: str) -> Tuple[str, Optional[str]]:
     """``dir/model.gguf`` -> ``(dir, 'model.gguf')``; other paths unchanged."""
     if path.endswith('.gguf'):
         if not os.path.isfile(path):
-            raise FatalError(f'no GGUF file {path}')
+            raise FatalError(
+                f'no GGUF file {path} (looked in {os.getcwd()}); give its '
+                'path, or --model smollm2 for the bundled SmolLM2-135M')
         return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     return path, None
 
@@ -50,6 +53,39 @@ def _no_hub(path: str) -> Dict[str, Any]:
     """Local directories never touch the hub; hub ids are up to the user's
     HF_HUB_OFFLINE setting."""
     return {'local_files_only': True} if os.path.isdir(path) else {}
+
+
+class RowClock:
+    """Seconds until each row of a batched ``generate`` finished.
+
+    Passed as a stopping criterion that never stops: it only looks at the
+    last token of each row per step, so a short answer's record carries its
+    own latency rather than the whole batch's.
+    """
+
+    def __init__(self, n: int, stop_ids: Sequence[Optional[int]]):
+        self.t0 = time.monotonic()
+        self.stop_ids = {int(i) for i in stop_ids if i is not None}
+        self.finished: List[Optional[float]] = [None] * n
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+        t = time.monotonic() - self.t0
+        for i, tok in enumerate(input_ids[:, -1].tolist()):
+            if self.finished[i] is None and tok in self.stop_ids:
+                self.finished[i] = t
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool,
+                           device=input_ids.device)
+
+    def latencies(self) -> List[float]:
+        end = time.monotonic() - self.t0
+        return [end if t is None else t for t in self.finished]
+
+
+def _stop_ids(tokenizer: Any, net: Any) -> List[Optional[int]]:
+    eos = getattr(net.generation_config, 'eos_token_id', None)
+    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    return eos + [tokenizer.eos_token_id, tokenizer.pad_token_id]
 
 
 class _LocalBase(Backend):
@@ -74,9 +110,13 @@ class _LocalBase(Backend):
         # small LLMs loop under greedy decoding ("classic, classic, ...")
         self.repetition_penalty = repetition_penalty
 
-    def _gen_kwargs(self, pad_id: Optional[int]) -> Dict[str, Any]:
+    def _gen_kwargs(self, pad_id: Optional[int],
+                    clock: RowClock) -> Dict[str, Any]:
+        from transformers import StoppingCriteriaList
         kw: Dict[str, Any] = {'max_new_tokens': self.max_tokens,
-                              'pad_token_id': pad_id}
+                              'pad_token_id': pad_id,
+                              'stopping_criteria':
+                              StoppingCriteriaList([clock])}
         if self.temperature:
             kw.update(do_sample=True, temperature=self.temperature)
         else:
@@ -104,12 +144,13 @@ class _LocalBase(Backend):
                                  f'{e}') for _ in requests]
 
     def _finish(self, out_ids: Any, inputs: Dict[str, Any], tokenizer: Any,
-                requests: Sequence[Request]) -> List[Any]:
+                clock: RowClock) -> List[Any]:
         prompt_len = inputs['input_ids'].shape[1]
         new = out_ids[:, prompt_len:]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         pad = tokenizer.pad_token_id
         results: List[Any] = []
+        latencies = clock.latencies()
         for i, text in enumerate(texts):
             n_out = int((new[i] != pad).sum()) if pad is not None else \
                 int(new.shape[1])
@@ -117,7 +158,8 @@ class _LocalBase(Backend):
                      'completion_tokens': n_out}
             try:
                 results.append(Answer(check_answer(text), self.model, usage,
-                                      truncated=n_out >= self.max_tokens))
+                                      truncated=n_out >= self.max_tokens,
+                                      latency_s=latencies[i]))
             except CaptionError as e:
                 results.append(e)
         return results
@@ -148,6 +190,7 @@ class TransformersVLM(_LocalBase):
 
     def _generate(self, requests: List[Request]) -> List[Any]:
         import torch
+        clock = RowClock(len(requests), _stop_ids(self.tokenizer, self.net))
         texts = [self.processor.apply_chat_template(
             self._messages([{'type': 'image'},
                             {'type': 'text', 'text': r.prompt}]),
@@ -161,8 +204,8 @@ class TransformersVLM(_LocalBase):
                 self.torch_dtype)
         with torch.inference_mode():
             out = self.net.generate(**inputs, **self._gen_kwargs(
-                self.tokenizer.pad_token_id))
-        return self._finish(out, inputs, self.tokenizer, requests)
+                self.tokenizer.pad_token_id, clock))
+        return self._finish(out, inputs, self.tokenizer, clock)
 
 
 class TransformersLLM(_LocalBase):
@@ -200,10 +243,11 @@ class TransformersLLM(_LocalBase):
 
     def _generate(self, requests: List[Request]) -> List[Any]:
         import torch
+        clock = RowClock(len(requests), _stop_ids(self.tokenizer, self.net))
         texts = [self._prompt(r.prompt) for r in requests]
         inputs = self.tokenizer(texts, return_tensors='pt', padding=True,
                                 add_special_tokens=False).to(self.device)
         with torch.inference_mode():
             out = self.net.generate(**inputs, **self._gen_kwargs(
-                self.tokenizer.pad_token_id))
-        return self._finish(out, inputs, self.tokenizer, requests)
+                self.tokenizer.pad_token_id, clock))
+        return self._finish(out, inputs, self.tokenizer, clock)

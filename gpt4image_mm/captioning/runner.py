@@ -41,6 +41,7 @@ class Summary:
     already_done: int = 0     # skipped: succeeded in an earlier run
     attempted: int = 0
     succeeded: int = 0
+    truncated: int = 0        # answers that stopped at --max-tokens
     failed: int = 0
     failed_left: int = 0      # keys of this shard whose latest record failed
     not_attempted: int = 0    # left for a later run (--limit, --max-cost, stop)
@@ -65,13 +66,15 @@ class Summary:
         return d
 
     def format(self) -> str:
-        rate = self.attempted / self.elapsed_s if self.elapsed_s else 0.0
+        rate = format_rate(self.attempted, self.elapsed_s)
         lines = [
             f'captions -> {self.out}',
             f'  keys in shard {self.planned}, already done '
             f'{self.already_done}, attempted {self.attempted} '
-            f'({rate:.1f}/s), succeeded {self.succeeded}, failed '
+            f'({rate}), succeeded {self.succeeded}, failed '
             f'{self.failed}',
+            f'  truncated at --max-tokens: {self.truncated} of '
+            f'{self.succeeded} answers',
             f'  left: failed {self.failed_left}, not attempted '
             f'{self.not_attempted}',
             f'  tokens: prompt {self.prompt_tokens}, completion '
@@ -154,14 +157,17 @@ class TokenBucket:
 
 
 def success_record(req: Request, ans: Answer, backend: str,
-                   latency: float) -> Dict[str, Any]:
+                   latency: Optional[float]) -> Dict[str, Any]:
+    """The record of an answer; ``latency`` is that request's own time
+    (None where unknown, e.g. the Batch API)."""
     rec = {'key': req.key, 'text': ans.text, 'model': ans.model,
            'prompt_id': req.prompt_id,
            'usage': {'prompt_tokens': int(ans.usage.get('prompt_tokens', 0)),
                      'completion_tokens': int(
                          ans.usage.get('completion_tokens', 0))},
-           'time': now_iso(), 'latency_s': round(latency, 3),
-           'backend': backend}
+           'time': now_iso(), 'backend': backend}
+    if latency is not None:
+        rec['latency_s'] = round(latency, 3)
     if ans.truncated:
         rec['truncated'] = True
     return rec
@@ -212,31 +218,93 @@ def todo_indices(plan: Plan, state: OutputState,
     return todo, planned
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: Optional[bool], meter: CostMeter):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, unit='req', dynamic_ncols=True,
-                        disable=(None if enabled is None else not enabled),
-                        file=sys.stderr, smoothing=0.05)
-        self.meter = meter
-        self.failed = 0
-        self._last = 0.0
+def format_rate(n: float, seconds: float, unit: str = 'req') -> str:
+    """A rate that stays readable when slow: ``2.5 req/s`` or ``40.0 s/req``
+    (a local LLM on a CPU does far less than 0.1/s)."""
+    if n <= 0 or seconds <= 0:
+        return f'- {unit}/s'
+    rate = n / seconds
+    return f'{rate:.1f} {unit}/s' if rate >= 1 else f'{seconds / n:.1f} s/{unit}'
 
-    def update(self, ok: bool) -> None:
-        if not ok:
-            self.failed += 1
+
+# Seconds between progress lines when stderr is not a terminal (issue 13:
+# "at least every 10 s or every request, whichever is later").
+PROGRESS_LOG_INTERVAL_S = 10.0
+
+
+class Progress:
+    """Per-request progress for every caption backend.
+
+    On a terminal: a tqdm bar. Otherwise (a log file, CI, a pipe): a line
+    on the first answer, then at most every ``interval`` seconds, and at
+    the end, so a long local-model run is never silent.
+    """
+
+    def __init__(self, total: int, enabled: Optional[bool], meter: CostMeter,
+                 interval: float = PROGRESS_LOG_INTERVAL_S,
+                 stream: Any = None, label: str = 'caption'):
+        from tqdm import tqdm
+        self.stream = stream or sys.stderr
+        self.total, self.meter, self.interval = total, meter, interval
+        self.label = label
+        self.done = self.failed = self.truncated = 0
+        self.extra: Dict[str, Any] = {}
+        self.t0 = time.monotonic()
+        self._last_line: Optional[float] = None
+        self._unreported = False
+        self._last_postfix = 0.0
+        isatty = getattr(self.stream, 'isatty', lambda: False)()
+        self.lines = enabled is not False and not isatty
+        self.bar = tqdm(total=total, unit='req', dynamic_ncols=True,
+                        disable=enabled is False or not isatty,
+                        file=self.stream, smoothing=0.05)
+        if self.lines and total:
+            self._print(f'{label}: {total} requests to do')
+
+    def update(self, ok: bool, truncated: bool = False) -> None:
+        self.done += 1
+        self.failed += not ok
+        self.truncated += bool(truncated)
         self.bar.update(1)
+        self._unreported = True
         t = time.monotonic()
-        if t - self._last > 0.5:
-            self._last = t
+        if self.lines and (self.done == 1 or self._last_line is None
+                           or t - self._last_line >= self.interval):
+            self._print(self.line())
+        if not self.bar.disable and t - self._last_postfix > 0.5:
+            self._last_postfix = t
             m = self.meter
             self.bar.set_postfix(
-                failed=self.failed,
+                failed=self.failed, truncated=self.truncated,
                 tok=f'{m.prompt_tokens}+{m.completion_tokens}',
-                usd=f'{m.cost:.4f}', refresh=False)
+                usd=f'{m.cost:.4f}', **self.extra, refresh=False)
+
+    def set_postfix(self, **fields: Any) -> None:
+        """Extra fields (e.g. batches in flight) for the bar and lines."""
+        self.extra.update(fields)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        left = max(0, self.total - self.done)
+        eta = (f'{left * elapsed / self.done:.0f}s' if self.done and left
+               else '-')
+        m = self.meter
+        extra = ''.join(f', {k} {v}' for k, v in self.extra.items())
+        return (f'{self.label}: {self.done}/{self.total} done, '
+                f'{self.failed} failed, {self.truncated} truncated, '
+                f'{format_rate(self.done, elapsed)}, ETA {eta}, tokens '
+                f'{m.prompt_tokens}+{m.completion_tokens}, '
+                f'${m.cost:.4f}{extra}')
+
+    def _print(self, text: str) -> None:
+        self._last_line = time.monotonic()
+        self._unreported = False
+        print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         self.bar.close()
+        if self.lines and self._unreported:
+            self._print(self.line())
 
 
 async def caption_async(plan: Plan, backend: Backend, out: str, *,
@@ -298,7 +366,7 @@ async def _caption_locked(plan: Plan, backend: Backend, out: str, *,
     reserved = [0.0]  # worst-case cost of requests in flight
     consecutive = [0]
     stop: List[Optional[str]] = [None]
-    bar = _Progress(len(todo), progress, meter)
+    bar = Progress(len(todo), progress, meter)
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(max(1, prep_threads))
     writer = DescriptionWriter(out)
@@ -389,12 +457,13 @@ async def _caption_locked(plan: Plan, backend: Backend, out: str, *,
                                 ('prompt_tokens', 'completion_tokens'))
                     if req.key in state.done:  # never a 2nd success
                         continue
-                    writer.write(success_record(req, res, backend.name,
-                                                latency))
+                    own = latency if res.latency_s is None else res.latency_s
+                    writer.write(success_record(req, res, backend.name, own))
                     state.succeed(req.key)
                     summary.succeeded += 1
+                    summary.truncated += res.truncated
                     consecutive[0] = 0
-                    bar.update(True)
+                    bar.update(True, res.truncated)
                 else:
                     record_failure(req.key, str(res), req.prompt_id)
             if tpm_bucket and used:
@@ -523,6 +592,7 @@ def scrubbed_error(e: BaseException, scrub: Scrubber) -> str:
     return scrub(f'{type(e).__name__}: {e}')
 
 
-__all__ = ['Summary', 'OutputState', 'TokenBucket', 'caption_async',
+__all__ = ['Summary', 'OutputState', 'Progress', 'format_rate',
+           'TokenBucket', 'caption_async',
            'caption_plan', 'estimate', 'success_record', 'failure_record',
            'build_request', 'CaptionError']

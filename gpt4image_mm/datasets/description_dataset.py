@@ -12,6 +12,7 @@ from mmpretrain.registry import DATASETS
 
 from ..descriptions import read_descriptions, read_source
 from ..keys import (
+    CLASS_PREFIX,
     base_key,
     class_key,
     class_names,
@@ -176,6 +177,14 @@ class DescriptionDataset(torch.utils.data.Dataset):
         examples = ', '.join(repr(wanted[i]) for i in missing[:5])
         msg = (f'{len(missing)} of {len(wanted)} samples have no description '
                f'in {source} (e.g. {examples})')
+        if (len(missing) == len(wanted) and len(row_keys)
+                and not self.per_class
+                and str(row_keys[0]).startswith(CLASS_PREFIX)):
+            raise StoreError(
+                f'{msg}; its keys look like {row_keys[0]!r}: class-level '
+                'descriptions (caption.py --per-class). Set per_class=True '
+                "in the DescriptionDataset config (and positives='label' in "
+                'the alignment loss)')
         if len(missing) == len(wanted) and len(row_keys):
             msg += (f'; no key matches: its keys look like {row_keys[0]!r} -- '
                     'made from another dataset config or image root?')

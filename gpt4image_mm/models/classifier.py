@@ -116,7 +116,9 @@ class TextAlignedClassifier(ImageClassifier):
                 [s.align_weight for s in data_samples]).to(image).view(-1)
         loss = self.align_loss(image, text, **kwargs)
         logs = {'loss_align': loss,
-                'align_acc': retrieval_accuracy(image.detach(), text)}
+                'align_acc': retrieval_accuracy(
+                    image.detach(), text, kwargs.get('labels'),
+                    getattr(self.align_loss, 'positives', 'instance'))}
         if getattr(self.align_loss, 'learnable_temperature', False):
             logs['align_logit_scale'] = image.new_tensor(
                 self.align_loss.logit_scale())

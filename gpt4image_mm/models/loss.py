@@ -291,9 +291,27 @@ class ContrastiveAlignLoss(nn.Module):
 
 @torch.no_grad()
 def retrieval_accuracy(image_embeds: torch.Tensor,
-                       text_embeds: torch.Tensor) -> torch.Tensor:
-    """In-batch image->text top-1 accuracy (local batch), for logging."""
+                       text_embeds: torch.Tensor,
+                       labels: Optional[torch.Tensor] = None,
+                       positives: str = 'instance') -> torch.Tensor:
+    """In-batch image->text top-1 accuracy (local batch), for logging.
+
+    A hit is a nearest text among the image's positives, as the loss defines
+    them: its own text (``'instance'``), any text of its class (``'label'``:
+    class-level descriptions repeat per class, so "its own" text is one of
+    several identical-meaning ones and own-text top-1 is noise), or any text
+    identical to its own (``'text'``).
+    """
     sims = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(
         text_embeds.float(), dim=-1).T
-    target = torch.arange(sims.shape[0], device=sims.device)
-    return (sims.argmax(1) == target).float().mean()
+    nearest = sims.argmax(1)
+    own = torch.arange(sims.shape[0], device=sims.device)
+    if positives == 'label' and labels is not None:
+        labels = labels.to(sims.device).view(-1)
+        hit = labels[nearest] == labels
+    elif positives == 'text':
+        txt = F.normalize(text_embeds.float(), dim=-1)
+        hit = (txt[nearest] * txt).sum(1) > 1 - 1e-6  # as in _targets
+    else:
+        hit = nearest == own
+    return hit.float().mean()
