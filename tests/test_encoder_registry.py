@@ -116,3 +116,28 @@ def test_toy_encoder_as_a_configs_teacher(tmp_path):
     assert isinstance(model.teacher.encoder, ToyHashEncoder)
     torch.testing.assert_close(
         model.teacher(texts), ToyHashEncoder('salt', width=12).encode(texts))
+
+
+def test_builtin_kinds_claim_their_specs(tmp_path):
+    from test_embed_clip import make_tiny_clip
+
+    from gpt4image_mm.embedding import minilm_dir
+    from gpt4image_mm.embedding.encoders import (
+        CLIPEncoder,
+        OpenAIEncoder,
+        OpenCLIPEncoder,
+        encoder_class,
+    )
+    make_tiny_clip(tmp_path / 'clip')
+    clip_dir, minilm = str(tmp_path / 'clip'), minilm_dir()
+    assert encoder_class(clip_dir, {}) == (CLIPEncoder, clip_dir)
+    assert encoder_class(minilm, {}) == (HFEncoder, minilm)
+    # a served model name with a colon (ollama's name:tag) stays whole
+    assert encoder_class('nomic-embed-text:latest',
+                         {'api_base': 'http://127.0.0.1:9'}) == \
+        (OpenAIEncoder, 'nomic-embed-text:latest')
+    assert encoder_class('open_clip:RN50/openai', {}) == \
+        (OpenCLIPEncoder, 'RN50/openai')
+    assert isinstance(build_text_encoder(f'hf:{minilm}'), HFEncoder)
+    with pytest.raises(EncoderError, match='not a CLIP checkpoint'):
+        build_text_encoder(f'clip:{minilm}')
