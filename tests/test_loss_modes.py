@@ -67,3 +67,10 @@ def test_registered_mode_trains_through_tools_train(tmp_path):
     values = [float(v) for v in re.findall(r'loss_align: ([0-9.]+)', log)]
     # loss_weight 0.3 of the base config times (100 + something in [0, 2])
     assert values and all(30.0 <= v <= 30.6 for v in values), values
+
+
+def test_a_dotted_mode_path_is_imported_and_a_bad_one_named():
+    by_path = ContrastiveAlignLoss(mode=f'{__name__}.toy_offset_cosine')
+    assert by_path.mode_fn is toy_offset_cosine
+    with pytest.raises(ValueError, match="got 'no_such_module.mode'"):
+        ContrastiveAlignLoss(mode='no_such_module.mode')

@@ -106,6 +106,20 @@ class AlignBatch:
     rank: int = 0
 
 
+def _mode_function(mode: str):
+    """The registered mode (a dotted ``module.function`` path is imported,
+    as mmengine's registries do), or a ValueError naming the known ones."""
+    try:
+        fn = ALIGN_LOSS_MODES.get(mode) if isinstance(mode, str) else None
+    except Exception:  # noqa: BLE001 - mmengine wraps a failed import
+        fn = None
+    if not callable(fn):
+        raise ValueError(f'mode must be one of the registered alignment loss '
+                         f'modes {sorted(ALIGN_LOSS_MODES.module_dict)}, got '
+                         f'{mode!r}')
+    return fn
+
+
 @MODELS.register_module()
 class ContrastiveAlignLoss(nn.Module):
     """Contrastive alignment of projected image features with text embeddings.
@@ -149,12 +163,7 @@ class ContrastiveAlignLoss(nn.Module):
                  positives: str = 'instance',
                  gather: bool = True):
         super().__init__()
-        self.mode_fn = ALIGN_LOSS_MODES.get(mode) \
-            if isinstance(mode, str) else None
-        if self.mode_fn is None:
-            raise ValueError(f'mode must be one of the registered alignment '
-                             f'loss modes {sorted(ALIGN_LOSS_MODES.module_dict)}'
-                             f', got {mode!r}')
+        self.mode_fn = _mode_function(mode)
         if positives not in self.POSITIVES:
             raise ValueError(
                 f'positives must be one of {self.POSITIVES}, got {positives!r}')
