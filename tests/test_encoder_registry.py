@@ -136,6 +136,8 @@ def test_builtin_kinds_claim_their_specs(tmp_path):
     assert encoder_class('nomic-embed-text:latest',
                          {'api_base': 'http://127.0.0.1:9'}) == \
         (OpenAIEncoder, 'nomic-embed-text:latest')
+    assert encoder_class('org.model:v1', {'api_base': 'http://127.0.0.1:9'}) \
+        == (OpenAIEncoder, 'org.model:v1')
     assert encoder_class('open_clip:RN50/openai', {}) == \
         (OpenCLIPEncoder, 'RN50/openai')
     assert isinstance(build_text_encoder(f'hf:{minilm}'), HFEncoder)

@@ -778,9 +778,11 @@ def _clip_text_dir(path: str) -> Optional[str]:
 _DOTTED = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)+')
 
 
-def _prefixed_class(spec: str) -> Tuple[Optional[type], str]:
+def _prefixed_class(spec: str, options: Dict[str, Any]
+                    ) -> Tuple[Optional[type], str]:
     """``kind:rest`` of a registered kind, or ``module.Class:rest`` of a
-    plugin's encoder class (imported here); else ``(None, spec)``."""
+    plugin's encoder class (imported here); else ``(None, spec)``. With
+    ``api_base`` a name that imports nothing is a served model's name."""
     prefix, sep, rest = spec.partition(':')
     if not sep:
         return None, spec
@@ -793,15 +795,16 @@ def _prefixed_class(spec: str) -> Tuple[Optional[type], str]:
             cls = None
         if isinstance(cls, type) and issubclass(cls, TextEncoder):
             return cls, rest
+        if options.get('api_base'):
+            return None, spec
         raise EncoderError(f'{spec}: {prefix} is not an importable '
                            'TextEncoder class')
     return None, spec
 
 
-
 def encoder_class(spec: str, options: Dict[str, Any]) -> Tuple[type, str]:
     """The registered class that builds ``spec``, and the spec it gets."""
-    cls, rest = _prefixed_class(spec)
+    cls, rest = _prefixed_class(spec, options)
     if cls is not None:
         return cls, rest
     classes = sorted(set(TEXT_ENCODERS.module_dict.values()),
