@@ -6,7 +6,8 @@ _base_ = ['mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py',
 
 model = dict(
     _base_.gpt4image_vit,
-    align_neck=dict(type='AlignmentNeck', out_channels=1024, kind='mlp_bn'))
+    align_neck=dict(type='AlignmentNeck', out_channels=1024,
+                    norm_cfg=dict(type='BN1d')))
 train_dataloader = dict(dataset=dict(
     _delete_=True, type='DescriptionDataset',
     dataset=_base_.train_dataloader.dataset,

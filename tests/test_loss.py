@@ -4,7 +4,13 @@ import math
 import pytest
 import torch
 
-from gpt4image_mm.models.loss import ContrastiveAlignLoss, retrieval_accuracy
+from gpt4image_mm.models.loss import (
+    ContrastiveAlignLoss,
+    image_to_text,
+    retrieval_accuracy,
+    text_to_image,
+)
+from gpt4image_mm.registry import ALIGN_LOSS_MODES
 
 
 def _unit(v):
@@ -281,3 +287,22 @@ def test_invalid_arguments():
         ContrastiveAlignLoss(positives='label')(img, txt)
     with pytest.raises(ValueError, match='mix'):
         ContrastiveAlignLoss()(img, txt, mix=torch.eye(3))
+
+
+def test_modes_are_a_table_of_the_loss_helpers():
+    """'clip' is the mean of the two directions built from the helpers,
+    'ctr' the first."""
+    img, txt = _data(n=5, d=4)
+    labels = torch.tensor([0, 1, 0, 2, 1])
+    loss = ContrastiveAlignLoss(positives='label')
+    batch = loss.local_batch(img, txt, labels, None, None)
+    targets, row_w = loss.targets(batch)
+    logits = loss.logits(batch)
+    i2t = image_to_text(loss, logits, targets, batch, row_w)
+    t2i = text_to_image(loss, logits, targets, batch, row_w)
+    assert loss(img, txt, labels).item() == pytest.approx(
+        ((i2t + t2i) / 2).item(), rel=1e-12)
+    ctr = ContrastiveAlignLoss(mode='ctr', positives='label')
+    assert ctr(img, txt, labels).item() == pytest.approx(i2t.item(),
+                                                         rel=1e-12)
+    assert set(ContrastiveAlignLoss.MODES) <= set(ALIGN_LOSS_MODES.module_dict)

@@ -8,16 +8,20 @@ custom_imports = dict(imports=['gpt4image_mm'], allow_failed_imports=False)
 # runs' effective weight 0.3/W on W GPUs (docs/reproduce.md; the *-official
 # configs set that).
 # out_channels is the text encoder's width: 1024 = CLIP RN50 text tower, the
-# official default. align_neck.in_channels is read off the head.
+# official default. align_neck.in_channels is read off the head. Neck
+# arguments are named as mmpretrain's NonLinearNeck's: the CNN head is
+# Linear(no bias) -> BN -> ReLU -> Linear, the ViT head has biases, no norm.
 gpt4image_cnn = dict(
     type='TextAlignedClassifier',
-    align_neck=dict(type='AlignmentNeck', out_channels=1024, kind='mlp_bn'),
+    align_neck=dict(type='AlignmentNeck', out_channels=1024,
+                    norm_cfg=dict(type='BN1d')),
     align_loss=dict(
         type='ContrastiveAlignLoss', temperature=0.2, loss_weight=0.3,
         mode='clip'))
 gpt4image_vit = dict(
     type='TextAlignedClassifier',
-    align_neck=dict(type='AlignmentNeck', out_channels=1024, kind='mlp'),
+    align_neck=dict(type='AlignmentNeck', out_channels=1024,
+                    with_bias=True, norm_cfg=None),
     align_loss=dict(
         type='ContrastiveAlignLoss', temperature=0.05, loss_weight=0.3,
         mode='clip'))

@@ -8,8 +8,8 @@ model = dict(
     _base_.gpt4image_cnn,
     # PyTorch's default head init, as measured in docs/demo.md (the official
     # trunc-normal D^-0.5 init is the default elsewhere).
-    align_neck=dict(type='AlignmentNeck', out_channels=384, kind='mlp_bn',
-                    init_std=None),
+    align_neck=dict(type='AlignmentNeck', out_channels=384,
+                    norm_cfg=dict(type='BN1d'), init_std=None),
     # Class-level descriptions: same-class samples are positives, not
     # negatives (multi-positive InfoNCE).
     align_loss=dict(

@@ -4,8 +4,14 @@ Both :func:`gpt4image_mm.embedding.embed.embed_descriptions` (offline store)
 and :class:`gpt4image_mm.models.TextEmbeddingTeacher` (online) encode through
 these classes, so a vector computed on the fly equals the stored one.
 
-Encoder specs understood by :func:`build_text_encoder`:
+Every encoder class registers itself in
+:data:`gpt4image_mm.registry.TEXT_ENCODERS` under its ``kind`` and declares
+its own ``options`` and which bare specs it ``accepts``;
+:func:`build_text_encoder` is a registry look-up. Specs:
 
+* ``<kind>:<rest>`` picks a registered encoder by name (``hf:DIR`` and
+  ``clip:DIR`` force the choice below); ``package.module.Class:<rest>``
+  imports a plugin's class (docs/extending.md);
 * a local directory (never touches the network):
   - a CLIP checkpoint (``model_type`` ``clip`` / ``clip_text_model``, or a
     sentence-transformers ``CLIPModel`` module): the projected pooled text
@@ -44,6 +50,7 @@ from ..openai_client import (
     check_model,
     make_client,
 )
+from ..registry import TEXT_ENCODERS
 
 POOLING_MODES = ('mean', 'cls', 'max', 'last', 'mean_sqrt_len',
                  'weightedmean')
@@ -124,11 +131,26 @@ class TextEncoder(abc.ABC):
     """
 
     kind = 'base'
+    # keyword options of build_text_encoder this class takes (others are
+    # not passed to it) and, for specs without a registered prefix, the
+    # order in which classes are asked whether they accept them
+    options: Tuple[str, ...] = ()
+    priority = 0
     name: str = ''
     revision: Optional[str] = None
     dim: int = 0
     max_length: Optional[int] = None
     truncated: Optional[int] = 0
+
+    @classmethod
+    def accepts(cls, spec: str, options: Dict[str, Any]) -> bool:
+        """Whether a spec without a registered prefix is this encoder's."""
+        return False
+
+    @classmethod
+    def from_spec(cls, spec: str, **options: Any) -> TextEncoder:
+        """Build from the spec (its prefix removed) and declared options."""
+        return cls(spec, **options)
 
     def settings(self) -> Dict[str, Any]:
         """What besides the weights changes the vectors (manifest identity)."""
@@ -292,11 +314,30 @@ def _quiet_transformers() -> None:
         pass
 
 
+@TEXT_ENCODERS.register_module('hf')
 class HFEncoder(_TokenizingEncoder):
     """A transformers encoder with token pooling (sentence-transformers-exact
-    when the directory has its layout)."""
+    when the directory has its layout). The fallback for bare specs: any
+    model directory or hub id no other encoder claims."""
 
     kind = 'hf'
+    options = ('device', 'dtype', 'pooling', 'max_length')
+    priority = -100
+
+    @classmethod
+    def accepts(cls, spec: str, options: Dict[str, Any]) -> bool:
+        return True
+
+    @classmethod
+    def from_spec(cls, spec: str, **options: Any) -> HFEncoder:
+        path, revision = _local_model_dir(spec)
+        st = read_st_layout(path)
+        if not os.path.isfile(os.path.join(st['transformer'] if st else path,
+                                           'config.json')):
+            raise EncoderError(f'{path}: no config.json; not a transformers '
+                               'model directory')
+        return cls(path, name=spec if revision else path, revision=revision,
+                   **options)
 
     def __init__(self, path: str, device: str = 'cpu', dtype: str = 'auto',
                  pooling: Optional[str] = None,
@@ -439,11 +480,36 @@ def read_st_layout(path: str) -> Optional[Dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------- CLIP
+@TEXT_ENCODERS.register_module('clip')
 class CLIPEncoder(_TokenizingEncoder):
     """A CLIP text tower: the projected pooled output (``text_embeds``), as
-    the official GPT4Image code uses; 77-token truncation."""
+    the official GPT4Image code uses; 77-token truncation. Claims bare specs
+    naming a CLIP checkpoint directory (or hub id)."""
 
     kind = 'clip'
+    options = ('device', 'dtype', 'max_length', 'pooling')
+    priority = 10
+
+    @classmethod
+    def accepts(cls, spec: str, options: Dict[str, Any]) -> bool:
+        try:
+            path, _ = _local_model_dir(spec)
+        except EncoderError:
+            return False  # the fallback says why
+        return _clip_text_dir(path) is not None
+
+    @classmethod
+    def from_spec(cls, spec: str, pooling: Optional[str] = None,
+                  **options: Any) -> CLIPEncoder:
+        path, revision = _local_model_dir(spec)
+        text_dir = _clip_text_dir(path)
+        if text_dir is None:
+            raise EncoderError(f'{path}: not a CLIP checkpoint')
+        if pooling:
+            raise EncoderError('CLIP text towers pool by their own rule; '
+                               'pooling cannot be set')
+        return cls(text_dir, name=spec if revision else path,
+                   revision=revision or dir_fingerprint(path), **options)
 
     def __init__(self, path: str, device: str = 'cpu', dtype: str = 'auto',
                  max_length: Optional[int] = None, name: Optional[str] = None,
@@ -503,6 +569,7 @@ class CLIPEncoder(_TokenizingEncoder):
 
 
 # --------------------------------------------------------------------- OpenAI
+@TEXT_ENCODERS.register_module('openai')
 class OpenAIEncoder(TextEncoder):
     """An OpenAI-compatible embeddings endpoint (OpenAI, vLLM, TEI, ...).
 
@@ -515,6 +582,14 @@ class OpenAIEncoder(TextEncoder):
     """
 
     kind = 'openai'
+    options = ('api_base', 'api_key_env', 'dimensions', 'request_size',
+               'concurrency', 'max_retries', 'timeout')
+    priority = 100
+
+    @classmethod
+    def accepts(cls, spec: str, options: Dict[str, Any]) -> bool:
+        """Any model name, once an endpoint (``api_base``) is given."""
+        return bool(options.get('api_base'))
 
     def __init__(self, model: str, api_base: Optional[str] = None,
                  api_key_env: Optional[str] = None,
@@ -609,11 +684,18 @@ class OpenAIEncoder(TextEncoder):
 
 
 # ------------------------------------------------------------------ open_clip
+@TEXT_ENCODERS.register_module('open_clip')
 class OpenCLIPEncoder(TextEncoder):
     """An open_clip text tower (``open_clip:RN50/openai`` is the official
     GPT4Image default, 1024-d). open_clip is an optional dependency."""
 
     kind = 'open_clip'
+    options = ('device', 'dtype')
+
+    @classmethod
+    def from_spec(cls, spec: str, **options: Any) -> OpenCLIPEncoder:
+        arch, _, pretrained = spec.partition('/')
+        return cls(arch, pretrained or None, **options)
 
     def __init__(self, arch: str, pretrained: Optional[str] = None,
                  device: str = 'cpu', dtype: str = 'auto'):
@@ -674,50 +756,81 @@ def _local_model_dir(spec: str) -> Tuple[str, Optional[str]]:
         raise EncoderError(
             f'{spec!r} is neither a local directory nor a model in the hub '
             f'cache ({type(e).__name__}: {e}); pass a local directory to '
-            'work offline') from None
+            'work offline, or prefix a registered encoder kind '
+            f'{sorted(TEXT_ENCODERS.module_dict)} as <kind>:...') from None
     return local, dir_fingerprint(local)
 
 
-def build_text_encoder(encoder: str, device: str = 'cpu', dtype: str = 'auto',
-                       pooling: Optional[str] = None,
-                       max_length: Optional[int] = None,
-                       api_base: Optional[str] = None,
-                       api_key_env: Optional[str] = None,
-                       dimensions: Optional[int] = None,
-                       request_size: int = 256,
-                       concurrency: int = 4,
-                       max_retries: int = DEFAULT_MAX_RETRIES,
-                       timeout: float = DEFAULT_TIMEOUT) -> TextEncoder:
-    """Build the encoder named by ``encoder`` (see the module docstring)."""
+def _clip_text_dir(path: str) -> Optional[str]:
+    """The directory of the CLIP text tower in ``path``, None if not CLIP."""
+    st = read_st_layout(path)
+    if st and st['clip']:
+        return st['clip']
+    model_dir = st['transformer'] if st else path
+    cfg_file = os.path.join(model_dir, 'config.json')
+    if not os.path.isfile(cfg_file):
+        return None
+    model_type = _read_json(cfg_file).get('model_type')
+    return model_dir if model_type in ('clip', 'clip_text_model') else None
+
+
+# a dotted Python path, module.Class
+_DOTTED = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)+')
+
+
+def _prefixed_class(spec: str, options: Dict[str, Any]
+                    ) -> Tuple[Optional[type], str]:
+    """``kind:rest`` of a registered kind, or ``module.Class:rest`` of a
+    plugin's encoder class (imported here); else ``(None, spec)``. With
+    ``api_base`` a name that imports nothing is a served model's name."""
+    prefix, sep, rest = spec.partition(':')
+    if not sep:
+        return None, spec
+    if prefix in TEXT_ENCODERS.module_dict:
+        return TEXT_ENCODERS.get(prefix), rest
+    if _DOTTED.fullmatch(prefix):
+        try:
+            cls = TEXT_ENCODERS.get(prefix)  # mmengine imports a dotted path
+        except Exception:  # noqa: BLE001 - mmengine wraps import errors
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, TextEncoder):
+            return cls, rest
+        if options.get('api_base'):
+            return None, spec
+        raise EncoderError(f'{spec}: {prefix} is not an importable '
+                           'TextEncoder class')
+    return None, spec
+
+
+def encoder_class(spec: str, options: Dict[str, Any]) -> Tuple[type, str]:
+    """The registered class that builds ``spec``, and the spec it gets."""
+    cls, rest = _prefixed_class(spec, options)
+    if cls is not None:
+        return cls, rest
+    classes = sorted(set(TEXT_ENCODERS.module_dict.values()),
+                     key=lambda c: (-c.priority, c.kind))
+    for cls in classes:
+        if cls.accepts(spec, options):
+            return cls, spec
+    raise EncoderError(f'{spec!r}: no registered text encoder accepts it '
+                       f'(registered: {sorted(TEXT_ENCODERS.module_dict)})')
+
+
+def build_text_encoder(encoder: str, **options: Any) -> TextEncoder:
+    """Build the encoder named by ``encoder`` (see the module docstring).
+
+    ``options`` (device, dtype, pooling, max_length, api_base, dimensions,
+    ...) go to the chosen class as far as it declares them; a name no
+    registered encoder declares is an error, not silently dropped."""
     if not isinstance(encoder, str) or not encoder:
         raise EncoderError(f'encoder must be a name or directory, got '
                            f'{encoder!r}')
-    if encoder.startswith('openai:') or api_base:
-        return OpenAIEncoder(encoder.split(':', 1)[1]
-                             if encoder.startswith('openai:') else encoder,
-                             api_base=api_base, api_key_env=api_key_env,
-                             dimensions=dimensions, request_size=request_size,
-                             concurrency=concurrency, max_retries=max_retries,
-                             timeout=timeout)
-    if encoder.startswith('open_clip:'):
-        arch, _, pretrained = encoder.split(':', 1)[1].partition('/')
-        return OpenCLIPEncoder(arch, pretrained or None, device, dtype)
-    path, revision = _local_model_dir(encoder)
-    name = encoder if revision else path
-    cfg_file = os.path.join(path, 'config.json')
-    st = read_st_layout(path)
-    if st and st['clip']:
-        return CLIPEncoder(st['clip'], device, dtype, max_length, name,
-                           revision or dir_fingerprint(path))
-    if st:
-        cfg_file = os.path.join(st['transformer'], 'config.json')
-    if not os.path.isfile(cfg_file):
-        raise EncoderError(f'{path}: no config.json; not a transformers '
-                           'model directory')
-    model_type = _read_json(cfg_file).get('model_type')
-    if model_type in ('clip', 'clip_text_model'):
-        if pooling:
-            raise EncoderError('CLIP text towers pool by their own rule; '
-                               'pooling cannot be set')
-        return CLIPEncoder(path, device, dtype, max_length, name, revision)
-    return HFEncoder(path, device, dtype, pooling, max_length, name, revision)
+    cls, spec = encoder_class(encoder, options)
+    known = set(cls.options).union(
+        *(c.options for c in TEXT_ENCODERS.module_dict.values()))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EncoderError(f'unknown text encoder option(s) {unknown}; '
+                           f'known: {sorted(known)}')
+    return cls.from_spec(spec, **{k: v for k, v in options.items()
+                                  if k in cls.options})

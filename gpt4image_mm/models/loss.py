@@ -7,6 +7,11 @@ text embedding of its description.  One module covers the official variants:
 * ``'ctr'``: image->text InfoNCE only;
 * ``'cosine'``: ``2 - 2 cos(img_i, txt_i)``, no negatives (``'byol'`` upstream).
 
+Each mode is a function ``mode(loss, batch) -> Tensor`` registered in
+``gpt4image_mm.registry.ALIGN_LOSS_MODES`` and built from the loss's helpers
+(``gather_batch``: the global batch; ``targets``: soft positives; ``logits``), as
+open_clip's loss.py separates them; a user adds a mode from their own file.
+
 Targets are soft in general: a row-stochastic matrix ``T`` over the texts of the
 global batch, built from the positives (the own text, every sample of the same
 class, or every sample with the same text) and an optional Mixup/CutMix matrix.
@@ -16,6 +21,7 @@ positive nor negative.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -23,6 +29,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
+
+from ..registry import ALIGN_LOSS_MODES
 
 _EPS = 1e-12
 
@@ -78,6 +86,40 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (weights * values).sum() / weights.sum().clamp_min(_EPS)
 
 
+@dataclass
+class AlignBatch:
+    """What a loss mode works on: unit image and text vectors, weights.
+
+    Local (this rank's samples) as ``forward`` hands it to the mode, or the
+    global batch after :meth:`ContrastiveAlignLoss.gather_batch`, where only this
+    rank's image rows carry a gradient. ``mixes[r]`` is rank r's
+    ``(B_r, B_r)`` Mixup/CutMix matrix (``None``: unmixed), ``sizes[r]`` its
+    batch size."""
+
+    img: torch.Tensor
+    txt: torch.Tensor
+    weights: torch.Tensor
+    labels: Optional[torch.Tensor]
+    mixes: Optional[List[torch.Tensor]]
+    sizes: List[int]
+    world: int = 1
+    rank: int = 0
+
+
+def _mode_function(mode: str):
+    """The registered mode (a dotted ``module.function`` path is imported,
+    as mmengine's registries do), or a ValueError naming the known ones."""
+    try:
+        fn = ALIGN_LOSS_MODES.get(mode) if isinstance(mode, str) else None
+    except Exception:  # noqa: BLE001 - mmengine wraps a failed import
+        fn = None
+    if not callable(fn):
+        raise ValueError(f'mode must be one of the registered alignment loss '
+                         f'modes {sorted(ALIGN_LOSS_MODES.module_dict)}, got '
+                         f'{mode!r}')
+    return fn
+
+
 @MODELS.register_module()
 class ContrastiveAlignLoss(nn.Module):
     """Contrastive alignment of projected image features with text embeddings.
@@ -85,7 +127,8 @@ class ContrastiveAlignLoss(nn.Module):
     Args:
         temperature (float): tau; the initial value when learnable.
         loss_weight (float): multiplies the returned loss.
-        mode (str): ``'clip'``, ``'ctr'`` or ``'cosine'``.
+        mode (str): a name in ``ALIGN_LOSS_MODES``: ``'clip'``, ``'ctr'``,
+            ``'cosine'`` or one a user registered (docs/extending.md).
         learnable_temperature (bool): learn ``log(1/tau)`` (parameter
             ``log_logit_scale``); ``1/tau`` is clamped to ``max_logit_scale``.
         max_logit_scale (float): upper bound of a learnable ``1/tau``.
@@ -108,7 +151,7 @@ class ContrastiveAlignLoss(nn.Module):
     This assumes DDP gradient averaging (MMEngine's default wrapper).
     """
 
-    MODES = ('clip', 'ctr', 'cosine')
+    MODES = ('clip', 'ctr', 'cosine')  # the built-in ones
     POSITIVES = ('instance', 'label', 'text')
 
     def __init__(self,
@@ -120,8 +163,7 @@ class ContrastiveAlignLoss(nn.Module):
                  positives: str = 'instance',
                  gather: bool = True):
         super().__init__()
-        if mode not in self.MODES:
-            raise ValueError(f'mode must be one of {self.MODES}, got {mode!r}')
+        self.mode_fn = _mode_function(mode)
         if positives not in self.POSITIVES:
             raise ValueError(
                 f'positives must be one of {self.POSITIVES}, got {positives!r}')
@@ -141,7 +183,7 @@ class ContrastiveAlignLoss(nn.Module):
             self._fixed_scale = 1.0 / temperature
             bound = self._fixed_scale
         # |logits| <= bound: a finite "minus infinity" that underflows exp().
-        self._masked = -(bound + 1e4)
+        self.masked = -(bound + 1e4)
         self._eye_cache = (None, None)
 
     def _scale(self):
@@ -180,8 +222,16 @@ class ContrastiveAlignLoss(nn.Module):
                 image i is ``mix[i] @ weights``.
 
         Returns:
-            Tensor: scalar loss, multiplied by ``loss_weight``.
+            Tensor: scalar loss of the mode, multiplied by ``loss_weight``.
         """
+        batch = self.local_batch(image_embeds, text_embeds, labels, mix,
+                                 weights)
+        return self.loss_weight * self.mode_fn(self, batch)
+
+    def local_batch(self, image_embeds, text_embeds, labels, mix,
+                    weights) -> AlignBatch:
+        """Normalised, detached where it must be, checked; image gradients
+        scaled by the world size (see the class docstring)."""
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
         img = F.normalize(image_embeds.to(dtype), dim=-1)
         txt = F.normalize(text_embeds.detach().to(dtype), dim=-1)
@@ -193,78 +243,55 @@ class ContrastiveAlignLoss(nn.Module):
                 raise ValueError(f'mix must be ({n_local}, {n_local}), got '
                                  f'{tuple(mix.shape)}')
             mix = mix.detach().to(dtype)
-        need_labels = self.mode != 'cosine' and self.positives == 'label'
-        if need_labels:
-            if labels is None:
-                raise ValueError("positives='label' needs labels")
+        if labels is not None:
             labels = labels.reshape(-1)
-
         world, rank = _world_and_rank() if self.gather else (1, 0)
         if world > 1:
-            img = _ScaleGrad.apply(img, float(world))  # see class docstring
-        if self.mode == 'cosine':
-            return self.loss_weight * self._cosine(img, txt, w, mix, world)
+            img = _ScaleGrad.apply(img, float(world))
+        return AlignBatch(img, txt, w, labels, None if mix is None else [mix],
+                          [n_local], world, rank)
 
-        sizes, mixes = [n_local], None if mix is None else [mix]
-        if world > 1:
-            size = torch.tensor([n_local], device=img.device)
-            all_sizes = [torch.zeros_like(size) for _ in range(world)]
-            dist.all_gather(all_sizes, size)
-            sizes = [int(s) for s in all_sizes]
-            dim = img.shape[1]
-            packed = [img.detach(), txt, w[:, None]]
-            if mix is not None:
-                packed.append(F.pad(mix, (0, max(sizes) - n_local)))
-            parts = _gather_rows(torch.cat(packed, 1), sizes)
-            img = torch.cat([img if r == rank else p[:, :dim]
-                             for r, p in enumerate(parts)])
-            txt = torch.cat([p[:, dim:2 * dim] for p in parts])
-            w = torch.cat([p[:, 2 * dim] for p in parts])
-            if mix is not None:
-                mixes = [p[:, 2 * dim + 1:2 * dim + 1 + n]
-                         for p, n in zip(parts, sizes)]
-            if need_labels:
-                labels = torch.cat(_gather_rows(labels, sizes))
+    def gather_batch(self, batch: AlignBatch) -> AlignBatch:
+        """The global batch: every rank's rows, this rank's image rows
+        keeping their gradient (one padded all-gather)."""
+        if batch.world == 1:
+            return batch
+        n_local = batch.img.shape[0]
+        size = torch.tensor([n_local], device=batch.img.device)
+        all_sizes = [torch.zeros_like(size) for _ in range(batch.world)]
+        dist.all_gather(all_sizes, size)
+        sizes = [int(s) for s in all_sizes]
+        dim = batch.img.shape[1]
+        packed = [batch.img.detach(), batch.txt, batch.weights[:, None]]
+        if batch.mixes is not None:
+            packed.append(F.pad(batch.mixes[0], (0, max(sizes) - n_local)))
+        parts = _gather_rows(torch.cat(packed, 1), sizes)
+        img = torch.cat([batch.img if r == batch.rank else p[:, :dim]
+                         for r, p in enumerate(parts)])
+        mixes = None if batch.mixes is None else [
+            p[:, 2 * dim + 1:2 * dim + 1 + n] for p, n in zip(parts, sizes)]
+        labels = batch.labels
+        if labels is not None and self.positives == 'label':
+            labels = torch.cat(_gather_rows(labels, sizes))
+        return AlignBatch(img, torch.cat([p[:, dim:2 * dim] for p in parts]),
+                          torch.cat([p[:, 2 * dim] for p in parts]), labels,
+                          mixes, sizes, batch.world, batch.rank)
 
-        targets, row_w = self._targets(txt, w, labels, mixes, sizes)
-        logits = self._scale() * img @ txt.T
-        # image -> text: queries are images of weight > 0, keys valid texts.
-        lse = torch.where((w > 0)[None, :], logits, self._masked).logsumexp(1)
-        if targets is None:
-            pos = logits.diagonal()
-        else:
-            pos = (targets * logits).sum(1)
-        loss = _weighted_mean(lse - pos, row_w)
-        if self.mode == 'clip':
-            # text -> image: targets^T, row-normalised; keys images of weight > 0.
-            lse = torch.where((row_w > 0)[:, None], logits,
-                              self._masked).logsumexp(0)
-            if targets is None:
-                pos, col_w = logits.diagonal(), w
-            else:
-                col = targets.sum(0)
-                pos = (targets * logits).sum(0) / col.clamp_min(_EPS)
-                col_w = torch.where(col > 0, w, 0)
-            loss = (loss + _weighted_mean(lse - pos, col_w)) / 2
-        return self.loss_weight * loss
+    def logits(self, batch: AlignBatch) -> torch.Tensor:
+        """``(N, N)`` image->text logits, ``img @ txt.T / tau``."""
+        return self._scale() * batch.img @ batch.txt.T
 
-    def _targets(self, txt, w, labels, mixes, sizes):
+    def targets(self, batch: AlignBatch
+                ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """Row-stochastic image->text targets (None: identity) and row weights.
 
         ``P[j, k]`` spreads sample j's unit mass uniformly over its valid
         positives k; a mixed image i gets ``sum_j mix[i, j] P[j]``, rows are
         renormalised and rows without any valid positive get weight 0."""
+        w, mixes, sizes = batch.weights, batch.mixes, batch.sizes
         if self.positives == 'instance' and mixes is None:
             return None, w
-        valid = w > 0
-        if self.positives == 'instance':
-            same = self._eye(len(w), w.device)
-        elif self.positives == 'label':
-            same = labels[:, None] == labels[None, :]
-        else:  # identical (normalised) text embeddings
-            same = txt @ txt.T > 1 - 1e-6
-        pos = (same & valid[None, :]).to(w.dtype)
-        pos = pos / pos.sum(1, keepdim=True).clamp_min(1)
+        pos = self._positives(batch)
         if mixes is not None:
             starts = [sum(sizes[:r]) for r in range(len(sizes))]
             pos = torch.cat([m @ pos[s:s + n]
@@ -276,17 +303,81 @@ class ContrastiveAlignLoss(nn.Module):
         pos = torch.where(keep, pos / mass.clamp_min(_EPS), 0)
         return pos, torch.where(keep[:, 0], w, 0)
 
-    def _cosine(self, img, txt, w, mix, world):
-        if mix is not None:
-            txt = F.normalize(mix @ (txt * (w > 0)[:, None].to(txt)), dim=-1)
-            w = mix @ w
-        num = (w * (2 - 2 * (img * txt).sum(1))).sum()
-        den = w.sum()
-        if world > 1:  # global mean; value of the others, gradient of ours
-            total = torch.stack([num.detach(), den])
-            dist.all_reduce(total)
-            num, den = num + (total[0] - num.detach()), total[1]
-        return num / den.clamp_min(_EPS)
+    def _positives(self, batch: AlignBatch) -> torch.Tensor:
+        """Sample j's unit mass spread uniformly over its valid positives."""
+        w = batch.weights
+        if self.positives == 'instance':
+            same = self._eye(len(w), w.device)
+        elif self.positives == 'label':
+            if batch.labels is None:
+                raise ValueError("positives='label' needs labels")
+            same = batch.labels[:, None] == batch.labels[None, :]
+        else:  # identical (normalised) text embeddings
+            same = batch.txt @ batch.txt.T > 1 - 1e-6
+        pos = (same & (w > 0)[None, :]).to(w.dtype)
+        return pos / pos.sum(1, keepdim=True).clamp_min(1)
+
+
+def image_to_text(loss: ContrastiveAlignLoss, logits: torch.Tensor,
+                  targets: Optional[torch.Tensor], batch: AlignBatch,
+                  row_w: torch.Tensor) -> torch.Tensor:
+    """InfoNCE over texts: queries images of weight > 0, keys valid texts."""
+    keys = (batch.weights > 0)[None, :]
+    lse = torch.where(keys, logits, loss.masked).logsumexp(1)
+    pos = logits.diagonal() if targets is None else (targets * logits).sum(1)
+    return _weighted_mean(lse - pos, row_w)
+
+
+def text_to_image(loss: ContrastiveAlignLoss, logits: torch.Tensor,
+                  targets: Optional[torch.Tensor], batch: AlignBatch,
+                  row_w: torch.Tensor) -> torch.Tensor:
+    """InfoNCE over images: targets^T, row-normalised; keys images of
+    weight > 0."""
+    lse = torch.where((row_w > 0)[:, None], logits, loss.masked).logsumexp(0)
+    if targets is None:
+        pos, col_w = logits.diagonal(), batch.weights
+    else:
+        col = targets.sum(0)
+        pos = (targets * logits).sum(0) / col.clamp_min(_EPS)
+        col_w = torch.where(col > 0, batch.weights, 0)
+    return _weighted_mean(lse - pos, col_w)
+
+
+@ALIGN_LOSS_MODES.register_module('ctr')
+def ctr_mode(loss: ContrastiveAlignLoss, batch: AlignBatch) -> torch.Tensor:
+    """One-directional InfoNCE, image -> text (official ``'ctr'``)."""
+    batch = loss.gather_batch(batch)
+    targets, row_w = loss.targets(batch)
+    return image_to_text(loss, loss.logits(batch), targets, batch, row_w)
+
+
+@ALIGN_LOSS_MODES.register_module('clip')
+def clip_mode(loss: ContrastiveAlignLoss, batch: AlignBatch) -> torch.Tensor:
+    """Symmetric InfoNCE, ``(i2t + t2i) / 2`` (official ``'clip'``)."""
+    batch = loss.gather_batch(batch)
+    targets, row_w = loss.targets(batch)
+    logits = loss.logits(batch)
+    return (image_to_text(loss, logits, targets, batch, row_w) +
+            text_to_image(loss, logits, targets, batch, row_w)) / 2
+
+
+@ALIGN_LOSS_MODES.register_module('cosine')
+def cosine_mode(loss: ContrastiveAlignLoss,
+                batch: AlignBatch) -> torch.Tensor:
+    """``2 - 2 cos(img_i, txt_i)``, no negatives (official ``'byol'``): the
+    global weighted mean, the others' value and this rank's gradient."""
+    img, txt, w = batch.img, batch.txt, batch.weights
+    if batch.mixes is not None:
+        mix = batch.mixes[0]
+        txt = F.normalize(mix @ (txt * (w > 0)[:, None].to(txt)), dim=-1)
+        w = mix @ w
+    num = (w * (2 - 2 * (img * txt).sum(1))).sum()
+    den = w.sum()
+    if batch.world > 1:
+        total = torch.stack([num.detach(), den])
+        dist.all_reduce(total)
+        num, den = num + (total[0] - num.detach()), total[1]
+    return num / den.clamp_min(_EPS)
 
 
 @torch.no_grad()

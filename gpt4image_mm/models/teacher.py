@@ -27,29 +27,35 @@ class TextEmbeddingTeacher(torch.nn.Module):
     are ignored on load). ``.to()/.cuda()`` still move them.
 
     Args:
-        encoder: a spec for :func:`build_text_encoder`: a local model
-            directory (HF CLIP or sentence-transformers/HF encoder),
-            ``openai:<model>``, ``open_clip:<arch>/<pretrained>``.
+        encoder: a spec for :func:`build_text_encoder`, looked up in the
+            ``TEXT_ENCODERS`` registry: a local model directory (HF CLIP or
+            sentence-transformers/HF encoder), ``openai:<model>``,
+            ``open_clip:<arch>/<pretrained>``, ``<kind>:...`` of an encoder
+            a plugin registered (``custom_imports``).
         pooling: override the pooling of HF encoders (``mean``/``cls``/...).
         max_length: override the token limit.
         dtype: compute dtype (``float32``, ``float16``, ``bfloat16``,
             ``auto`` = fp16 on GPU).
         api_base, api_key_env, dimensions: for embeddings endpoints.
         chunk_size: texts per forward pass (bounds memory of big batches).
+        **encoder_options: further options the chosen encoder declares
+            (a plugin encoder's own ones).
     """
 
     def __init__(self, encoder: str, pooling: Optional[str] = None,
                  max_length: Optional[int] = None, dtype: str = 'float32',
                  api_base: Optional[str] = None,
                  api_key_env: Optional[str] = None,
-                 dimensions: Optional[int] = None, chunk_size: int = 256):
+                 dimensions: Optional[int] = None, chunk_size: int = 256,
+                 **encoder_options: Any):
         super().__init__()
         self.spec = encoder
         self.chunk_size = int(chunk_size)
         self.encoder: TextEncoder = build_text_encoder(
             encoder, device='cpu', dtype=dtype, pooling=pooling,
             max_length=max_length, api_base=api_base,
-            api_key_env=api_key_env, dimensions=dimensions)
+            api_key_env=api_key_env, dimensions=dimensions,
+            **encoder_options)
         for mod in self.encoder.modules():
             mod.eval().requires_grad_(False)
         # a non-persistent probe tells the device even for API encoders
