@@ -4,6 +4,6 @@
 # 300 epochs, drop path 0.1, EMA, tau 0.05, unmixed text targets, effective
 # alignment weight 0.3 / 8. Captions: tools/caption.py --config THIS_CONFIG
 #   --prompt configs/prompts/imagenet.txt.
-_base_ = ['deit-small_8xb128-300e_in1k_gpt4image-official.py']
+_base_ = ['deit-base_8xb128-300e_in1k_gpt4image-official.py']
 
 model = dict(backbone=dict(arch='deit-tiny'), head=dict(in_channels=192))
