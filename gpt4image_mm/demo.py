@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .files import atomic_write_json
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BASELINE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist.py'
 GPT4IMAGE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist_gpt4image.py'
@@ -129,11 +131,9 @@ class Marker:
 
     def save(self, result: Optional[Dict[str, Any]]) -> None:
         os.makedirs(osp.dirname(self.path), exist_ok=True)
-        tmp = f'{self.path}.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(dict(key=self.key, inputs=self.inputs, result=result),
-                      f, indent=2, default=str)
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, dict(key=self.key, inputs=self.inputs,
+                                          result=result),
+                          indent=2, default=str)
 
 
 def _run(cmd: Sequence[str], log: Optional[str] = None,

@@ -17,7 +17,7 @@ from ..descriptions import (
     read_source,
     source_path,
 )
-from ..files import atomic_write_json, check_replaceable
+from ..files import atomic_path, atomic_write_json, check_replaceable
 
 
 def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
@@ -34,13 +34,11 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
     if os.path.exists(out) and not overwrite:
         raise ValueError(f'merge: {out} exists (pass --overwrite)')
     check_replaceable(out, is_descriptions_file, 'a descriptions file')
-    tmp = out + '.merging'
-    if os.path.exists(tmp):
-        os.remove(tmp)
     done: Set[str] = set()
     failures: Dict[str, dict] = {}
     dupes = 0
-    with DescriptionWriter(tmp, fsync_every=4096) as w:
+    with atomic_path(out) as tmp, \
+            DescriptionWriter(tmp, fsync_every=4096) as w:
         for p in parts:
             for _, rec in iter_records(p):
                 key = rec['key']
@@ -57,7 +55,6 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
         for key, rec in failures.items():
             if key not in done:
                 w.write(rec)
-    os.replace(tmp, out)
     sources = [read_source(p) for p in parts]
     if sources[0] and all(s == sources[0] for s in sources):
         atomic_write_json(source_path(out), sources[0], indent=1)

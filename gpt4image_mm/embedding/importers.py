@@ -30,7 +30,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..descriptions import DescriptionWriter, is_descriptions_file
-from ..files import check_replaceable
+from ..files import atomic_path, check_replaceable
 from ..keys import check_key, class_key, description_key
 
 # description2embedding.py:48 default --model RN50 (CLIP), as open_clip names
@@ -89,18 +89,12 @@ def write_records(records: Iterable[dict], out: str,
         raise ImportSourceError(f'{out} exists; pass force (--force) to replace')
     check_replaceable(out, is_descriptions_file, 'a descriptions file',
                       ImportSourceError)
-    tmp = f'{out}.tmp-{os.getpid()}'
     n = 0
-    try:
-        with DescriptionWriter(tmp, fsync_every=1 << 30) as w:
-            for rec in records:
-                w.write(rec)
-                n += 1
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(out) as tmp, \
+            DescriptionWriter(tmp, fsync_every=1 << 30) as w:
+        for rec in records:
+            w.write(rec)
+            n += 1
     return n
 
 
