@@ -5,8 +5,7 @@ import pytest
 
 from gpt4image_mm.captioning.merge import merge
 from gpt4image_mm.descriptions import DescriptionWriter, iter_records
-from gpt4image_mm.files import (atomic_path, atomic_write_json,
-                                atomic_write_text)
+from gpt4image_mm.files import atomic_path, atomic_write_json, atomic_write_text
 
 
 def _siblings(path):
