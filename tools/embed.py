@@ -47,8 +47,9 @@ def _embed_parser() -> argparse.ArgumentParser:
                    'float32, float16, bfloat16')
     p.add_argument('--store-dtype', default='float16',
                    choices=('float16', 'float32'))
-    p.add_argument('--shard', default=None, help='i/N: embed the i-th of N '
-                   'parts (merge them with `embed.py merge`)')
+    p.add_argument('--shard', default=None, help='i/N: embed shard i of N, '
+                   'the keys whose SHA-1 is i mod N (docs/distributed.md); '
+                   'merge the parts with `embed.py merge`')
     p.add_argument('--pooling', default=None,
                    help='HF encoders: mean, cls, max, last, ... (default: the '
                    "model's sentence-transformers config, else mean)")

@@ -6,7 +6,6 @@ time, so memory does not grow with the images' size or count.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
@@ -49,25 +48,6 @@ class Plan:
 
     def item(self, j: int) -> Item:
         return self._item_fn(j)
-
-
-def shard_of(key: str, num_shards: int) -> int:
-    """Stable shard of a key: the same on every machine, run and order."""
-    digest = hashlib.sha1(key.encode('utf-8')).digest()
-    return int.from_bytes(digest[:8], 'big') % num_shards
-
-
-def parse_shard(spec: Optional[str]) -> tuple:
-    """``'i/N'`` -> ``(i, N)`` with ``0 <= i < N``."""
-    if not spec:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split('/'))
-    except ValueError:
-        raise ValueError(f'--shard {spec!r}: expected i/N, e.g. 0/4') from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f'--shard {spec!r}: need 0 <= i < N')
-    return i, n
 
 
 class _Multi:
