@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
+from ..image_files import list_images
 from ..keys import (
     class_key,
     class_names,
@@ -18,7 +19,6 @@ from ..keys import (
     description_key,
     file_key,
 )
-from .images import IMAGE_EXTENSIONS
 from .prompts import Prompt, pick
 
 
@@ -98,43 +98,6 @@ def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
 
     return Plan(keys, item, sample_source=lambda j: source(j // per_image),
                 source=dataset_source(dataset))
-
-
-def list_images(root: str) -> List[str]:
-    """Every image file below ``root``, sorted (a stable order).
-
-    Links are followed, but a directory is walked once (a link loop such as
-    ``cls/up -> ..`` would list every image again and again) and nothing
-    outside ``root`` is listed (a link out of the tree is skipped).
-    """
-    if not os.path.isdir(root):
-        raise ValueError(f'--images {root!r} is not a directory')
-    real_root = os.path.realpath(root)
-    seen = {real_root}
-    out = []
-    for d, subdirs, files in os.walk(root, followlinks=True):
-        subdirs[:] = sorted(s for s in subdirs
-                            if _first_visit(os.path.join(d, s), real_root,
-                                            seen))
-        out.extend(os.path.join(d, f) for f in sorted(files)
-                   if f.lower().endswith(IMAGE_EXTENSIONS)
-                   and _inside(os.path.realpath(os.path.join(d, f)),
-                               real_root))
-    return out
-
-
-def _inside(real: str, real_root: str) -> bool:
-    return real == real_root or real.startswith(real_root.rstrip(os.sep)
-                                                + os.sep)
-
-
-def _first_visit(path: str, real_root: str, seen: set) -> bool:
-    """Whether to descend into ``path``: inside the root, not yet walked."""
-    real = os.path.realpath(path)
-    if real in seen or not _inside(real, real_root):
-        return False
-    seen.add(real)
-    return True
 
 
 def plan_from_images(root: str, prompts: Sequence[Prompt],
