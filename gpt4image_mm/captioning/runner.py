@@ -556,10 +556,6 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
     }
 
 
-def scrubbed_error(e: BaseException, scrub: Scrubber) -> str:
-    return scrub(f'{type(e).__name__}: {e}')
-
-
 __all__ = ['Summary', 'Progress', 'format_rate',
            'TokenBucket', 'caption_async',
            'caption_plan', 'estimate', 'success_record', 'failure_record',

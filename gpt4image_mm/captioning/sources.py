@@ -34,13 +34,10 @@ class Plan:
     """``len(keys)`` work items; ``item(j)`` builds the j-th on demand."""
 
     def __init__(self, keys: Sequence[str], item_fn: Callable[[int], Item],
-                 text_only: bool = False, sample_source: Optional[
-                     Callable[[int], Any]] = None,
-                 source: Optional[dict] = None):
+                 text_only: bool = False, source: Optional[dict] = None):
         self.keys = keys
         self._item_fn = item_fn
         self.text_only = text_only
-        self.sample_source = sample_source
         self.source = source  # what the keys are relative to (provenance)
 
     def __len__(self) -> int:
@@ -66,7 +63,7 @@ class _Multi:
         return description_key(self.base[j // self.k], j % self.k)
 
 
-def _check_per_image(prompts: Sequence[Prompt], per_image: int) -> None:
+def _check_per_image(per_image: int) -> None:
     if per_image < 1:
         raise ValueError('--per-image must be >= 1')
 
@@ -74,7 +71,7 @@ def _check_per_image(prompts: Sequence[Prompt], per_image: int) -> None:
 def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
                       per_image: int = 1) -> Plan:
     """Items of an mmpretrain dataset with :func:`dataset_keys` keys."""
-    _check_per_image(prompts, per_image)
+    _check_per_image(per_image)
     base = dataset_keys(dataset)
     names = None
     if any(p.needs_class for p in prompts):
@@ -96,15 +93,14 @@ def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
             cls = names[int(label)]
         return Item(keys[j], prompt, cls, source(i))
 
-    return Plan(keys, item, sample_source=lambda j: source(j // per_image),
-                source=dataset_source(dataset))
+    return Plan(keys, item, source=dataset_source(dataset))
 
 
 def plan_from_images(root: str, prompts: Sequence[Prompt],
                      per_image: int = 1) -> Plan:
     """Items of every image below ``root``; key = path relative to root; the
     class name (for class prompts) = the image's top-level folder."""
-    _check_per_image(prompts, per_image)
+    _check_per_image(per_image)
     paths = list_images(root)
     base = [file_key(p, root) for p in paths]
     keys = _Multi(base, per_image)
@@ -121,8 +117,7 @@ def plan_from_images(root: str, prompts: Sequence[Prompt],
             cls = parts[0]
         return Item(keys[j], pick(prompts, k), cls, paths[i])
 
-    return Plan(keys, item, sample_source=lambda j: paths[j // per_image],
-                source={'root': os.path.realpath(root), 'split': None})
+    return Plan(keys, item, source={'root': os.path.realpath(root), 'split': None})
 
 
 def plan_per_class(names: Sequence[str], per_class: int,
