@@ -421,6 +421,31 @@ def _copy_rows(stores: Sequence[EmbeddingStore], order: np.ndarray,
                 rows[a + at] = s.embeddings[src[at] - starts[p]]
 
 
+def _check_part(path: str, man: Dict[str, Any], first_path: str,
+                first: Dict[str, Any]) -> None:
+    """Refuse a part that is no shard store of the same run as the first."""
+    if not man.get('shard'):
+        raise StoreError(f'{path}: not a shard store (made without '
+                         '--shard)')
+    if man.get('shard_rule') != SHARD_RULE:
+        raise StoreError(f'{path}: made under another --shard rule '
+                         f'({man.get("shard_rule") or "contiguous slices"}'
+                         f', not {SHARD_RULE}); embed the parts again')
+    i, n = man['shard']
+    if n != first['shard'][1]:
+        raise StoreError(f'{path}: shard {i}/{n}, but {first_path} is of '
+                         f'{first["shard"][1]} shards')
+    for k in ('source_checksum', 'encoder_revision', 'encoder_settings',
+              'dim', 'dtype'):
+        if man.get(k) != first.get(k):
+            raise StoreError(f'{path}: {k} differs from {first_path}; the '
+                             'parts are not of one run')
+    if not first.get('encoder_revision') and man['encoder'] != \
+            first['encoder']:
+        raise StoreError(f'{path}: encoder {man["encoder"]!r} differs '
+                         f'from {first["encoder"]!r}')
+
+
 def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
                  ) -> Dict[str, Any]:
     """Join the n shard stores of one run into the unsharded store.
@@ -435,26 +460,8 @@ def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
     by_index: Dict[int, Tuple[str, Dict[str, Any]]] = {}
     first = mans[0]
     for path, man in zip(parts, mans):
-        if not man.get('shard'):
-            raise StoreError(f'{path}: not a shard store (made without '
-                             '--shard)')
-        if man.get('shard_rule') != SHARD_RULE:
-            raise StoreError(f'{path}: made under another --shard rule '
-                             f'({man.get("shard_rule") or "contiguous slices"}'
-                             f', not {SHARD_RULE}); embed the parts again')
-        i, n = man['shard']
-        if n != first['shard'][1]:
-            raise StoreError(f'{path}: shard {i}/{n}, but {parts[0]} is of '
-                             f'{first["shard"][1]} shards')
-        for k in ('source_checksum', 'encoder_revision', 'encoder_settings',
-                  'dim', 'dtype'):
-            if man.get(k) != first.get(k):
-                raise StoreError(f'{path}: {k} differs from {parts[0]}; the '
-                                 'parts are not of one run')
-        if not first.get('encoder_revision') and man['encoder'] != \
-                first['encoder']:
-            raise StoreError(f'{path}: encoder {man["encoder"]!r} differs '
-                             f'from {first["encoder"]!r}')
+        _check_part(path, man, parts[0], first)
+        i = man['shard'][0]
         if i in by_index:
             raise StoreError(f'shard {i} given twice: {by_index[i][0]} and '
                              f'{path}')
