@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 import torch
 
 import gpt4image_mm  # noqa: F401  (safe-loading allow-list)
-from gpt4image_mm.files import check_replaceable
+from gpt4image_mm.files import atomic_path, check_replaceable
 from gpt4image_mm.safe_loading import safe_torch_load
 
 TRAINING_ONLY_PREFIXES = ('align_neck.', 'align_loss.', 'teacher.')
@@ -41,13 +41,8 @@ def strip_checkpoint(src: str, dst: str) -> int:
     meta['gpt4image_stripped'] = dropped
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     check_replaceable(dst, is_checkpoint, 'a checkpoint')
-    tmp = f'{dst}.tmp-{os.getpid()}'
-    try:
+    with atomic_path(dst) as tmp:
         torch.save({'meta': meta, 'state_dict': kept}, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dropped
 
 

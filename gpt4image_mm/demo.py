@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .files import atomic_write_json, atomic_write_text
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BASELINE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist.py'
 GPT4IMAGE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist_gpt4image.py'
@@ -129,11 +131,9 @@ class Marker:
 
     def save(self, result: Optional[Dict[str, Any]]) -> None:
         os.makedirs(osp.dirname(self.path), exist_ok=True)
-        tmp = f'{self.path}.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(dict(key=self.key, inputs=self.inputs, result=result),
-                      f, indent=2, default=str)
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, dict(key=self.key, inputs=self.inputs,
+                                          result=result),
+                          indent=2, default=str)
 
 
 def _run(cmd: Sequence[str], log: Optional[str] = None,
@@ -587,8 +587,7 @@ def write_report(s: DemoSettings, results: List[Dict[str, Any]],
     ]
     text = '\n'.join(lines)
     path = osp.join(s.work_dir, 'report.md')
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write(text)
+    atomic_write_text(path, text)
     return text
 
 
@@ -614,9 +613,8 @@ def run_demo(s: DemoSettings) -> str:
     s.work_dir, s.data_root = osp.abspath(s.work_dir), osp.abspath(
         s.data_root)
     os.makedirs(s.work_dir, exist_ok=True)
-    with open(osp.join(s.work_dir, 'settings.json'), 'w',
-              encoding='utf-8') as f:
-        json.dump(asdict(s), f, indent=2)
+    atomic_write_json(osp.join(s.work_dir, 'settings.json'), asdict(s),
+                      indent=2)
     step_data(s)
     descriptions = step_descriptions(s)
     store = step_embeddings(s, descriptions)

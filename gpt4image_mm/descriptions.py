@@ -4,7 +4,8 @@ embed.py reads.
 One record per line, append-only. A success record has ``key`` and ``text``
 (plus ``model``, ``prompt_id``, ``usage``, ``time``); a failure record has
 ``key`` and ``error``. A later success for a key supersedes earlier failures;
-writers never emit a second success for a key. A torn last line (a crash in
+writers never emit a second success for a key (the rule lives in
+:class:`KeyStates`). A torn last line (a crash in
 the middle of a write) is tolerated on read and cut off before appending;
 a complete last record that only lacks its newline is kept by both.
 Files are read as a stream: memory does not grow with their size.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Optional, Set, Tuple
 
 from .keys import check_key
 
@@ -129,12 +130,47 @@ def read_descriptions(path: str,
     return out
 
 
-def failed_keys(path: str) -> Dict[str, str]:
-    """Keys whose latest record is a failure, with the error."""
-    state: Dict[str, Optional[str]] = {}
-    for _, rec in iter_records(path):
-        state[rec['key']] = rec.get('error') if 'error' in rec else None
-    return {k: e for k, e in state.items() if e is not None}
+class KeyStates:
+    """Where each key stands after a stream of records: the format's one
+    "latest record per key" rule, used by every reader that folds records.
+
+    A key's first success is final (later successes are duplicates, for the
+    caller to drop or refuse); a failure stands only while no success has
+    been seen, and the latest failure is the one kept. Keeps keys and failure
+    records only, so a 1.3M-record file folds in little memory.
+    """
+
+    def __init__(self) -> None:
+        self.done: Set[str] = set()
+        self.failed: Dict[str, Dict[str, Any]] = {}
+
+    def add(self, rec: Dict[str, Any]) -> bool:
+        """Fold one record; True when it is its key's first success."""
+        key = rec['key']
+        if 'error' in rec:
+            if key not in self.done:
+                self.failed[key] = rec
+            return False
+        if key in self.done:
+            return False
+        self.succeed(key)
+        return True
+
+    def succeed(self, key: str) -> None:
+        self.done.add(key)
+        self.failed.pop(key, None)
+
+    def fail(self, key: str, error: str) -> None:
+        self.add({'key': key, 'error': error})
+
+    @classmethod
+    def load(cls, path: str) -> KeyStates:
+        """The states of an existing file (empty when it does not exist)."""
+        states = cls()
+        if os.path.exists(path):
+            for _, rec in iter_records(path):
+                states.add(rec)
+        return states
 
 
 SOURCE_SUFFIX = '.source.json'

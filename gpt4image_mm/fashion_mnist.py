@@ -17,8 +17,9 @@ import math
 import os
 import shutil
 import subprocess
-import uuid
 from typing import Callable, Dict, Optional
+
+from .files import atomic_path
 
 SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
 DEBIAN_PACKAGE = 'dataset-fashion-mnist'
@@ -104,15 +105,10 @@ def _download(root: str, log: Callable[[str], None]) -> str:
 
 
 def _unzip(src: str, dst: str) -> None:
-    tmp = f'{dst}.tmp-{uuid.uuid4().hex[:8]}'
-    try:
+    with atomic_path(dst) as tmp:
         with gzip.open(src, 'rb') as fin, open(tmp, 'wb') as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
         _check_idx(tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def prepare_fashion_mnist(root: str = 'data/fashion_mnist',

@@ -11,7 +11,9 @@ import json
 import os
 import socket
 import time
-from typing import Any, Callable, Optional
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 from .cli_errors import ToolError
 
@@ -21,20 +23,73 @@ except ImportError:  # pragma: no cover - non-POSIX: no locking
     fcntl = None  # type: ignore[assignment]
 
 
-def atomic_write_json(path: str, obj: Any, indent: Optional[int] = None
-                      ) -> None:
-    """Replace ``path`` by ``obj`` as JSON: temp file, fsync, rename."""
-    tmp = f'{path}.tmp-{os.getpid()}'
+def temp_sibling(path: str) -> str:
+    """A fresh temporary name next to ``path`` (same directory, so the final
+    rename stays on one filesystem and is atomic). The ``.tmp-`` infix is what
+    cleanup code globs for."""
+    return f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+
+
+def fsync_file(path: str) -> None:
+    """Flush a written file's data to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(obj, f, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename inside directory ``path`` durable (POSIX: the directory
+    entry lives in the directory's own data). A no-op where directories
+    cannot be opened (Windows)."""
+    try:
+        fd = os.open(path or '.', os.O_RDONLY)
+    except OSError:  # pragma: no cover - non-POSIX
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse dir fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path to write ``path``'s new content to; on a clean
+    exit fsync it, rename it over ``path`` and fsync the directory; on any
+    error remove it and leave ``path`` untouched.
+
+    The one write-to-temp-then-rename of the project: a crash at any point
+    leaves either the old file or the new one, never a torn one.
+    """
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    finally:
+        if os.path.lexists(tmp):
             os.remove(tmp)
-        raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Replace ``path`` by ``data`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Replace ``path`` by UTF-8 ``text`` atomically."""
+    atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def atomic_write_json(path: str, obj: Any, indent: Optional[int] = None,
+                      default: Optional[Callable[[Any], Any]] = None) -> None:
+    """Replace ``path`` by ``obj`` as JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=default))
 
 
 class LockHeld(ToolError):

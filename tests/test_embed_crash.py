@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from test_embed_clip import make_tiny_clip
+from helpers import make_tiny_clip
 
 from gpt4image_mm.datasets.store import EmbeddingStore, StoreError
 from gpt4image_mm.embedding import build_text_encoder, embed_descriptions, minilm_dir

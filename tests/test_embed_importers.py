@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from test_embed import load_tool
+from helpers import load_tool
 
 from gpt4image_mm.descriptions import read_descriptions
 from gpt4image_mm.embedding.importers import (

@@ -5,10 +5,10 @@ import json
 
 import torch
 from conftest import make_image_folder
+from helpers import load_tool
 from mmengine.dataset import default_collate
 from mmengine.optim import OptimWrapper
 from mmpretrain.registry import MODELS
-from test_embed import load_tool
 
 import gpt4image_mm  # noqa: F401
 from gpt4image_mm.datasets import DescriptionDataset

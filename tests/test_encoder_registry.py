@@ -119,7 +119,7 @@ def test_toy_encoder_as_a_configs_teacher(tmp_path):
 
 
 def test_builtin_kinds_claim_their_specs(tmp_path):
-    from test_embed_clip import make_tiny_clip
+    from helpers import make_tiny_clip
 
     from gpt4image_mm.embedding import minilm_dir
     from gpt4image_mm.embedding.encoders import (

@@ -330,7 +330,7 @@ def test_reading_descriptions_does_not_hold_the_file(tmp_path):
 
 # -- 14.9 symlink loops and links out of the root ---------------------------
 def test_symlink_loops_and_escapes_list_each_image_once(tmp_path):
-    from gpt4image_mm.captioning.sources import list_images
+    from gpt4image_mm.image_files import list_images
     root = tmp_path / 'imgs'
     keys = make_images(str(root), classes=('a', 'b'), per_class=1)
     os.symlink('..', root / 'a' / 'up')              # a loop

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_embed import load_tool
+from helpers import load_tool
 
 from gpt4image_mm.datasets.store import EmbeddingStore
 from gpt4image_mm.embedding.importers import (

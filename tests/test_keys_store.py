@@ -16,7 +16,7 @@ from gpt4image_mm.datasets.store import (
 from gpt4image_mm.descriptions import (
     DescriptionFileError,
     DescriptionWriter,
-    failed_keys,
+    KeyStates,
     read_descriptions,
     texts_checksum,
 )
@@ -97,6 +97,30 @@ def test_store_writer_is_atomic(tmp_path):
         StoreWriter(str(tmp_path / 't'), count=1, dim=2)
 
 
+def _failed(path):
+    return {k: r['error'] for k, r in KeyStates.load(str(path)).failed.items()}
+
+
+def test_one_latest_record_rule_for_caption_merge_and_embed(tmp_path):
+    """A success is final: a failure logged after it (a retry of a done key)
+    does not make the key failed, for the resume state, merge and embed
+    alike. The old ``failed_keys`` said the key was failed."""
+    from gpt4image_mm.captioning.merge import merge
+    from gpt4image_mm.embedding.embed import load_description_texts
+    path = tmp_path / 'd.jsonl'
+    with DescriptionWriter(str(path)) as w:
+        w.write({'key': 'a', 'error': 'timeout'})
+        w.write({'key': 'a', 'text': 'a cat'})
+        w.write({'key': 'a', 'error': 'late retry'})
+        w.write({'key': 'b', 'error': 'first'})
+        w.write({'key': 'b', 'error': 'second'})
+    assert _failed(path) == {'b': 'second'}
+    out = str(tmp_path / 'm.jsonl')
+    assert merge(out, [str(path)])['failures'] == 1
+    texts = load_description_texts(out)
+    assert texts.keys == ['a'] and texts.failures == 1
+
+
 def test_descriptions_torn_tail_and_bad_records(tmp_path):
     path = tmp_path / 'd.jsonl'
     with DescriptionWriter(str(path)) as w:
@@ -105,13 +129,13 @@ def test_descriptions_torn_tail_and_bad_records(tmp_path):
     with open(path, 'ab') as f:
         f.write(b'{"key": "c", "te')  # killed mid-write
     assert list(read_descriptions(str(path))) == ['a']
-    assert failed_keys(str(path)) == {'b': 'timeout'}
+    assert _failed(path) == {'b': 'timeout'}
     with DescriptionWriter(str(path)) as w:  # cuts the torn line
         w.write({'key': 'b', 'text': 'a dog'})
     lines = path.read_bytes().split(b'\n')
     assert lines[-1] == b'' and all(json.loads(x) for x in lines[:-1])
     assert list(read_descriptions(str(path))) == ['a', 'b']
-    assert failed_keys(str(path)) == {}
+    assert _failed(path) == {}
 
     bad = tmp_path / 'bad.jsonl'
     bad.write_bytes(b'{"key": "a", "text": "ok"}\n{"key": "b", "te\n{}\n')

@@ -45,7 +45,7 @@ def test_unknown_mode_names_the_registered_ones():
 
 def test_registered_mode_trains_through_tools_train(tmp_path):
     from conftest import ROOT
-    from test_train_e2e import write_tiny_project
+    from helpers import write_tiny_project
     write_tiny_project(tmp_path)
     module = os.path.splitext(os.path.basename(__file__))[0]
     toy = tmp_path / 'toy.py'

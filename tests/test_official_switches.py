@@ -16,14 +16,18 @@ def outer_linears(neck):
     return linears[0], linears[-1]
 
 
-@pytest.mark.parametrize('kind,dim,std', [('mlp_bn', 1024, 1024 ** -0.5),
-                                          ('mlp', 1024, 0.02),
-                                          ('mlp_bn', 384, 384 ** -0.5)])
-def test_official_init_is_the_default(kind, dim, std):
+CNN_HEAD = dict()  # the defaults: Linear(no bias) -> BN1d -> ReLU -> Linear
+VIT_HEAD = dict(with_bias=True, norm_cfg=None)  # Linear -> ReLU -> Linear
+
+
+@pytest.mark.parametrize('head,dim,std', [(CNN_HEAD, 1024, 1024 ** -0.5),
+                                          (VIT_HEAD, 1024, 0.02),
+                                          (CNN_HEAD, 384, 384 ** -0.5)])
+def test_official_init_is_the_default(head, dim, std):
     """resnet/utils.py:120-125 (CNN, D^-0.5) and deit/models.py:37-38 (ViT,
     0.02): truncated normal on the first and last Linear weights."""
     torch.manual_seed(0)
-    neck = AlignmentNeck(2048, dim, kind=kind)
+    neck = AlignmentNeck(2048, dim, **head)
     neck.init_weights()
     for layer in outer_linears(neck):
         w = layer.weight.detach()
@@ -33,14 +37,14 @@ def test_official_init_is_the_default(kind, dim, std):
 
 def test_init_switch_keeps_pytorch_default_or_takes_a_number():
     torch.manual_seed(0)
-    neck = AlignmentNeck(2048, 1024, kind='mlp_bn', init_std=None)
+    neck = AlignmentNeck(2048, 1024, **CNN_HEAD, init_std=None)
     neck.init_weights()
     first, _ = outer_linears(neck)
     # PyTorch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     assert first.weight.abs().max().item() <= 2048 ** -0.5 + 1e-6
     assert first.weight.std().item() == pytest.approx(
         2048 ** -0.5 / 3 ** 0.5, rel=0.03)
-    neck = AlignmentNeck(64, 32, kind='mlp', init_std=0.1)
+    neck = AlignmentNeck(64, 32, **VIT_HEAD, init_std=0.1)
     neck.init_weights()
     assert outer_linears(neck)[1].weight.std().item() == pytest.approx(
         0.1, rel=0.1)
@@ -59,8 +63,7 @@ def test_head_init_survives_the_vit_model_init_cfg():
                       stem_channels=8),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=4, in_channels=64),
-        align_neck=dict(type='AlignmentNeck', out_channels=256,
-                        kind='mlp_bn'),
+        align_neck=dict(type='AlignmentNeck', out_channels=256),
         align_loss=dict(type='ContrastiveAlignLoss', temperature=0.2),
         init_cfg=[dict(type='TruncNormal', layer='Linear', std=0.02)]))
     model.init_weights()
@@ -78,7 +81,8 @@ def build_mixing_model(mix_text_targets):
                       stem_channels=8),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=4, in_channels=64),
-        align_neck=dict(type='AlignmentNeck', out_channels=16, kind='mlp'),
+        align_neck=dict(type='AlignmentNeck', out_channels=16,
+                        with_bias=True, norm_cfg=None),
         align_loss=dict(type='ContrastiveAlignLoss', temperature=0.05),
         mix_text_targets=mix_text_targets,
         train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8)]),

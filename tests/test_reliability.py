@@ -19,7 +19,7 @@ from typing import Dict
 import pytest
 import torch
 from conftest import ROOT, random_store
-from test_train_e2e import write_tiny_project
+from helpers import write_tiny_project
 
 import gpt4image_mm  # noqa: F401
 from gpt4image_mm.datasets import DescriptionDataset, StoreError

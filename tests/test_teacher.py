@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import make_tiny_clip
 from mmpretrain.registry import MODELS
-from test_embed_clip import make_tiny_clip
 
 from gpt4image_mm.datasets.store import EmbeddingStore
 from gpt4image_mm.embedding import embed_descriptions, minilm_dir

@@ -7,49 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_image_folder, random_store
-
-BASE_CFG = '''
-_base_ = ['mmpretrain::_base_/default_runtime.py']
-data_preprocessor = dict(num_classes=3, mean=[128.] * 3, std=[64.] * 3)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8,
-                  base_channels=8),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(type='LinearClsHead', num_classes=3, in_channels=64,
-              loss=dict(type='CrossEntropyLoss')))
-pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-train_dataloader = dict(
-    batch_size=6, num_workers=0,
-    dataset=dict(type='CustomDataset', data_root='{root}', pipeline=pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=True))
-val_dataloader = dict(
-    batch_size=6, num_workers=0,
-    dataset=dict(type='CustomDataset', data_root='{root}', pipeline=pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=False))
-val_evaluator = dict(type='Accuracy', topk=(1, ))
-test_dataloader = val_dataloader
-test_evaluator = val_evaluator
-optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9))
-train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
-val_cfg = dict()
-test_cfg = dict()
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1))
-randomness = dict(seed=0)
-'''
-
-ALIGN_CFG = '''
-_base_ = ['base.py', '{configs}/_base_/gpt4image.py']
-model = dict(
-    _base_.gpt4image_cnn,
-    align_neck=dict(type='AlignmentNeck', out_channels=8, kind='mlp_bn'),
-    align_loss=dict(type='ContrastiveAlignLoss', temperature=0.2,
-                    loss_weight=0.3, learnable_temperature=True))
-train_dataloader = dict(dataset=dict(
-    _delete_=True, type='DescriptionDataset',
-    dataset=_base_.train_dataloader.dataset, store='{store}'))
-'''
+from conftest import ROOT, make_image_folder
+from helpers import BASE_CFG, write_tiny_project
 
 
 def run(*args, cwd):
@@ -57,18 +16,6 @@ def run(*args, cwd):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
-
-
-def write_tiny_project(tmp: Path, dim: int = 8) -> Path:
-    """Image folder, random store, base.py and align.py in ``tmp``; returns
-    align.py (shared by the train, reliability and torchrun tests)."""
-    root = tmp / 'imgs'
-    keys = make_image_folder(root, per_class=4)
-    random_store(tmp / 'store', keys, dim=dim)
-    (tmp / 'base.py').write_text(BASE_CFG.format(root=root))
-    (tmp / 'align.py').write_text(ALIGN_CFG.format(
-        configs=ROOT / 'configs', store=tmp / 'store'))
-    return tmp / 'align.py'
 
 
 def test_train_resume_test_strip(tmp_path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-GPU / multi-node testing with torchrun.
-#   bash tools/dist_train.sh CONFIG GPUS [test.py args]
-#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash tools/dist_train.sh CONFIG 8
+#   bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash tools/dist_test.sh CONFIG CKPT 8
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2

@@ -47,8 +47,9 @@ def _embed_parser() -> argparse.ArgumentParser:
                    'float32, float16, bfloat16')
     p.add_argument('--store-dtype', default='float16',
                    choices=('float16', 'float32'))
-    p.add_argument('--shard', default=None, help='i/N: embed the i-th of N '
-                   'parts (merge them with `embed.py merge`)')
+    p.add_argument('--shard', default=None, help='i/N: embed shard i of N, '
+                   'the keys whose SHA-1 is i mod N (docs/distributed.md); '
+                   'merge the parts with `embed.py merge`')
     p.add_argument('--pooling', default=None,
                    help='HF encoders: mean, cls, max, last, ... (default: the '
                    "model's sentence-transformers config, else mean)")
@@ -79,17 +80,13 @@ def _embed_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_device() -> str:
-    import torch
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
-
-
 def run_embed(argv: List[str]) -> int:
     args = _embed_parser().parse_args(argv)
+    from gpt4image_mm.devices import resolve_device
     from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
 
     encoder = build_text_encoder(
-        args.encoder, device=args.device or _default_device(),
+        args.encoder, device=resolve_device(args.device),
         dtype=args.dtype, pooling=args.pooling, max_length=args.max_length,
         api_base=args.api_base, api_key_env=args.api_key_env,
         dimensions=args.dimensions, request_size=args.batch_size,

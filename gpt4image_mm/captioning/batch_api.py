@@ -25,14 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import DescriptionWriter, record_source
+from ..descriptions import DescriptionWriter, KeyStates, record_source
 from ..files import atomic_write_json
 from .base import Answer, CaptionError, FatalError, Request
 from .images import ImageError
 from .openai_api import chat_body, error_message, make_client, parse_completion
 from .pricing import CostMeter
 from .runner import (
-    OutputState,
     Progress,
     Summary,
     build_request,
@@ -237,7 +236,7 @@ class BatchBackend:
 
     # -- collect --------------------------------------------------------
     async def _collect(self, chunk: Dict[str, Any], batch: Any,
-                       writer: DescriptionWriter, state: OutputState,
+                       writer: DescriptionWriter, state: KeyStates,
                        meter: CostMeter, summary: Summary,
                        bar: Any) -> None:
         keys = _read_keys(chunk['keys'])
@@ -293,7 +292,7 @@ class BatchBackend:
         writer.sync()
 
     def _record(self, key: str, prompt_id: str, res: Any,
-                writer: DescriptionWriter, state: OutputState,
+                writer: DescriptionWriter, state: KeyStates,
                 meter: CostMeter, summary: Summary, bar: Any) -> None:
         req = Request(key, prompt_id, '')
         if isinstance(res, Answer):
@@ -338,7 +337,7 @@ class BatchBackend:
         t0 = time.monotonic()
         meter = meter or CostMeter(self.model, batch=True)
         st = BatchState(state_path(out))
-        state = OutputState.load(out)
+        state = KeyStates.load(out)
         todo_arr, planned = todo_indices(plan, state, shard)
         summary = Summary(out=out, planned=planned,
                           already_done=planned - len(todo_arr))

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..cli_errors import run_tool
 from ..openai_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from ..sharding import parse_shard
 from .base import FatalError, Scrubber
 from .merge import merge
 from .pricing import CostMeter, load_prices
@@ -27,7 +28,6 @@ from .prompts import TEXT_SYSTEM, class_text_prompts, image_prompts
 from .runner import caption_async, estimate
 from .sources import (
     Plan,
-    parse_shard,
     plan_from_dataset,
     plan_from_images,
     plan_per_class,
@@ -270,7 +270,8 @@ def _run_parser() -> argparse.ArgumentParser:
                                                          'high'),
                     help='image detail level sent to the API')
     run = ap.add_argument_group('run control')
-    run.add_argument('--shard', help='i/N: this machine takes part i of N')
+    run.add_argument('--shard', help='i/N: this machine takes shard i of N, '
+                     'the keys whose SHA-1 is i mod N (docs/distributed.md)')
     run.add_argument('--limit', type=int, help='at most N requests this run')
     run.add_argument('--max-cost', type=float, help='stop scheduling before '
                      'the estimated spend exceeds this many USD')

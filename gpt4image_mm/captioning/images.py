@@ -15,9 +15,6 @@ from typing import Any, Iterator, Tuple, Union
 
 from PIL import Image
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
-                    '.tiff', '.ppm', '.pgm')
-
 
 class ImageError(ValueError):
     """An image could not be read; the message names the file."""

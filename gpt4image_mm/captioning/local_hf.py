@@ -17,25 +17,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..devices import resolve_device, resolve_dtype
 from .base import Answer, Backend, CaptionError, FatalError, Request, check_answer
-
-_DTYPES = ('auto', 'float32', 'float16', 'bfloat16')
-
-
-def _device(device: str) -> str:
-    import torch
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    return device
-
-
-def _dtype(dtype: str, device: str) -> Any:
-    import torch
-    if dtype not in _DTYPES:
-        raise ValueError(f'--dtype {dtype!r}: one of {_DTYPES}')
-    if dtype == 'auto':
-        return torch.bfloat16 if device.startswith('cuda') else torch.float32
-    return getattr(torch, dtype)
 
 
 def split_gguf(path: str) -> Tuple[str, Optional[str]]:
@@ -100,8 +83,8 @@ class _LocalBase(Backend):
         # paths of this machine
         self.model = (os.path.basename(os.path.normpath(model))
                       if os.path.exists(model) else model)
-        self.device = _device(device)
-        self.torch_dtype = _dtype(dtype, self.device)
+        self.device = resolve_device(device)
+        self.torch_dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.temperature = temperature

@@ -8,16 +8,17 @@ latest failure, so the merged file still says what is left to redo.
 from __future__ import annotations
 
 import os
-from typing import Dict, Sequence, Set
+from typing import Dict, Sequence
 
 from ..descriptions import (
     DescriptionWriter,
+    KeyStates,
     is_descriptions_file,
     iter_records,
     read_source,
     source_path,
 )
-from ..files import atomic_write_json, check_replaceable
+from ..files import atomic_path, atomic_write_json, check_replaceable
 
 
 def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
@@ -34,34 +35,22 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
     if os.path.exists(out) and not overwrite:
         raise ValueError(f'merge: {out} exists (pass --overwrite)')
     check_replaceable(out, is_descriptions_file, 'a descriptions file')
-    tmp = out + '.merging'
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    done: Set[str] = set()
-    failures: Dict[str, dict] = {}
+    states = KeyStates()
     dupes = 0
-    with DescriptionWriter(tmp, fsync_every=4096) as w:
+    with atomic_path(out) as tmp, \
+            DescriptionWriter(tmp, fsync_every=4096) as w:
         for p in parts:
             for _, rec in iter_records(p):
-                key = rec['key']
-                if 'error' in rec:
-                    if key not in done:
-                        failures[key] = rec
-                    continue
-                if key in done:
+                if states.add(rec):
+                    w.write(rec)
+                elif 'error' not in rec:
                     dupes += 1
-                    continue
-                w.write(rec)
-                done.add(key)
-                failures.pop(key, None)
-        for key, rec in failures.items():
-            if key not in done:
-                w.write(rec)
-    os.replace(tmp, out)
+        for rec in states.failed.values():
+            w.write(rec)
     sources = [read_source(p) for p in parts]
     if sources[0] and all(s == sources[0] for s in sources):
         atomic_write_json(source_path(out), sources[0], indent=1)
     elif os.path.exists(source_path(out)):  # parts of unknown/mixed origin
         os.remove(source_path(out))
-    return {'successes': len(done), 'failures': len(failures),
+    return {'successes': len(states.done), 'failures': len(states.failed),
             'duplicates_dropped': dupes}

@@ -24,12 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import DescriptionWriter, iter_records, record_source
+from ..descriptions import DescriptionWriter, KeyStates, record_source
 from ..files import OutputLock, lock_path
+from ..sharding import in_shard
 from .base import Answer, Backend, CaptionError, FatalError, Request, Scrubber, now_iso
 from .images import ImageError, downscale, open_rgb, prepare_image
 from .pricing import CostMeter, image_tokens, request_text_tokens
-from .sources import Item, Plan, shard_of
+from .sources import Item, Plan
 
 
 @dataclass
@@ -85,37 +86,6 @@ class Summary:
         if self.fatal:
             lines.append(f'  FATAL: {self.fatal}')
         return '\n'.join(lines)
-
-
-class OutputState:
-    """What an output file already holds: succeeded keys, failed keys."""
-
-    def __init__(self) -> None:
-        self.done: Set[str] = set()
-        self.failed: Dict[str, str] = {}
-
-    @classmethod
-    def load(cls, path: str) -> OutputState:
-        st = cls()
-        import os
-        if os.path.exists(path):
-            for _, rec in iter_records(path):
-                key = rec['key']
-                if 'error' in rec:
-                    if key not in st.done:
-                        st.failed[key] = rec['error']
-                else:
-                    st.done.add(key)
-                    st.failed.pop(key, None)
-        return st
-
-    def succeed(self, key: str) -> None:
-        self.done.add(key)
-        self.failed.pop(key, None)
-
-    def fail(self, key: str, error: str) -> None:
-        if key not in self.done:
-            self.failed[key] = error
 
 
 class TokenBucket:
@@ -200,15 +170,14 @@ def build_request(item: Item, image_format: str, max_side: int,
     return req
 
 
-def todo_indices(plan: Plan, state: OutputState,
+def todo_indices(plan: Plan, state: KeyStates,
                  shard: Tuple[int, int]) -> Tuple[array, int]:
     """Indices of this shard's keys not yet done, and the shard's size."""
-    i, n = shard
     todo, planned = array('q'), 0
     seen: Set[str] = set()
     for j in range(len(plan)):
         key = plan.keys[j]
-        if n > 1 and shard_of(key, n) != i:
+        if not in_shard(key, shard):
             continue
         planned += 1
         if key in state.done or key in seen:
@@ -353,7 +322,7 @@ async def _caption_locked(plan: Plan, backend: Backend, out: str, *,
     t0 = time.monotonic()
     scrub = scrub or Scrubber()
     meter = meter or CostMeter(backend.model)
-    state = OutputState.load(out)
+    state = KeyStates.load(out)
     todo, planned = todo_indices(plan, state, shard)
     summary = Summary(out=out, planned=planned,
                       already_done=planned - len(todo))
@@ -511,7 +480,7 @@ async def _caption_locked(plan: Plan, backend: Backend, out: str, *,
     return finish_summary(summary, planned, state, shard, meter, t0)
 
 
-def finish_summary(summary: Summary, planned: int, state: OutputState,
+def finish_summary(summary: Summary, planned: int, state: KeyStates,
                    shard: Tuple[int, int], meter: CostMeter,
                    t0: float) -> Summary:
     """Fill in the end-of-run totals (shared by every backend's run)."""
@@ -525,9 +494,8 @@ def finish_summary(summary: Summary, planned: int, state: OutputState,
     return summary
 
 
-def _failed_in_shard(state: OutputState, shard: Tuple[int, int]) -> int:
-    i, n = shard
-    return sum(1 for k in state.failed if n == 1 or shard_of(k, n) == i)
+def _failed_in_shard(state: KeyStates, shard: Tuple[int, int]) -> int:
+    return sum(1 for k in state.failed if in_shard(k, shard))
 
 
 def caption_plan(plan: Plan, backend: Backend, out: str,
@@ -551,7 +519,7 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
     Image sizes are read from the headers of up to ``sample`` images spread
     over the plan and extrapolated.
     """
-    state = OutputState.load(out) if out else OutputState()
+    state = KeyStates.load(out) if out else KeyStates()
     todo, planned = todo_indices(plan, state, shard)
     if limit is not None:
         todo = todo[:max(0, limit)]
@@ -588,11 +556,7 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
     }
 
 
-def scrubbed_error(e: BaseException, scrub: Scrubber) -> str:
-    return scrub(f'{type(e).__name__}: {e}')
-
-
-__all__ = ['Summary', 'OutputState', 'Progress', 'format_rate',
+__all__ = ['Summary', 'Progress', 'format_rate',
            'TokenBucket', 'caption_async',
            'caption_plan', 'estimate', 'success_record', 'failure_record',
            'build_request', 'CaptionError']

@@ -6,11 +6,11 @@ time, so memory does not grow with the images' size or count.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
+from ..image_files import list_images
 from ..keys import (
     class_key,
     class_names,
@@ -19,7 +19,6 @@ from ..keys import (
     description_key,
     file_key,
 )
-from .images import IMAGE_EXTENSIONS
 from .prompts import Prompt, pick
 
 
@@ -35,13 +34,10 @@ class Plan:
     """``len(keys)`` work items; ``item(j)`` builds the j-th on demand."""
 
     def __init__(self, keys: Sequence[str], item_fn: Callable[[int], Item],
-                 text_only: bool = False, sample_source: Optional[
-                     Callable[[int], Any]] = None,
-                 source: Optional[dict] = None):
+                 text_only: bool = False, source: Optional[dict] = None):
         self.keys = keys
         self._item_fn = item_fn
         self.text_only = text_only
-        self.sample_source = sample_source
         self.source = source  # what the keys are relative to (provenance)
 
     def __len__(self) -> int:
@@ -49,25 +45,6 @@ class Plan:
 
     def item(self, j: int) -> Item:
         return self._item_fn(j)
-
-
-def shard_of(key: str, num_shards: int) -> int:
-    """Stable shard of a key: the same on every machine, run and order."""
-    digest = hashlib.sha1(key.encode('utf-8')).digest()
-    return int.from_bytes(digest[:8], 'big') % num_shards
-
-
-def parse_shard(spec: Optional[str]) -> tuple:
-    """``'i/N'`` -> ``(i, N)`` with ``0 <= i < N``."""
-    if not spec:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split('/'))
-    except ValueError:
-        raise ValueError(f'--shard {spec!r}: expected i/N, e.g. 0/4') from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f'--shard {spec!r}: need 0 <= i < N')
-    return i, n
 
 
 class _Multi:
@@ -86,7 +63,7 @@ class _Multi:
         return description_key(self.base[j // self.k], j % self.k)
 
 
-def _check_per_image(prompts: Sequence[Prompt], per_image: int) -> None:
+def _check_per_image(per_image: int) -> None:
     if per_image < 1:
         raise ValueError('--per-image must be >= 1')
 
@@ -94,7 +71,7 @@ def _check_per_image(prompts: Sequence[Prompt], per_image: int) -> None:
 def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
                       per_image: int = 1) -> Plan:
     """Items of an mmpretrain dataset with :func:`dataset_keys` keys."""
-    _check_per_image(prompts, per_image)
+    _check_per_image(per_image)
     base = dataset_keys(dataset)
     names = None
     if any(p.needs_class for p in prompts):
@@ -116,52 +93,14 @@ def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
             cls = names[int(label)]
         return Item(keys[j], prompt, cls, source(i))
 
-    return Plan(keys, item, sample_source=lambda j: source(j // per_image),
-                source=dataset_source(dataset))
-
-
-def list_images(root: str) -> List[str]:
-    """Every image file below ``root``, sorted (a stable order).
-
-    Links are followed, but a directory is walked once (a link loop such as
-    ``cls/up -> ..`` would list every image again and again) and nothing
-    outside ``root`` is listed (a link out of the tree is skipped).
-    """
-    if not os.path.isdir(root):
-        raise ValueError(f'--images {root!r} is not a directory')
-    real_root = os.path.realpath(root)
-    seen = {real_root}
-    out = []
-    for d, subdirs, files in os.walk(root, followlinks=True):
-        subdirs[:] = sorted(s for s in subdirs
-                            if _first_visit(os.path.join(d, s), real_root,
-                                            seen))
-        out.extend(os.path.join(d, f) for f in sorted(files)
-                   if f.lower().endswith(IMAGE_EXTENSIONS)
-                   and _inside(os.path.realpath(os.path.join(d, f)),
-                               real_root))
-    return out
-
-
-def _inside(real: str, real_root: str) -> bool:
-    return real == real_root or real.startswith(real_root.rstrip(os.sep)
-                                                + os.sep)
-
-
-def _first_visit(path: str, real_root: str, seen: set) -> bool:
-    """Whether to descend into ``path``: inside the root, not yet walked."""
-    real = os.path.realpath(path)
-    if real in seen or not _inside(real, real_root):
-        return False
-    seen.add(real)
-    return True
+    return Plan(keys, item, source=dataset_source(dataset))
 
 
 def plan_from_images(root: str, prompts: Sequence[Prompt],
                      per_image: int = 1) -> Plan:
     """Items of every image below ``root``; key = path relative to root; the
     class name (for class prompts) = the image's top-level folder."""
-    _check_per_image(prompts, per_image)
+    _check_per_image(per_image)
     paths = list_images(root)
     base = [file_key(p, root) for p in paths]
     keys = _Multi(base, per_image)
@@ -178,8 +117,7 @@ def plan_from_images(root: str, prompts: Sequence[Prompt],
             cls = parts[0]
         return Item(keys[j], pick(prompts, k), cls, paths[i])
 
-    return Plan(keys, item, sample_source=lambda j: paths[j // per_image],
-                source={'root': os.path.realpath(root), 'split': None})
+    return Plan(keys, item, source={'root': os.path.realpath(root), 'split': None})
 
 
 def plan_per_class(names: Sequence[str], per_class: int,

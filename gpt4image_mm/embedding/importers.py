@@ -30,17 +30,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..descriptions import DescriptionWriter, is_descriptions_file
-from ..files import check_replaceable
+from ..files import atomic_path, check_replaceable
+from ..image_files import image_folder_keys
 from ..keys import check_key, class_key, description_key
 
 # description2embedding.py:48 default --model RN50 (CLIP), as open_clip names
 # it; its text tower is 1024-d. ViT-L/14 (the other choice there) is 768-d.
 OFFICIAL_ENCODER = 'open_clip:RN50/openai'
-
-# torchvision.datasets.folder.IMG_EXTENSIONS
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
-                  '.tiff', '.webp')
-
 
 class ImportSourceError(ValueError):
     """An import source that does not fit its target (says how)."""
@@ -68,20 +64,6 @@ def imagefolder_order(keys: Sequence[str]) -> List[int]:
     return sorted(range(len(keys)), key=lambda i: imagefolder_sort_key(keys[i]))
 
 
-def image_folder_keys(root: str) -> List[str]:
-    """Keys of an ImageFolder tree, exactly as torchvision enumerates it."""
-    keys = []
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    for cls in classes:
-        cdir = os.path.join(root, cls)
-        for dirpath, _, fnames in sorted(os.walk(cdir, followlinks=True)):
-            for fname in sorted(fnames):
-                if fname.lower().endswith(IMG_EXTENSIONS):
-                    rel = os.path.relpath(os.path.join(dirpath, fname), root)
-                    keys.append(rel.replace(os.sep, '/'))
-    return keys
-
-
 def write_records(records: Iterable[dict], out: str,
                   force: bool = False) -> int:
     """Write description records to ``out`` atomically; returns the count."""
@@ -89,18 +71,12 @@ def write_records(records: Iterable[dict], out: str,
         raise ImportSourceError(f'{out} exists; pass force (--force) to replace')
     check_replaceable(out, is_descriptions_file, 'a descriptions file',
                       ImportSourceError)
-    tmp = f'{out}.tmp-{os.getpid()}'
     n = 0
-    try:
-        with DescriptionWriter(tmp, fsync_every=1 << 30) as w:
-            for rec in records:
-                w.write(rec)
-                n += 1
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(out) as tmp, \
+            DescriptionWriter(tmp, fsync_every=1 << 30) as w:
+        for rec in records:
+            w.write(rec)
+            n += 1
     return n
 
 

@@ -1,0 +1,77 @@
+"""Image files on disk: the one extension list and the folder walks.
+
+Two walks, one list: :func:`list_images` (``caption.py --images``) lists a
+tree in sorted path order and survives link loops; :func:`image_folder_keys`
+reproduces torchvision ``ImageFolder``'s order exactly, because the official
+GPT4Image embeddings are rows in that order. They differ in ORDER only: both
+take the files :data:`IMAGE_EXTENSIONS` names, so a file is captioned iff it
+gets an imported row.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+# torchvision.datasets.folder.IMG_EXTENSIONS (torchvision 0.29.1, the pinned one;
+# tests/test_image_files.py checks it), what ImageFolder and so the official
+# GPT4Image pipeline load. No ``.gif``: ImageFolder skips it, so a captioned
+# GIF would have no training sample (and would shift the official embedding
+# rows if imported).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
+                    '.tiff', '.webp')
+
+
+def is_image_file(name: str) -> bool:
+    """Whether ``name`` has one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(root: str) -> List[str]:
+    """Every image file below ``root``, sorted (a stable order).
+
+    Links are followed, but a directory is walked once (a link loop such as
+    ``cls/up -> ..`` would list every image again and again) and nothing
+    outside ``root`` is listed (a link out of the tree is skipped).
+    """
+    if not os.path.isdir(root):
+        raise ValueError(f'--images {root!r} is not a directory')
+    real_root = os.path.realpath(root)
+    seen = {real_root}
+    out = []
+    for d, subdirs, files in os.walk(root, followlinks=True):
+        subdirs[:] = sorted(s for s in subdirs
+                            if _first_visit(os.path.join(d, s), real_root,
+                                            seen))
+        out.extend(os.path.join(d, f) for f in sorted(files)
+                   if is_image_file(f)
+                   and _inside(os.path.realpath(os.path.join(d, f)),
+                               real_root))
+    return out
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep)
+                                                + os.sep)
+
+
+def _first_visit(path: str, real_root: str, seen: set) -> bool:
+    """Whether to descend into ``path``: inside the root, not yet walked."""
+    real = os.path.realpath(path)
+    if real in seen or not _inside(real, real_root):
+        return False
+    seen.add(real)
+    return True
+
+
+def image_folder_keys(root: str) -> List[str]:
+    """Keys of an ImageFolder tree, exactly as torchvision enumerates it."""
+    keys = []
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    for cls in classes:
+        cdir = os.path.join(root, cls)
+        for dirpath, _, fnames in sorted(os.walk(cdir, followlinks=True)):
+            for fname in sorted(fnames):
+                if is_image_file(fname):
+                    rel = os.path.relpath(os.path.join(dirpath, fname), root)
+                    keys.append(rel.replace(os.sep, '/'))
+    return keys
