@@ -156,6 +156,17 @@ def _check_replaceable(out: str, force: bool) -> None:
     check_replaceable(out, is_store, 'an embedding store', ImportSourceError)
 
 
+def _check_count(path: str, n: int, what: str, n_keys: int, where: str,
+                 unit: str, flag: str) -> None:
+    """The official files cover the ImageNet-1k train split in ImageFolder
+    order; another count would pair every row with the wrong image."""
+    if n != n_keys:
+        raise ImportSourceError(
+            f'{path} holds {n} {what} but {where} {n_keys} {unit}; the '
+            'official files cover the ImageNet-1k train split (1,281,167 '
+            f'images) in ImageFolder order -- point {flag} at that split')
+
+
 def import_gpt4image_embeddings(path: str, images_root: str, out: str,
                                 encoder_name: str = OFFICIAL_ENCODER,
                                 store_dtype: str = 'float16',
@@ -172,12 +183,8 @@ def import_gpt4image_embeddings(path: str, images_root: str, out: str,
     _check_replaceable(out, force)
     keys = image_folder_keys(images_root)
     emb = load_gpt4image_embeddings(path)
-    if len(emb) != len(keys):
-        raise ImportSourceError(
-            f'{path} holds {len(emb)} embeddings but {images_root} has '
-            f'{len(keys)} images; the official file covers the ImageNet-1k '
-            'train split (1,281,167 images) in ImageFolder order -- point '
-            '--images at that split')
+    _check_count(path, len(emb), 'embeddings', len(keys),
+                 f'{images_root} has', 'images', '--images')
     rows = _unit_rows(emb, keys, path)
     write_store(out, keys, rows, encoder=encoder_name, dtype=store_dtype,
                 normalized=True, overwrite=force,
@@ -198,12 +205,8 @@ def import_gpt4image(path: str, keys: Sequence[str], out: str,
     every text with the wrong image.
     """
     texts = load_gpt4image_release(path)
-    if len(texts) != len(keys):
-        raise ImportSourceError(
-            f'{path} holds {len(texts)} descriptions but the dataset has '
-            f'{len(keys)} samples; the release covers the full ImageNet-1k '
-            'train split (1,281,167 images) in ImageFolder order -- point '
-            'the config/--images at that split')
+    _check_count(path, len(texts), 'descriptions', len(keys),
+                 'the dataset has', 'samples', 'the config/--images')
     if order == 'imagefolder':
         idx = imagefolder_order(keys)
     elif order == 'dataset':
