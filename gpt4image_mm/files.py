@@ -37,6 +37,22 @@ def atomic_write_json(path: str, obj: Any, indent: Optional[int] = None
         raise
 
 
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Replace ``path`` by ``data``: temp file, fsync, rename (reports,
+    figures, caches)."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 class LockHeld(ToolError):
     """Another live process holds an output's lock (holder named): exit 2."""
 
