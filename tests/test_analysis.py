@@ -205,3 +205,24 @@ def test_class_name_matching():
     assert is_refusal("I'm sorry, I cannot see the image.")
     assert is_refusal('The photo is dark. Unfortunately, I cannot tell.')
     assert not is_refusal('A sorry-looking dog in the rain.')
+
+
+def test_lsh_near_duplicates_match_all_pairs():
+    """Above --near-dup-exact-max the LSH search finds the same pairs."""
+    import numpy as np
+
+    from gpt4image_mm.analysis.embeddings import near_duplicates
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((6000, 32)).astype(np.float32)
+    twins = rng.choice(6000, (40, 2), replace=False)
+    for a, b in twins:  # cosine ~0.995 with its twin
+        emb[b] = emb[a] + 0.1 * rng.standard_normal(32) * np.linalg.norm(
+            emb[a]) / np.sqrt(32)
+    emb = emb.astype(np.float16)
+    exact = near_duplicates(emb)
+    lsh = near_duplicates(emb, exact_max=0)
+    assert exact['near_duplicate_method'] == 'all pairs'
+    assert lsh['near_duplicate_method'].startswith('LSH')
+    assert exact['near_duplicate_pairs'] == 40
+    assert lsh['near_duplicate_pairs'] == 40
+    assert lsh['near_duplicate_records'] == 80

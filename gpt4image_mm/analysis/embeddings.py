@@ -21,6 +21,7 @@ EXACT_NEAR_DUP_MAX = 20_000  # rows up to which all pairs are compared
 # p <= 0.65^12 < 0.6 %; closer pairs are missed even less often.
 LSH_BITS, LSH_TABLES = 16, 12
 _ROWS = 8192  # rows per chunk read from the store
+_WINDOW = 32  # LSH buckets up to this size + 1 are compared by offset
 
 
 def unit_chunks(emb: np.ndarray, rows: int = _ROWS
@@ -49,8 +50,8 @@ def _pairs_within(rows: np.ndarray, emb: np.ndarray, threshold: float
     return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
 
 
-def _lsh_buckets(emb: np.ndarray, seed: int = 0) -> Iterator[np.ndarray]:
-    """Row groups sharing a signature in some LSH table (size >= 2)."""
+def _signatures(emb: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``N x LSH_TABLES`` random-hyperplane signatures (one int per table)."""
     gen = torch.Generator().manual_seed(seed)
     planes = torch.randn(emb.shape[1], LSH_BITS * LSH_TABLES, generator=gen)
     weights = 2 ** torch.arange(LSH_BITS, dtype=torch.int64)
@@ -58,13 +59,41 @@ def _lsh_buckets(emb: np.ndarray, seed: int = 0) -> Iterator[np.ndarray]:
     for start, x in unit_chunks(emb):
         bits = (x @ planes > 0).view(len(x), LSH_TABLES, LSH_BITS).long()
         sigs[start:start + len(x)] = (bits * weights).sum(-1).numpy()
+    return sigs
+
+
+def _lsh_pairs(emb: np.ndarray, threshold: float) -> List[np.ndarray]:
+    """Candidate pairs from LSH buckets, verified exactly.
+
+    Rows are sorted by signature per table; a bucket of up to
+    ``_WINDOW + 1`` rows has all its pairs within ``_WINDOW`` positions, so
+    those are compared vectorised by offset; larger buckets pair all rows.
+    """
+    sigs, found = _signatures(emb), []
+    n = len(emb)
     for t in range(LSH_TABLES):
         order = np.argsort(sigs[:, t], kind='stable')
         sig = sigs[order, t]
-        cuts = np.flatnonzero(np.diff(sig)) + 1
-        for group in np.split(order, cuts):
-            if len(group) > 1:
-                yield group
+        starts = np.r_[0, np.flatnonzero(np.diff(sig)) + 1]
+        sizes = np.diff(np.r_[starts, n])
+        big = np.repeat(sizes > _WINDOW + 1, sizes)
+        for s, z in zip(starts[sizes > _WINDOW + 1], sizes[sizes > _WINDOW + 1]):
+            found.append(_pairs_within(order[s:s + z], emb, threshold))
+        for a in range(0, n, _ROWS * 8):
+            b, e = min(n, a + _ROWS * 8), min(n, a + _ROWS * 8 + _WINDOW)
+            rows = order[a:e]
+            x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(
+                emb[rows], dtype=np.float32)), dim=1)
+            pos = np.arange(b - a)
+            for d in range(1, _WINDOW + 1):
+                i = pos[pos + d < e - a]
+                i = i[(sig[a + i] == sig[a + i + d]) & ~big[a + i]]
+                if not len(i):
+                    break  # no bucket spans this offset here, nor a larger
+                cos = (x[i] * x[i + d]).sum(1).numpy()
+                i = i[cos > threshold]
+                found.append(np.sort(np.stack([rows[i], rows[i + d]], 1), 1))
+    return found
 
 
 def near_duplicates(emb: np.ndarray, text_hash: Optional[np.ndarray] = None,
@@ -81,7 +110,7 @@ def near_duplicates(emb: np.ndarray, text_hash: Optional[np.ndarray] = None,
     if exact:
         pairs = _pairs_within(np.arange(len(emb)), emb, threshold)
     else:
-        found = [_pairs_within(g, emb, threshold) for g in _lsh_buckets(emb)]
+        found = _lsh_pairs(emb, threshold)
         pairs = np.unique(np.concatenate(found), axis=0) if found else \
             np.zeros((0, 2), np.int64)
     if text_hash is not None and len(pairs):

@@ -34,7 +34,10 @@ REFUSAL_PATTERNS = (
     r"i(?:'m| am) not able to")
 _REFUSAL = re.compile(r'(?:^|[.!?]\s+)(?:' + '|'.join(REFUSAL_PATTERNS) + ')',
                       re.IGNORECASE)
-_WORD = re.compile(r'\w+')
+# A refusal contains one of these; texts without any skip the regex (most).
+_REFUSAL_CUES = ('sorry', 'apologi', 'unable', 'cannot', "can't", 'can not',
+                 'as an ai', "don't", 'do not', 'unfortunately', 'not able',
+                 'no image')
 _CHUNK = 2048  # texts per tokenizer call: large enough to amortise its cost
 
 
@@ -46,6 +49,9 @@ def stable_hash(text: str) -> int:
 
 def is_refusal(text: str) -> bool:
     """Whether the model declined instead of describing."""
+    low = text.lower()
+    if not any(cue in low for cue in _REFUSAL_CUES):
+        return False
     return _REFUSAL.search(text.strip()) is not None
 
 
@@ -188,7 +194,7 @@ def scan_records(path: str, label_of: LabelOf,
                 _example(stats, name, key)
         cols['key_hash'].append(stable_hash(key))
         cols['text_hash'].append(stable_hash(text))
-        cols['words'].append(len(_WORD.findall(text)))
+        cols['words'].append(len(text.split()))
         cols['label'].append(label)
         cols['flags'].append(flags)
         pending.append(text)
