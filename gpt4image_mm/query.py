@@ -16,6 +16,7 @@ Follows mmpretrain's inferencer conventions (``ImageClassificationInferencer``:
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -220,6 +221,27 @@ class TextQueryInferencer(BaseInferencer):
                         'pred_score': float(row[label]),
                         'pred_class': names[label]})
         return out
+
+    @torch.no_grad()
+    def split_features(self, split: str = 'test', batch_size: int = 64
+                       ) -> Tuple[torch.Tensor, List[int], List[str]]:
+        """Unit vectors, labels and class names of a split of the config's
+        own dataset (array datasets too: Fashion-MNIST, CIFAR), through its
+        test pipeline."""
+        from mmengine.runner import Runner
+        loader_cfg = copy.deepcopy(self.config.get(f'{split}_dataloader'))
+        if not loader_cfg:
+            raise ToolError(f'the config has no {split}_dataloader')
+        loader_cfg.update(batch_size=batch_size, num_workers=0,
+                          persistent_workers=False)
+        loader = Runner.build_dataloader(loader_cfg)
+        feats: List[torch.Tensor] = []
+        labels: List[int] = []
+        for data in loader:
+            feats.extend(self.forward(data))
+            labels.extend(int(s.gt_label[0]) for s in data['data_samples'])
+        names = list(loader.dataset.metainfo.get('classes') or [])
+        return torch.stack(feats), labels, names
 
     # ------------------------------------------------------------ folders
     def _cache_file(self, folder: str) -> str:

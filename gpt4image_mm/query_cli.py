@@ -24,8 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         'of images through the alignment neck of a GPT4Image checkpoint')
     p.add_argument('config', help='the GPT4Image training config')
     p.add_argument('checkpoint', help='a checkpoint that holds align_neck')
-    p.add_argument('--images', required=True,
-                   help='image folder (searched recursively)')
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument('--images', help='image folder (searched '
+                       'recursively; features cached)')
+    where.add_argument('--split', choices=('train', 'val', 'test'),
+                       help="--classify*: the config's own dataset split "
+                       '(array datasets too); reports its top-1')
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument('--classify', nargs='+', metavar='TEXT',
                       help='one text per class: a name or a description')
@@ -97,14 +101,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     inferencer = TextQueryInferencer(cfg, args.checkpoint, args.device,
                                      text_encoder=args.encoder,
                                      cache_dir=args.cache_dir)
-    paths, feats, counts = inferencer.folder_features(args.images,
-                                                      args.batch_size)
-    print(f'image features: {counts["cached"]} cached, '
-          f'{counts["embedded"]} embedded')
-    if args.search:
-        result = search_report(inferencer, args, contact_sheet)
+    if args.split:
+        if args.search:
+            raise ToolError('--search ranks an image folder: pass --images')
+        result = split_report(inferencer, texts, args)
     else:
-        result = classify_report(inferencer, texts, paths, feats)
+        paths, feats, counts = inferencer.folder_features(args.images,
+                                                          args.batch_size)
+        print(f'image features: {counts["cached"]} cached, '
+              f'{counts["embedded"]} embedded')
+        result = search_report(inferencer, args, contact_sheet) \
+            if args.search else classify_report(inferencer, texts, paths,
+                                                feats)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         atomic_write_json(os.path.join(args.out, 'results.json'), result,
@@ -137,3 +145,22 @@ def classify_report(inferencer, texts, paths, feats) -> dict:
     return {'classes': list(texts), 'top1': acc, 'predictions': [
         {'path': p, 'pred_class': r['pred_class'],
          'pred_score': r['pred_score']} for p, r in zip(paths, preds)]}
+
+
+def split_report(inferencer, texts: Dict[str, List[str]],
+                 args: argparse.Namespace) -> dict:
+    """Top-1 of classifying a dataset split by the class texts."""
+    feats, labels, names = inferencer.split_features(args.split,
+                                                     args.batch_size)
+    missing = [n for n in names if n not in texts]
+    if missing:
+        raise ToolError(f'no text for {len(missing)} of the {len(names)} '
+                        f'classes of the {args.split} split, e.g. '
+                        f'{missing[0]!r}')
+    preds = inferencer.classify_embeddings(feats, texts)
+    top1 = sum(r['pred_class'] == names[y] for r, y in zip(preds, labels)) \
+        / len(labels)
+    print(f'{args.split} top-1 by text through the neck: {100 * top1:.2f} % '
+          f'of {len(labels)} images ({len(texts)} classes)')
+    return {'classes': list(texts), 'split': args.split, 'images': len(labels),
+            'top1': top1}

@@ -81,6 +81,14 @@ def test_classify_by_class_texts(trained):
     assert res['classes'] == ['cat', 'dog', 'ship']
     assert res['top1'] is not None and res['top1'] > 0.5, proc.stdout
     assert 'top-1 by text through the neck' in proc.stdout
+    # the config's own val split (the same 24 images through its loader)
+    proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',
+                    trained / 'work' / 'epoch_6.pth', '--split', 'val',
+                    '--classify-file', cls, '--out', trained / 'split',
+                    '--device', 'cpu', cwd=trained)
+    split = json.loads((trained / 'split' / 'results.json').read_text())
+    assert split['images'] == 24
+    assert split['top1'] == pytest.approx(res['top1']), proc.stdout
 
 
 def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
