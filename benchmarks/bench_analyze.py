@@ -9,7 +9,7 @@ records (~100 words each, one name of ``--classes`` classes per text; every
 ``--store-dim`` > 0, a store of that width (random unit vectors around a
 per-class direction, so class signal exists). Then analyses them in a fresh
 process (``--per-class``, no tokenizer: ``--encoder none``) and prints its
-peak RSS, wall time and a few of the figures.
+peak RSS, wall and CPU time and a few of the figures.
 """
 from __future__ import annotations
 
@@ -93,13 +93,15 @@ def main() -> None:
     start = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     seconds = time.time() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss / 1024  # KiB on Linux
     with open(os.path.join(a.dir, 'report', 'metrics.json')) as f:
         m = json.load(f)['descriptions']
     print(json.dumps({
         'records': a.n, 'classes': a.classes, 'store_dim': a.store_dim,
         'file_mb': round(os.path.getsize(desc) / 2**20),
         'peak_rss_mb': round(peak), 'seconds': round(seconds),
+        'cpu_seconds': round(usage.ru_utime + usage.ru_stime),
         **{k: m.get(k) for k in (
             'refusals', 'exact_duplicates', 'near_duplicate_pairs',
             'names_own_class_share', 'loo_centroid_accuracy')}}))

@@ -3,7 +3,7 @@
 Why compact arrays: an ImageNet file has 1.28 M records; per-record Python
 objects (a dict of keys, a list of texts) would take gigabytes. Each record
 leaves a few fixed-size numbers here (key and text hashes, word and token
-counts, class flags: ~40 bytes), so memory stays in the tens of MB and every
+counts, class flags: ~30 bytes), so memory stays in the tens of MB and every
 figure (percentiles, duplicates, latest record per key) is still exact.
 
 The record rules are those of :mod:`gpt4image_mm.descriptions`: records come
