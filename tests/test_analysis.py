@@ -226,3 +226,15 @@ def test_lsh_near_duplicates_match_all_pairs():
     assert exact['near_duplicate_pairs'] == 40
     assert lsh['near_duplicate_pairs'] == 40
     assert lsh['near_duplicate_records'] == 80
+
+
+def test_no_near_dups_skips_the_search(planted):
+    out = planted / 'skip'
+    assert analyze_main([str(planted / 'dirty.jsonl'), '--per-class',
+                         '--store', str(planted / 'dirty'), '--out', str(out),
+                         '--no-progress', '--no-figures', '--encoder', 'none',
+                         '--no-near-dups']) == 0
+    m = json.loads((out / 'metrics.json').read_text())['descriptions']
+    assert m['near_duplicate_method'] == 'skipped'
+    assert 'near_duplicate_pairs' not in m and 'tokens_median' not in m
+    assert m['exact_duplicates'] == 2  # the text figures are unchanged

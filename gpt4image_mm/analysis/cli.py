@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--near-dup-exact-max', type=int,
                    default=EXACT_NEAR_DUP_MAX,
                    help='compare all pairs up to this many rows; LSH above')
+    p.add_argument('--no-near-dups', action='store_true',
+                   help='skip the near-duplicate search (LSH over a large, '
+                   'strongly clustered store is slow: docs/analysis.md)')
     p.add_argument('--no-figures', action='store_true')
     p.add_argument('--no-progress', action='store_true')
     return p
@@ -129,12 +132,14 @@ def analyse(path: str, store: Optional[str], names: List[str],
     m['_words'] = stats.words
     if store:
         m.update(store_metrics(store, stats, names, label_of,
-                               args.near_dup_exact_max))
+                               args.near_dup_exact_max,
+                               not args.no_near_dups))
     return m
 
 
 def store_metrics(store: str, stats: Any, names: List[str],
-                  label_of: LabelOf, exact_max: int) -> Dict[str, Any]:
+                  label_of: LabelOf, exact_max: int,
+                  near_dups: bool = True) -> Dict[str, Any]:
     """Near-duplicates and class signal of the store's vectors."""
     from ..datasets.store import EmbeddingStore
     st = EmbeddingStore(store)
@@ -153,7 +158,8 @@ def store_metrics(store: str, stats: Any, names: List[str],
                              0x9E3779B97F4A7C15))
     labels = np.fromiter((label_of(k) for k in keys), np.int32, len(keys))
     del keys
-    m = near_duplicates(st.embeddings, text_hash, exact_max=exact_max)
+    m = near_duplicates(st.embeddings, text_hash, exact_max=exact_max) \
+        if near_dups else {'near_duplicate_method': 'skipped'}
     if names and (labels >= 0).any():
         m.update(class_signal(st.embeddings, labels, names))
     m['store_rows'] = st.count

@@ -22,6 +22,7 @@ EXACT_NEAR_DUP_MAX = 20_000  # rows up to which all pairs are compared
 LSH_BITS, LSH_TABLES = 16, 12
 _ROWS = 8192  # rows per chunk read from the store
 _WINDOW = 32  # LSH buckets up to this size + 1 are compared by offset
+_SIM_CELLS = 1 << 22  # similarity entries at once (16 MB of float32)
 
 
 def unit_chunks(emb: np.ndarray, rows: int = _ROWS
@@ -40,8 +41,9 @@ def _pairs_within(rows: np.ndarray, emb: np.ndarray, threshold: float
     x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(
         emb[rows], dtype=np.float32)), dim=1)
     found = []
-    for a in range(0, len(rows), 2048):
-        sim = x[a:a + 2048] @ x.T
+    block = max(1, min(2048, _SIM_CELLS // max(len(rows), 1)))
+    for a in range(0, len(rows), block):
+        sim = x[a:a + block] @ x.T
         ii, jj = torch.nonzero(sim > threshold, as_tuple=True)
         ii = ii + a
         keep = ii < jj
