@@ -429,11 +429,20 @@ def step_analysis(s: DemoSettings, descriptions: str, store: str
     """The descriptions' quality (``tools/analyze_descriptions.py``)."""
     out = osp.join(s.work_dir, 'analysis')
     banner('analysis', f'tools/analyze_descriptions.py -> {out}/report.md')
+    marker = Marker(osp.join(s.work_dir, 'steps', 'analysis.json'), dict(
+        descriptions=_file_digest(descriptions),
+        store=_file_digest(osp.join(store, 'manifest.json'))))
+    cached = marker.load()
+    if cached is not None:
+        print('cached')
+        return cached
     _run([sys.executable, 'tools/analyze_descriptions.py', descriptions,
           '--per-class', '--store', store, '--out', out, '--no-progress'],
          log=osp.join(s.work_dir, 'analysis.log'))
     with open(osp.join(out, 'metrics.json'), encoding='utf-8') as f:
-        return json.load(f)['descriptions']
+        metrics = json.load(f)['descriptions']
+    marker.save(metrics)
+    return metrics
 
 
 def _analysis_lines(m: Optional[Dict[str, Any]]) -> List[str]:
