@@ -8,6 +8,7 @@ exact, without the N x N similarity matrix.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -98,6 +99,19 @@ def _lsh_pairs(emb: np.ndarray, threshold: float) -> List[np.ndarray]:
     return found
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run many small torch ops on one thread: with intra-op threads they
+    were measured 30x slower on a loaded 2-core machine (threads spinning
+    for each tiny op), and they gain nothing from threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def near_duplicates(emb: np.ndarray, text_hash: Optional[np.ndarray] = None,
                     threshold: float = NEAR_DUP_COSINE,
                     exact_max: int = EXACT_NEAR_DUP_MAX) -> Dict[str, Any]:
@@ -112,7 +126,8 @@ def near_duplicates(emb: np.ndarray, text_hash: Optional[np.ndarray] = None,
     if exact:
         pairs = _pairs_within(np.arange(len(emb)), emb, threshold)
     else:
-        found = _lsh_pairs(emb, threshold)
+        with _one_thread():
+            found = _lsh_pairs(emb, threshold)
         pairs = np.unique(np.concatenate(found), axis=0) if found else \
             np.zeros((0, 2), np.int64)
     if text_hash is not None and len(pairs):
