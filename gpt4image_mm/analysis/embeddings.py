@@ -85,15 +85,15 @@ def _lsh_pairs(emb: np.ndarray, threshold: float) -> List[np.ndarray]:
         for a in range(0, n, _ROWS * 8):
             b, e = min(n, a + _ROWS * 8), min(n, a + _ROWS * 8 + _WINDOW)
             rows = order[a:e]
-            x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(
-                emb[rows], dtype=np.float32)), dim=1)
+            x = np.asarray(emb[rows], dtype=np.float32)
+            x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
             pos = np.arange(b - a)
             for d in range(1, _WINDOW + 1):
                 i = pos[pos + d < e - a]
                 i = i[(sig[a + i] == sig[a + i + d]) & ~big[a + i]]
                 if not len(i):
                     break  # no bucket spans this offset here, nor a larger
-                cos = (x[i] * x[i + d]).sum(1).numpy()
+                cos = np.einsum('ij,ij->i', x[i], x[i + d])
                 i = i[cos > threshold]
                 found.append(np.sort(np.stack([rows[i], rows[i + d]], 1), 1))
     return found
