@@ -204,3 +204,4 @@ def test(argv: Optional[List[str]] = None) -> dict:
         with open(args.out, 'w', encoding='utf-8') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
     return metrics
+from .query import TextQueryInferencer  # noqa: E402,F401  (text queries, issue 11)

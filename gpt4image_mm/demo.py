@@ -360,7 +360,8 @@ def _monitor(jobs: List[Job], stop: threading.Event) -> None:
             bar.close()
 
 
-def step_train(s: DemoSettings, store: str) -> List[Dict[str, Any]]:
+def step_train(s: DemoSettings, store: str,
+               descriptions: Optional[str] = None) -> List[Dict[str, Any]]:
     jobs = make_jobs(s, store)
     cpus = os.cpu_count() or 1
     workers = s.jobs or max(1, min(cpus, len(ARMS)))
@@ -381,11 +382,78 @@ def step_train(s: DemoSettings, store: str) -> List[Dict[str, Any]]:
     finally:
         stop.set()
         mon.join()
+    if descriptions:
+        for job, r in zip(jobs, results):
+            if job.arm == 'gpt4image':
+                r['text_top1'] = text_top1(job, r['checkpoint'], descriptions,
+                                           threads)
     for r in results:
         note = ' (cached)' if r['cached'] else ''
         print(f'{ARM_TITLES[r["arm"]]:9s} seed {r["seed"]}: test top-1 '
               f'{r["top1"]:.2f}, trained in {r["train_seconds"]:.0f} s{note}')
     return results
+
+
+def text_top1(job: Job, ckpt: str, descriptions: str, threads: int) -> float:
+    """Test top-1 of classifying by the class descriptions through the
+    alignment neck, no classifier head (``tools/query.py --split test``)."""
+    marker = Marker(osp.join(job.work_dir, 'text_top1.json'), dict(
+        checkpoint=ckpt, size=osp.getsize(ckpt), options=job.options,
+        descriptions=_file_digest(descriptions)))
+    cached = marker.load()
+    if cached is not None:
+        return cached['top1']
+    out = osp.join(job.work_dir, 'text_query')
+    env = {'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+    _run([sys.executable, 'tools/query.py', job.config, ckpt, '--split',
+          'test', '--classify-file', descriptions, '--out', out, '--device',
+          'cpu', '--cfg-options', *job.options],
+         log=osp.join(job.work_dir, 'query.log'), env=env)
+    with open(osp.join(out, 'results.json'), encoding='utf-8') as f:
+        top1 = 100 * float(json.load(f)['top1'])
+    marker.save(dict(top1=top1))
+    return top1
+
+
+def step_analysis(s: DemoSettings, descriptions: str, store: str
+                  ) -> Dict[str, Any]:
+    """The descriptions' quality (``tools/analyze_descriptions.py``)."""
+    out = osp.join(s.work_dir, 'analysis')
+    banner('analysis', f'tools/analyze_descriptions.py -> {out}/report.md')
+    marker = Marker(osp.join(s.work_dir, 'steps', 'analysis.json'), dict(
+        descriptions=_file_digest(descriptions),
+        store=_file_digest(osp.join(store, 'manifest.json'))))
+    cached = marker.load()
+    if cached is not None:
+        print('cached')
+        return cached
+    _run([sys.executable, 'tools/analyze_descriptions.py', descriptions,
+          '--per-class', '--store', store, '--out', out, '--no-progress'],
+         log=osp.join(s.work_dir, 'analysis.log'))
+    with open(osp.join(out, 'metrics.json'), encoding='utf-8') as f:
+        metrics = json.load(f)['descriptions']
+    marker.save(metrics)
+    return metrics
+
+
+def _analysis_lines(m: Optional[Dict[str, Any]]) -> List[str]:
+    if not m:
+        return []
+
+    def pct(key: str) -> str:
+        return f'{100 * m[key]:.0f} %' if m.get(key) is not None else 'n/a'
+    return [
+        'The descriptions, measured before training '
+        '(`tools/analyze_descriptions.py`, full report in '
+        '[analysis/report.md](analysis/report.md)): '
+        f'{m["descriptions"]} descriptions, {m["failures"]} failures, '
+        f'{m["refusals"]} refusals, {m["exact_duplicates"]} exact duplicates and '
+        f'{m.get("near_duplicate_pairs", 0)} near-duplicate pairs; median '
+        f'{m.get("words_median", 0):.0f} words, '
+        f'{pct("clip77_truncated_share")} would be cut at CLIP\'s 77 '
+        f'tokens; {pct("names_own_class_share")} name their own class, '
+        f'{pct("names_other_class_share")} another; leave-one-out '
+        f'nearest-centroid accuracy {pct("loo_centroid_accuracy")}.', '']
 
 
 # ------------------------------------------------------------------ report
@@ -543,7 +611,8 @@ def _settings_lines(s: DemoSettings, results: List[Dict[str, Any]],
 
 
 def write_report(s: DemoSettings, results: List[Dict[str, Any]],
-                 descriptions: str) -> str:
+                 descriptions: str,
+                 analysis: Optional[Dict[str, Any]] = None) -> str:
     banner('5/5 report', f'{s.work_dir}/report.md and curves.png')
     by_arm = {a: sorted((r for r in results if r['arm'] == a),
                         key=lambda r: r['seed']) for a in ARMS}
@@ -564,6 +633,7 @@ def write_report(s: DemoSettings, results: List[Dict[str, Any]],
         '| --- | ---: | ---: | ---: |',
         f'| test top-1 (%), {seeds} | {_pm(top1["baseline"])} | '
         f'{_pm(top1["gpt4image"])} | {_pm(diffs, "{:+.2f}")} |',
+        *_text_top1_row(by_arm['gpt4image']),
         '| training time (s, wall, incl. validation) | '
         f'{_pm(secs["baseline"], "{:.0f}")} | '
         f'{_pm(secs["gpt4image"], "{:.0f}")} | {_pm(dsecs, "{:+.0f}")} |',
@@ -582,6 +652,7 @@ def write_report(s: DemoSettings, results: List[Dict[str, Any]],
           f'{g["top1"] - b["top1"]:+.2f} |'
           for b, g in zip(by_arm['baseline'], by_arm['gpt4image'])],
         '', '![validation top-1 per epoch](curves.png)', '',
+        *_analysis_lines(analysis),
         'A description per class, as the LLM wrote it:', '',
         *_sample_descriptions(descriptions), '',
     ]
@@ -589,6 +660,16 @@ def write_report(s: DemoSettings, results: List[Dict[str, Any]],
     path = osp.join(s.work_dir, 'report.md')
     atomic_write_text(path, text)
     return text
+
+
+def _text_top1_row(runs: List[Dict[str, Any]]) -> List[str]:
+    """Next to the classifier's top-1: classifying by the class
+    descriptions through the neck (docs/query.md)."""
+    if not runs or any(r.get('text_top1') is None for r in runs):
+        return []
+    return ['| test top-1 (%) of classifying by the class descriptions '
+            'through the neck, no classifier head | – | '
+            f'{_pm([r["text_top1"] for r in runs])} | |']
 
 
 def _sample_descriptions(path: str, chars: int = 160) -> List[str]:
@@ -618,8 +699,9 @@ def run_demo(s: DemoSettings) -> str:
     step_data(s)
     descriptions = step_descriptions(s)
     store = step_embeddings(s, descriptions)
-    results = step_train(s, osp.abspath(store))
-    report = write_report(s, results, descriptions)
+    analysis = step_analysis(s, descriptions, store)
+    results = step_train(s, osp.abspath(store), descriptions)
+    report = write_report(s, results, descriptions, analysis)
     print('\n' + report)
     print(f'demo finished in {time.time() - start:.0f} s: '
           f'{s.work_dir}/report.md, {s.work_dir}/curves.png', flush=True)

@@ -49,6 +49,11 @@ def test_demo_quick(tmp_path):
                   if ln.startswith('| parameters at inference'))
     assert params.rstrip(' |').endswith('+0')
     assert report.strip() in res.stdout  # printed to the terminal too
+    # issue 11: the descriptions' analysis and classifying by the class
+    # descriptions through the neck, next to the classifier's top-1
+    assert osp.isfile(osp.join(work, 'analysis', 'report.md'))
+    assert 'leave-one-out nearest-centroid accuracy' in report
+    assert 'by the class descriptions through the neck' in report
 
     again = _demo(work, data_root)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

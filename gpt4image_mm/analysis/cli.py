@@ -1,0 +1,221 @@
+"""``analyze_descriptions``: how good are the descriptions, before training?
+
+    python tools/analyze_descriptions.py D.jsonl --store S --config CFG \\
+        --out report/
+    python tools/analyze_descriptions.py class.jsonl --per-class --store S \\
+        --compare other.jsonl --compare-store S2 --out report/
+
+Writes ``report.md`` (also printed), ``metrics.json`` and PNG figures into
+``--out``. See docs/analysis.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..cli_errors import ToolError
+from ..files import atomic_write_bytes, atomic_write_json
+from .embeddings import EXACT_NEAR_DUP_MAX, class_signal, near_duplicates
+from .metrics import text_metrics
+from .records import (
+    ClassNames,
+    LabelOf,
+    class_label_of,
+    scan_records,
+    stable_hash,
+)
+from .report import render, write_figures
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(
+        prog='analyze_descriptions',
+        description='measure a descriptions JSONL (and its embedding store) '
+        'before training: failures, refusals, duplicates, lengths and '
+        'truncation, class naming, class signal in the embeddings')
+    p.add_argument('descriptions', help='descriptions JSONL')
+    p.add_argument('--store', help='its embedding store (tools/embed.py)')
+    p.add_argument('--out', required=True, help='directory for report.md, '
+                   'metrics.json and the figures')
+    p.add_argument('--config', help='dataset config: class names and the '
+                   'label of each per-image key')
+    p.add_argument('--split', default='train', choices=('train', 'val',
+                                                         'test'))
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config entries (as tools/train.py)')
+    p.add_argument('--per-class', action='store_true',
+                   help='no config: take the class names from the '
+                   'class:<name> keys of the file(s)')
+    p.add_argument('--encoder', help='text encoder whose tokens are counted '
+                   "(default: the store's encoder when it is a local "
+                   'directory; none: no token figures)')
+    p.add_argument('--compare', metavar='OTHER.jsonl',
+                   help='a second description set, side by side')
+    p.add_argument('--compare-store', metavar='S', help='its store')
+    p.add_argument('--near-dup-exact-max', type=int,
+                   default=EXACT_NEAR_DUP_MAX,
+                   help='compare all pairs up to this many rows; LSH above')
+    p.add_argument('--no-near-dups', action='store_true',
+                   help='skip the near-duplicate search (LSH over a large, '
+                   'strongly clustered store is slow: docs/analysis.md)')
+    p.add_argument('--no-figures', action='store_true')
+    p.add_argument('--no-progress', action='store_true')
+    return p
+
+
+def _config_labels(args: argparse.Namespace
+                   ) -> Tuple[List[str], Optional[LabelOf]]:
+    """Class names and a per-image key -> label lookup from a config; the
+    lookup holds sorted key hashes and labels (12 bytes a sample)."""
+    from ..datasets import build_split_dataset
+    from ..keys import class_names, dataset_keys
+    ds = build_split_dataset(args.config, args.split, args.cfg_options)
+    names = list(class_names(ds))
+    keys = dataset_keys(ds)
+    hashes = np.fromiter((stable_hash(k) for k in keys), np.uint64, len(keys))
+    labels = np.asarray(ds.get_gt_labels(), np.int32)
+    order = np.argsort(hashes)
+    hashes, labels = hashes[order], labels[order]
+
+    def per_image(key: str) -> int:
+        h = np.uint64(stable_hash(key))
+        i = int(np.searchsorted(hashes, h))
+        return int(labels[i]) if i < len(hashes) and hashes[i] == h else -1
+    return names, per_image
+
+
+def _names_from_keys(paths: Sequence[str]) -> List[str]:
+    from ..descriptions import iter_records
+    from ..keys import CLASS_PREFIX, base_key
+    names: Dict[str, None] = {}
+    for path in paths:
+        for _, rec in iter_records(path):
+            base = base_key(rec['key'])
+            if base.startswith(CLASS_PREFIX):
+                names.setdefault(base[len(CLASS_PREFIX):])
+    if not names:
+        raise ToolError(f'{paths[0]}: --per-class, but no key is class:<name>'
+                        '; pass --config for per-image descriptions')
+    return sorted(names)
+
+
+def _tokenizer(args: argparse.Namespace, store: Optional[str]
+               ) -> Tuple[Any, Optional[int]]:
+    spec = args.encoder
+    if spec is None and store:
+        from ..datasets.store import read_manifest
+        enc = read_manifest(store)['encoder']
+        spec = enc if os.path.isdir(str(enc)) else None
+    if not spec or spec == 'none':
+        return None, None
+    from ..embedding import build_text_encoder
+    encoder = build_text_encoder(spec, device='cpu')
+    tok = getattr(encoder, 'tokenizer', None)
+    if tok is None:
+        return None, None
+    return tok, encoder.max_length
+
+
+def analyse(path: str, store: Optional[str], names: List[str],
+            label_of: LabelOf, tokenizer: Any, max_length: Optional[int],
+            args: argparse.Namespace) -> Dict[str, Any]:
+    """Every figure of one description set (and its store)."""
+    stats = scan_records(path, label_of, ClassNames(names) if names else None,
+                         tokenizer, progress=not args.no_progress)
+    m = text_metrics(stats, max_length)
+    m['_path'] = path
+    m['_examples'] = stats.examples
+    m['_words'] = stats.words
+    if store:
+        m.update(store_metrics(store, stats, names, label_of,
+                               args.near_dup_exact_max,
+                               not args.no_near_dups))
+    return m
+
+
+def store_metrics(store: str, stats: Any, names: List[str],
+                  label_of: LabelOf, exact_max: int,
+                  near_dups: bool = True) -> Dict[str, Any]:
+    """Near-duplicates and class signal of the store's vectors."""
+    from ..datasets.store import EmbeddingStore
+    st = EmbeddingStore(store)
+    keys = st.keys()
+    order = np.argsort(stats.key_hash)
+    sorted_keys = stats.key_hash[order]
+    row_hash = np.fromiter((stable_hash(k) for k in keys), np.uint64,
+                           len(keys))
+    pos = np.clip(np.searchsorted(sorted_keys, row_hash), 0,
+                  max(len(sorted_keys) - 1, 0))
+    known = sorted_keys[pos] == row_hash if len(sorted_keys) else \
+        np.zeros(len(keys), bool)
+    # rows whose key is not in the file get a unique text id of their own
+    text_hash = np.where(known, stats.text_hash[order][pos],
+                         np.arange(len(keys), dtype=np.uint64) ^ np.uint64(
+                             0x9E3779B97F4A7C15))
+    labels = np.fromiter((label_of(k) for k in keys), np.int32, len(keys))
+    del keys
+    m = near_duplicates(st.embeddings, text_hash, exact_max=exact_max) \
+        if near_dups else {'near_duplicate_method': 'skipped'}
+    if names and (labels >= 0).any():
+        m.update(class_signal(st.embeddings, labels, names))
+    m['store_rows'] = st.count
+    return m
+
+
+def _class_setup(args: argparse.Namespace
+                 ) -> Tuple[List[str], LabelOf]:
+    if args.config:
+        names, per_image = _config_labels(args)
+        return names, class_label_of(names, per_image)
+    if args.per_class:
+        paths = [args.descriptions] + ([args.compare] if args.compare else [])
+        names = _names_from_keys(paths)
+        return names, class_label_of(names)
+    return [], class_label_of([])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Analyse one set (or two with ``--compare``); 0 when the report is
+    written."""
+    args = build_parser().parse_args(argv)
+    if args.compare_store and not args.compare:
+        raise ToolError('--compare-store needs --compare OTHER.jsonl')
+    for path in filter(None, (args.descriptions, args.compare)):
+        if not os.path.isfile(path):
+            raise ToolError(f'{path}: no such descriptions file')
+    names, label_of = _class_setup(args)
+    tokenizer, max_length = _tokenizer(args, args.store)
+    sets = [analyse(args.descriptions, args.store, names, label_of,
+                    tokenizer, max_length, args)]
+    titles = ['A' if args.compare else 'descriptions']
+    if args.compare:
+        sets.append(analyse(args.compare, args.compare_store, names,
+                            label_of, tokenizer, max_length, args))
+        titles.append('B')
+    write_report(sets, titles, names, args.out, not args.no_figures)
+    return 0
+
+
+def write_report(sets: List[Dict[str, Any]], titles: List[str],
+                 names: List[str], out: str, figures: bool,
+                 echo: Callable[[str], None] = print) -> str:
+    """report.md, metrics.json and figures into ``out``; returns the text."""
+    os.makedirs(out, exist_ok=True)
+    pngs: List[str] = []
+    if figures:
+        for m, t in zip(sets, titles):
+            tag = '' if len(sets) == 1 else f'_{t}'
+            pngs += write_figures(m, names, out, tag)
+    text = render(sets, titles, pngs)
+    atomic_write_bytes(os.path.join(out, 'report.md'), text.encode('utf-8'))
+    atomic_write_json(os.path.join(out, 'metrics.json'), {
+        t: {k: v for k, v in m.items() if not k.startswith('_')}
+        | {'path': m['_path'],
+           'confused_pairs': m.get('_confused_pairs', [])}
+        for m, t in zip(sets, titles)}, indent=1)
+    echo(text)
+    return text

@@ -1,0 +1,124 @@
+"""tools/query.py on a model trained for a few iterations with real MiniLM
+descriptions: text search and zero-shot classification through the neck."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, make_image_folder
+from test_train_e2e import ALIGN_CFG, BASE_CFG
+
+# make_image_folder gives each class its own colour (cat red, dog green,
+# ship blue): the planted easy case is a query naming class and colour.
+COLOUR = {'cat': 'red', 'dog': 'green', 'ship': 'blue'}
+
+
+def run_tool(*args, cwd, ok=True):
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """Image folder, MiniLM store of per-image descriptions, a checkpoint
+    trained for 24 iterations."""
+    from gpt4image_mm.embedding import minilm_dir
+    tmp = tmp_path_factory.mktemp('query')
+    root = tmp / 'imgs'
+    keys = make_image_folder(root, per_class=8)
+    desc = tmp / 'd.jsonl'
+    desc.write_text(''.join(json.dumps({
+        'key': k, 'text': f'A {COLOUR[k.split("/")[0]]} photo of a '
+        f'{k.split("/")[0]}, picture {i}.'}) + '\n' for i, k in enumerate(keys)))
+    run_tool(ROOT / 'tools' / 'embed.py', desc, '--encoder', minilm_dir(),
+             '--out', tmp / 'store', '--device', 'cpu', '--no-progress',
+             cwd=tmp)
+    (tmp / 'base.py').write_text(BASE_CFG.format(root=root))
+    (tmp / 'align.py').write_text(ALIGN_CFG.format(
+        configs=ROOT / 'configs', store=tmp / 'store').replace(
+            'out_channels=8', 'out_channels=384'))
+    run_tool(ROOT / 'tools' / 'train.py', 'align.py', '--work-dir',
+             tmp / 'work', '--cfg-options', 'train_cfg.max_epochs=6',
+             'train_cfg.val_interval=6', 'default_hooks.checkpoint.interval=6',
+             cwd=tmp)
+    return tmp
+
+
+def query(trained, *args, ok=True):
+    return run_tool(ROOT / 'tools' / 'query.py', 'align.py',
+                    trained / 'work' / 'epoch_6.pth', '--images',
+                    trained / 'imgs', '--cache-dir', trained / 'cache',
+                    '--device', 'cpu', *args, cwd=trained, ok=ok)
+
+
+def test_search_ranks_the_matching_class_first(trained):
+    out = trained / 'hits'
+    proc = query(trained, '--search', 'A red photo of a cat.', '--topk', '4',
+                 '--out', out)
+    res = json.loads((out / 'results.json').read_text())
+    assert res['hits'][0]['path'].startswith('cat/'), proc.stdout
+    assert (out / 'search.png').stat().st_size > 500
+    assert 'image features: 0 cached, 24 embedded' in proc.stdout
+    # the second query reuses every image vector
+    proc = query(trained, '--search', 'A blue photo of a ship.')
+    assert 'image features: 24 cached, 0 embedded' in proc.stdout
+    first = proc.stdout.split('\n')[1]
+    assert first.split()[-1].startswith('ship/'), proc.stdout
+
+
+def test_classify_by_class_texts(trained):
+    cls = trained / 'classes.jsonl'
+    cls.write_text(''.join(json.dumps({
+        'key': f'class:{c}#{k}', 'text': t}) + '\n'
+        for c in COLOUR for k, t in enumerate(
+            [f'A {COLOUR[c]} photo of a {c}.', f'A {c} in {COLOUR[c]}.'])))
+    proc = query(trained, '--classify-file', cls, '--out', trained / 'cls')
+    res = json.loads((trained / 'cls' / 'results.json').read_text())
+    assert res['classes'] == ['cat', 'dog', 'ship']
+    assert res['top1'] is not None and res['top1'] > 0.5, proc.stdout
+    assert 'top-1 by text through the neck' in proc.stdout
+    # the config's own val split (the same 24 images through its loader)
+    proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',
+                    trained / 'work' / 'epoch_6.pth', '--split', 'val',
+                    '--classify-file', cls, '--out', trained / 'split',
+                    '--device', 'cpu', cwd=trained)
+    split = json.loads((trained / 'split' / 'results.json').read_text())
+    assert split['images'] == 24
+    assert split['top1'] == pytest.approx(res['top1']), proc.stdout
+
+
+def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
+    from gpt4image_mm.apis import TextQueryInferencer
+    inf = TextQueryInferencer(str(trained / 'align.py'),
+                              str(trained / 'work' / 'epoch_6.pth'),
+                              device='cpu', cache_dir=str(tmp_path))
+    img = str(trained / 'imgs' / 'ship' / '0.png')
+    res = inf([img], texts={c: [f'A {COLOUR[c]} photo of a {c}.']
+                            for c in COLOUR})
+    assert set(res[0]) == {'pred_scores', 'pred_label', 'pred_score',
+                           'pred_class'}
+    vec = inf([img])[0]['embedding']
+    assert abs(float((vec ** 2).sum()) - 1) < 1e-4
+    _, feats, counts = inf.folder_features(str(trained / 'imgs'))
+    assert counts == {'cached': 0, 'embedded': 24}
+    (trained / 'imgs' / 'ship' / '0.png').touch()  # a changed file
+    _, again, counts = inf.folder_features(str(trained / 'imgs'))
+    assert counts == {'cached': 23, 'embedded': 1}
+    assert torch.allclose(feats, again, atol=1e-5)
+
+
+def test_stripped_checkpoint_is_refused(trained):
+    run_tool(ROOT / 'tools' / 'strip_align.py',
+             trained / 'work' / 'epoch_6.pth', trained / 'deploy.pth',
+             cwd=trained)
+    proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',
+                    trained / 'deploy.pth', '--images', trained / 'imgs',
+                    '--search', 'a cat', cwd=trained, ok=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith('error: ') and 'deploy.pth' in line
+    assert 'align_neck' in line

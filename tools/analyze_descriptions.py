@@ -1,0 +1,20 @@
+#!/usr/bin/env python
+"""Measure a descriptions JSONL (and its store) before training.
+
+    python tools/analyze_descriptions.py D.jsonl --store S --config CFG \
+        --out report/
+    python tools/analyze_descriptions.py A.jsonl --per-class --store SA \
+        --compare B.jsonl --compare-store SB --out report/
+
+Writes report.md (printed too), metrics.json and PNG figures into --out.
+See docs/analysis.md.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if __name__ == '__main__':
+    from gpt4image_mm.analysis import main
+    from gpt4image_mm.cli_errors import run_tool
+    sys.exit(run_tool(main, sys.argv[1:]))
