@@ -30,29 +30,26 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, default_collate
 from mmpretrain.apis.base import BaseInferencer
 
+from . import image_files
 from .cli_errors import ToolError
 from .files import atomic_write_bytes
 from .safe_loading import safe_torch_load
 
-# mmpretrain's image extensions (ImageNet / CustomDataset), plus webp.
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
-                  '.tiff', '.webp')
 CACHE_VERSION = 1
 
 
 def list_images(folder: str) -> List[str]:
-    """Image files under ``folder`` (recursive), as sorted relative paths."""
-    if not os.path.isdir(folder):
-        raise ToolError(f'{folder}: not a directory of images')
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        for name in files:
-            if name.lower().endswith(IMG_EXTENSIONS):
-                out.append(os.path.relpath(os.path.join(root, name), folder))
-    if not out:
-        raise ToolError(f'{folder}: no images ({", ".join(IMG_EXTENSIONS)})')
-    return sorted(p.replace(os.sep, '/') for p in out)
+    """Image files under ``folder`` (the project's one walk: links followed
+    without loops, never outside ``folder``), as sorted relative paths."""
+    try:
+        paths = image_files.list_images(folder)
+    except ValueError:
+        raise ToolError(f'{folder}: not a directory of images') from None
+    if not paths:
+        raise ToolError(f'{folder}: no images '
+                        f'({", ".join(image_files.IMAGE_EXTENSIONS)})')
+    return sorted(os.path.relpath(p, folder).replace(os.sep, '/')
+                  for p in paths)
 
 
 def file_identity(path: str) -> Dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, make_image_folder
-from test_train_e2e import ALIGN_CFG, BASE_CFG
+from helpers import ALIGN_CFG, BASE_CFG
 
 # make_image_folder gives each class its own colour (cat red, dog green,
 # ship blue): the planted easy case is a query naming class and colour.
