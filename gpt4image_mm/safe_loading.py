@@ -70,9 +70,9 @@ def safe_torch_load(f: Any, map_location: Any = None, *args: Any,
     when the caller left ``weights_only`` unset; a caller asking for
     ``weights_only=False`` gets True all the same.
     """
-    kwargs['weights_only'] = True
+    kwargs.pop('weights_only', None)
     kwargs.pop('pickle_module', None)  # weights_only has its own unpickler
-    return torch.load(f, map_location, *args[1:], **kwargs)
+    return torch.load(f, map_location, *args[1:], weights_only=True, **kwargs)
 
 
 class _SafeTorch(types.ModuleType):
