@@ -51,3 +51,20 @@ def random_store(path: Path, keys: List[str], dim: int = 8,
 def image_folder(tmp_path: Path):
     keys = make_image_folder(tmp_path / 'imgs')
     return tmp_path / 'imgs', keys
+
+
+@pytest.fixture
+def serve():
+    """Start local OpenAI-wire test servers (tests/_openai_server.py):
+    ``fake, url = serve(**behaviour)``; all are shut down after the test."""
+    from _openai_server import FakeOpenAI, start_server
+    servers = []
+
+    def _start(**kw):
+        fake = FakeOpenAI(**kw)
+        srv, url = start_server(fake)
+        servers.append(srv)
+        return fake, url
+    yield _start
+    for s in servers:
+        s.shutdown()

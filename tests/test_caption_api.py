@@ -8,7 +8,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
+from _openai_server import make_images  # noqa: E402
 
 from gpt4image_mm.captioning import caption  # noqa: E402
 from gpt4image_mm.captioning.cli import main  # noqa: E402
@@ -23,20 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def images(tmp_path):
     root = str(tmp_path / 'imgs')
     return root, make_images(root, per_class=4)
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def _start(**kw):
-        fake = FakeOpenAI(**kw)
-        srv, url = start_server(fake)
-        servers.append(srv)
-        return fake, url
-    yield _start
-    for s in servers:
-        s.shutdown()
 
 
 @pytest.fixture(autouse=True)

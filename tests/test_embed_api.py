@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _openai_server import FakeOpenAI, raw_vector, start_server  # noqa: E402
+from _openai_server import raw_vector  # noqa: E402
 
 from gpt4image_mm.datasets.store import EmbeddingStore  # noqa: E402
 from gpt4image_mm.embedding import build_text_encoder, embed_descriptions  # noqa: E402
@@ -22,20 +22,6 @@ KEY = 'sk-test-secret-1234'
 # The OpenAI key of the user: must never reach a local server or an output.
 SENTINEL = 'sk-proj-SENTINEL-do-not-leak-0123456789'
 TEXTS = [f'description number {i} ' + 'word ' * (i % 7) for i in range(10)]
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def _start(**kw):
-        fake = FakeOpenAI(**kw)
-        srv, url = start_server(fake)
-        servers.append(srv)
-        return fake, url
-    yield _start
-    for s in servers:
-        s.shutdown()
 
 
 def expected(texts, dim):
