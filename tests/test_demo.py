@@ -28,7 +28,7 @@ def test_demo_quick(tmp_path):
     pytest.importorskip('gguf')
     pytest.importorskip('matplotlib')
     pytest.importorskip('all_minilm_l6_v2')
-    from gpt4image_mm.fashion_mnist import is_prepared
+    from gpt4image_demo.fashion_mnist import is_prepared
     if is_prepared(REPO_DATA):
         data_root = REPO_DATA  # reuse the repo's prepared copy
     elif osp.isfile(osp.join(SYSTEM_DIR, 'train-images-idx3-ubyte.gz')):

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt4image_mm.fashion_mnist import SYSTEM_DIR, prepare_fashion_mnist  # noqa: E402
+from gpt4image_demo.fashion_mnist import SYSTEM_DIR, prepare_fashion_mnist  # noqa: E402
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -1,14 +1,16 @@
 # Plain baseline of the CPU demo (`make demo`, docs/demo.md): a narrow
-# ResNet-18 (CIFAR stem, 16 base channels, 0.7 M parameters) on a subset of
-# Fashion-MNIST (28 x 28 grey images). Sized for 2 CPU cores: one training
-# process per core with one thread each trains ~110-150 images/s (measured,
-# docs/demo.md), so 5k images x 6 epochs take ~4-5 min per arm.
+# ResNet-18 (CIFAR stem, 16 base channels, 0.7 M parameters, every stage
+# strided: 28 -> 14 -> 7 -> 4 -> 2) on a subset of Fashion-MNIST (28 x 28 grey
+# images). Sized for 2 CPU cores: one training process per core, one thread
+# each. The recipe converges (validation top-1 of the last 3 epochs within
+# 1.5 points) and the baseline passes 85% test top-1: tuning runs in
+# docs/demo.md.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 data_root = 'data/fashion_mnist'  # unzipped IDX files (tools/prepare_data.py)
-num_train = 5000  # the first N of the 60k training images
+num_train = 6000  # the first N of the 60k training images
 num_val = 2000  # per-epoch validation curve on the first N test images
-max_epochs = 6
+max_epochs = 20  # 6 did not converge (val top-1 swung 5-47 points)
 # Fashion-MNIST pixel mean/std (0.2860, 0.3530) x 255.
 data_preprocessor = dict(num_classes=10, mean=[72.94], std=[90.02])
 
@@ -16,7 +18,11 @@ model = dict(
     type='ImageClassifier',
     backbone=dict(
         type='ResNet_CIFAR', depth=18, in_channels=1, stem_channels=16,
-        base_channels=16),
+        base_channels=16,
+        # stride 2 in the first stage too (mmpretrain's default is 1 there):
+        # 2.7x the training speed on a CPU core (572 vs 211 img/s, our
+        # measurement) at the same parameters; 28 px images need no more.
+        strides=(2, 2, 2, 2)),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead', num_classes=10, in_channels=128,
