@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -251,9 +252,11 @@ class TextQueryInferencer(BaseInferencer):
         return os.path.join(root, f'{digest}.npz')
 
     def folder_features(self, folder: str, batch_size: int = 16
-                        ) -> Tuple[List[str], torch.Tensor, Dict[str, int]]:
-        """Relative paths, unit vectors and ``{'cached', 'embedded'}`` counts
-        of a folder's images; unchanged files come from the cache."""
+                        ) -> Tuple[List[str], torch.Tensor, Dict[str, Any]]:
+        """Relative paths, unit vectors and ``{'cached', 'embedded',
+        'skipped'}`` of a folder's images; unchanged files come from the
+        cache, unreadable ones are skipped (named on stderr, never cached,
+        so a fixed file is embedded next time)."""
         paths = list_images(folder)
         stats = [os.stat(os.path.join(folder, p)) for p in paths]
         ident = [f'{p}\0{s.st_size}\0{s.st_mtime_ns}'
@@ -261,18 +264,22 @@ class TextQueryInferencer(BaseInferencer):
         cache_file = self._cache_file(folder)
         old = _read_cache(cache_file)
         known = {k: i for i, k in enumerate(old[0])} if old else {}
-        todo = [i for i, k in enumerate(ident) if k not in known]
         feats = torch.zeros(len(paths), self.text_encoder.dim)
         for i, k in enumerate(ident):
             if k in known:
                 feats[i] = torch.from_numpy(old[1][known[k]])
-        if todo:
-            feats[todo] = self.embed_images(
-                [os.path.join(folder, paths[i]) for i in todo], batch_size)
-        if todo or len(known) != len(ident):
-            _write_cache(cache_file, ident, feats.numpy())
-        return paths, feats, {'cached': len(paths) - len(todo),
-                              'embedded': len(todo)}
+        todo = [i for i, k in enumerate(ident) if k not in known]
+        images, skipped = _decode(folder, [paths[i] for i in todo])
+        done = [i for i in todo if paths[i] not in skipped]
+        if done:
+            feats[done] = self.embed_images(images, batch_size)
+        keep = [i for i in range(len(paths)) if paths[i] not in skipped]
+        if done or len(known) != len(keep):
+            _write_cache(cache_file, [ident[i] for i in keep],
+                         feats[keep].numpy())
+        return [paths[i] for i in keep], feats[keep], {
+            'cached': len(keep) - len(done), 'embedded': len(done),
+            'skipped': skipped}
 
     def search(self, query: str, folder: str, topk: int = 8,
                batch_size: int = 16) -> List[dict]:
@@ -282,6 +289,24 @@ class TextQueryInferencer(BaseInferencer):
         scores = feats @ text
         order = torch.argsort(scores, descending=True)[:topk]
         return [{'path': paths[i], 'score': float(scores[i])} for i in order]
+
+
+def _decode(folder: str, paths: List[str]
+            ) -> Tuple[List[np.ndarray], Dict[str, str]]:
+    """BGR arrays (what mmcv's ``imread`` gives) of the readable images,
+    decoded once by the project's bomb-safe opener, and ``{path: reason}``
+    of the others."""
+    from .captioning.images import ImageError, open_rgb
+    arrays, skipped = [], {}
+    for rel in paths:
+        try:
+            img = open_rgb(os.path.join(folder, rel), rel)
+        except ImageError as e:
+            skipped[rel] = str(e)
+            print(f'skipped: {e}', file=sys.stderr, flush=True)
+            continue
+        arrays.append(np.ascontiguousarray(np.asarray(img)[:, :, ::-1]))
+    return arrays, skipped
 
 
 def _read_cache(path: str) -> Optional[Tuple[List[str], np.ndarray]]:

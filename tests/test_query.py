@@ -107,10 +107,15 @@ def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
     vec = inf([img])[0]['embedding']
     assert abs(float((vec ** 2).sum()) - 1) < 1e-4
     _, feats, counts = inf.folder_features(str(trained / 'imgs'))
-    assert counts == {'cached': 0, 'embedded': 24}
+    assert counts == {'cached': 0, 'embedded': 24, 'skipped': {}}
+    # a folder's images are decoded by the project's opener: the same
+    # vector as the inferencer's own (mmcv) loading of the path
+    paths, _, _ = inf.folder_features(str(trained / 'imgs'))
+    assert torch.allclose(feats[paths.index('ship/0.png')],
+                          torch.from_numpy(vec), atol=1e-5)
     (trained / 'imgs' / 'ship' / '0.png').touch()  # a changed file
     _, again, counts = inf.folder_features(str(trained / 'imgs'))
-    assert counts == {'cached': 23, 'embedded': 1}
+    assert counts == {'cached': 23, 'embedded': 1, 'skipped': {}}
     assert torch.allclose(feats, again, atol=1e-5)
 
 
@@ -125,3 +130,29 @@ def test_stripped_checkpoint_is_refused(trained):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith('error: ') and 'deploy.pth' in line
     assert 'align_neck' in line
+
+
+def test_unreadable_image_is_skipped_and_named(trained, tmp_path):
+    import shutil
+    folder = tmp_path / 'imgs'
+    shutil.copytree(trained / 'imgs', folder)
+    (folder / 'cat' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'x' * 40)
+    proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',
+                    trained / 'work' / 'epoch_6.pth', '--images', folder,
+                    '--search', 'A red photo of a cat.', '--topk', '30',
+                    '--cache-dir', tmp_path / 'cache', '--device', 'cpu',
+                    '--out', tmp_path / 'hits', cwd=trained)
+    assert 'skipped: cat/broken.png' in proc.stderr
+    assert 'image features: 0 cached, 24 embedded' in proc.stdout
+    hits = json.loads((tmp_path / 'hits' / 'results.json').read_text())
+    assert len(hits['hits']) == 24
+    assert 'cat/broken.png' not in {h['path'] for h in hits['hits']}
+    # never cached: still named (and retried) on the next query
+    again = query(trained, '--search', 'a cat')
+    assert 'skipped' not in again.stderr  # the trained folder has none
+    proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',
+                    trained / 'work' / 'epoch_6.pth', '--images', folder,
+                    '--search', 'a cat', '--cache-dir', tmp_path / 'cache',
+                    '--device', 'cpu', cwd=trained)
+    assert 'skipped: cat/broken.png' in proc.stderr
+    assert 'image features: 24 cached, 0 embedded' in proc.stdout

@@ -1,0 +1,86 @@
+"""The demo's statistics and control targets, checked against numbers
+worked out by hand (the report's claims rest on them)."""
+import math
+
+import numpy as np
+import pytest
+
+from gpt4image_demo import parse_arms
+from gpt4image_demo.stats import (Paired, comparisons, headline,
+                                  last_epochs_spread, mean_std)
+from gpt4image_demo.steps import (write_classname_descriptions,
+                                  write_random_store)
+
+TITLES = {'baseline': 'baseline', 'gpt4image': 'GPT4Image',
+          'classname': 'class name', 'random': 'random vectors'}
+
+
+def test_paired_interval_is_the_t_interval():
+    # diffs 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303 -> 2 ± 2.484
+    p = Paired('gpt4image', 'baseline', [1.0, 2.0, 3.0])
+    lo, hi = p.interval
+    assert math.isclose(lo, 2 - 4.303 / math.sqrt(3), rel_tol=1e-6)
+    assert math.isclose(hi, 2 + 4.303 / math.sqrt(3), rel_tol=1e-6)
+    assert p.verdict == 'no significant difference'
+    # five seeds, all near +1: t(0.975, 4) = 2.776, sd 0.0707
+    tight = Paired('gpt4image', 'baseline', [1.0, 1.1, 0.9, 1.0, 1.0])
+    assert tight.interval[0] > 0 and tight.verdict == 'better'
+    assert Paired('a', 'b', [-1.0, -1.1, -0.9]).verdict == 'worse'
+    assert Paired('a', 'b', [0.5]).interval is None
+    assert mean_std([2.0]) == (2.0, 0.0)
+
+
+def test_comparisons_pair_by_seed_and_ask_the_demo_questions():
+    top1 = {'baseline': {0: 80.0, 1: 81.0, 2: 82.0},
+            'gpt4image': {0: 81.0, 1: 82.5, 2: 83.0},
+            'classname': {0: 80.5, 1: 81.0, 2: 82.5},
+            'random': {0: 80.0, 1: 81.5}}  # seed 2 missing: paired on 0, 1
+    pairs = {(p.a, p.b): p for p in comparisons(top1)}
+    assert list(pairs) == [('gpt4image', 'baseline'),
+                           ('classname', 'baseline'),
+                           ('random', 'baseline'),
+                           ('gpt4image', 'classname'),
+                           ('gpt4image', 'random')]
+    assert pairs['gpt4image', 'baseline'].diffs == [1.0, 1.5, 1.0]
+    assert pairs['random', 'baseline'].diffs == [0.0, 0.5]
+    text = headline(list(pairs.values()), TITLES)
+    assert text.startswith('Paired over 3 seeds.')
+    # a claim only where the interval excludes zero
+    assert 'GPT4Image is better than baseline' in text
+    assert 'No difference shown at 95% for' in text
+    assert 'random vectors vs baseline' in text
+
+
+def test_last_epochs_spread():
+    assert last_epochs_spread([50, 88.0, 89.5, 89.0]) == pytest.approx(1.5)
+    assert last_epochs_spread([88.0, 89.0]) is None
+
+
+def test_parse_arms():
+    assert parse_arms('all') == ['baseline', 'gpt4image', 'classname',
+                                 'random']
+    assert parse_arms('random,baseline') == ['baseline', 'random']
+    assert parse_arms(None) == ['baseline', 'gpt4image']
+    with pytest.raises(ValueError, match='unknown arm'):
+        parse_arms('baseline,clip')
+    with pytest.raises(ValueError, match='must include baseline'):
+        parse_arms('gpt4image,random')
+
+
+def test_control_targets(tmp_path):
+    from gpt4image_mm.datasets.store import EmbeddingStore
+    from gpt4image_mm.descriptions import read_descriptions
+    names = ['T-shirt/top', 'Trouser', 'Bag']
+    recs = read_descriptions(write_classname_descriptions(
+        str(tmp_path / 'c.jsonl'), names))
+    assert {k: r['text'] for k, r in recs.items()} == {
+        'class:T-shirt/top#0': 'a photo of a T-shirt/top.',
+        'class:Trouser#0': 'a photo of a Trouser.',
+        'class:Bag#0': 'a photo of a Bag.'}
+    a = EmbeddingStore(write_random_store(str(tmp_path / 'r1'), names, 384))
+    b = EmbeddingStore(write_random_store(str(tmp_path / 'r2'), names, 384))
+    rows = np.asarray(a.embeddings, np.float32)
+    assert a.keys() == ['class:T-shirt/top', 'class:Trouser', 'class:Bag']
+    assert rows.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-3)
+    assert np.array_equal(rows, np.asarray(b.embeddings, np.float32))
