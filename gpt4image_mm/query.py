@@ -83,7 +83,11 @@ def load_aligned_model(config: Union[str, Config], checkpoint: str,
     from mmpretrain.registry import MODELS
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    model = MODELS.build(cfg.model)
+    model_cfg = copy.deepcopy(cfg.model)
+    # mmpretrain configs give the input normalisation at the top level; the
+    # Runner (and mmpretrain.apis.get_model) moves it into the model
+    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
+    model = MODELS.build(model_cfg)
     if not hasattr(model, 'align_neck'):
         raise ToolError(f'{checkpoint}: the config builds a '
                         f'{type(model).__name__}, not a TextAlignedClassifier '
@@ -156,17 +160,30 @@ class TextQueryInferencer(BaseInferencer):
         return Compose([TRANSFORMS.build(t) for t in steps])
 
     def preprocess(self, inputs: List[Any], batch_size: int = 1):
-        from mmcv.image import imread
-
         def load(input_: Any) -> dict:
-            img = imread(input_)
-            if img is None:
-                raise ToolError(f'{input_}: not a readable image')
+            img = self.load_image(input_)
             return dict(img=img, img_shape=img.shape[:2],
                         ori_shape=img.shape[:2])
         pipeline = Compose([load, self.pipeline])
         yield from map(default_collate,
                        self._get_chunk_data(map(pipeline, inputs), batch_size))
+
+    def load_image(self, source: Any) -> np.ndarray:
+        """An image path (or array, as is) as the model's data expects it:
+        ``H x W`` for a one-channel model (Fashion-MNIST), else ``H x W x 3``
+        BGR like mmcv's ``imread``; decoded by the project's bomb-safe
+        opener, an unreadable file is a :class:`ImageError` naming it."""
+        if not isinstance(source, str):
+            return source
+        from .captioning.images import open_rgb
+        img = open_rgb(source)
+        if self._channels() == 1:
+            return np.asarray(img.convert('L'))
+        return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+
+    def _channels(self) -> int:
+        mean = getattr(self.model.data_preprocessor, 'mean', None)
+        return int(mean.numel()) if mean is not None else 3
 
     @torch.no_grad()
     def forward(self, data: dict, **kwargs: Any) -> List[torch.Tensor]:
@@ -269,7 +286,7 @@ class TextQueryInferencer(BaseInferencer):
             if k in known:
                 feats[i] = torch.from_numpy(old[1][known[k]])
         todo = [i for i, k in enumerate(ident) if k not in known]
-        images, skipped = _decode(folder, [paths[i] for i in todo])
+        images, skipped = self._decode(folder, [paths[i] for i in todo])
         done = [i for i in todo if paths[i] not in skipped]
         if done:
             feats[done] = self.embed_images(images, batch_size)
@@ -281,6 +298,21 @@ class TextQueryInferencer(BaseInferencer):
             'cached': len(keep) - len(done), 'embedded': len(done),
             'skipped': skipped}
 
+    def _decode(self, folder: str, paths: List[str]
+                ) -> Tuple[List[np.ndarray], Dict[str, str]]:
+        """The readable images of ``folder`` (each decoded once) and
+        ``{path: reason}`` of the others, each named on stderr."""
+        from .captioning.images import ImageError
+        arrays, skipped = [], {}
+        for rel in paths:
+            try:
+                arrays.append(self.load_image(os.path.join(folder, rel)))
+            except ImageError as e:
+                skipped[rel] = str(e).replace(folder.rstrip('/') + '/', '')
+                print(f'skipped: {skipped[rel]}', file=sys.stderr,
+                      flush=True)
+        return arrays, skipped
+
     def search(self, query: str, folder: str, topk: int = 8,
                batch_size: int = 16) -> List[dict]:
         """The ``topk`` images of ``folder`` closest to ``query``."""
@@ -289,24 +321,6 @@ class TextQueryInferencer(BaseInferencer):
         scores = feats @ text
         order = torch.argsort(scores, descending=True)[:topk]
         return [{'path': paths[i], 'score': float(scores[i])} for i in order]
-
-
-def _decode(folder: str, paths: List[str]
-            ) -> Tuple[List[np.ndarray], Dict[str, str]]:
-    """BGR arrays (what mmcv's ``imread`` gives) of the readable images,
-    decoded once by the project's bomb-safe opener, and ``{path: reason}``
-    of the others."""
-    from .captioning.images import ImageError, open_rgb
-    arrays, skipped = [], {}
-    for rel in paths:
-        try:
-            img = open_rgb(os.path.join(folder, rel), rel)
-        except ImageError as e:
-            skipped[rel] = str(e)
-            print(f'skipped: {e}', file=sys.stderr, flush=True)
-            continue
-        arrays.append(np.ascontiguousarray(np.asarray(img)[:, :, ::-1]))
-    return arrays, skipped
 
 
 def _read_cache(path: str) -> Optional[Tuple[List[str], np.ndarray]]:

@@ -99,6 +99,9 @@ def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
     inf = TextQueryInferencer(str(trained / 'align.py'),
                               str(trained / 'work' / 'epoch_6.pth'),
                               device='cpu', cache_dir=str(tmp_path))
+    # the config's top-level input normalisation reaches the model, as in
+    # the Runner (it was silently dropped: features of unnormalised pixels)
+    assert inf.model.data_preprocessor.mean.flatten().tolist() == [128.] * 3
     img = str(trained / 'imgs' / 'ship' / '0.png')
     res = inf([img], texts={c: [f'A {COLOUR[c]} photo of a {c}.']
                             for c in COLOUR})
