@@ -27,7 +27,6 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..descriptions import DescriptionWriter, KeyStates, record_source
 from ..files import atomic_write_json
-from ..openai_client import check_served_model
 from ..registry import CAPTION_BACKENDS
 from .base import (
     Answer,
@@ -42,6 +41,7 @@ from .images import ImageError
 from .openai_api import (
     add_endpoint_arguments,
     chat_body,
+    endpoint_kwargs,
     error_message,
     make_client,
     parse_completion,
@@ -164,16 +164,11 @@ class BatchBackend(CaptionBackend):
     def from_options(cls, options: CaptionOptions,
                      plan: Plan) -> BatchBackend:
         a = options.backend_args
-        check_served_model(a.base_url, a.api_key_env, options.model,
-                           a.timeout)
-        return cls(options.model, a.base_url, api_key_env=a.api_key_env,
-                   max_tokens=options.max_tokens,
-                   temperature=options.temperature, detail=options.detail,
-                   system=options.system, poll_interval=a.poll_interval,
+        return cls(options.model, **endpoint_kwargs(options),
+                   poll_interval=a.poll_interval,
                    max_requests=a.batch_max_requests,
                    max_bytes=a.batch_max_bytes,
-                   max_active=a.batch_max_active, wait=a.wait,
-                   max_retries=a.max_retries)
+                   max_active=a.batch_max_active, wait=a.wait)
 
     def __init__(self, model: str, base_url: Optional[str] = None, *,
                  api_key_env: Optional[str] = None, max_tokens: int = 300,

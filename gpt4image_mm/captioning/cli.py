@@ -84,6 +84,10 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
 def backend_names() -> List[str]:
     """The registered backends (the built-in ones imported first)."""
     CAPTION_BACKENDS.import_from_location()
+    for name, obj in CAPTION_BACKENDS.module_dict.items():
+        if not (isinstance(obj, type) and issubclass(obj, CaptionBackend)):
+            raise ToolError(f'caption backend {name!r} is registered as '
+                            f'{obj!r}, not a CaptionBackend subclass')
     return sorted(CAPTION_BACKENDS.module_dict)
 
 

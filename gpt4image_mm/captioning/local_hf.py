@@ -86,6 +86,16 @@ class RowClock:
         return [end if t is None else t for t in self.finished]
 
 
+def _left_padded(tok: Any) -> Any:
+    """Batched generation continues the end of each row: pad on the left,
+    with EOS where the tokenizer has no pad token."""
+    if tok is not None:
+        tok.padding_side = 'left'
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    return tok
+
+
 def _stop_ids(tokenizer: Any, net: Any) -> List[Optional[int]]:
     eos = getattr(net.generation_config, 'eos_token_id', None)
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
@@ -148,6 +158,8 @@ class TransformersBackend(Backend):
         self.system = system
         # small LLMs loop under greedy decoding ("classic, classic, ...")
         self.repetition_penalty = repetition_penalty
+        import torch
+        torch.manual_seed(seed)  # --temperature sampling is reproducible
 
     def _gen_kwargs(self, pad_id: Optional[int],
                     clock: RowClock) -> Dict[str, Any]:
@@ -212,17 +224,11 @@ class TransformersVLM(TransformersBackend):
 
     def __init__(self, model: str, **kwargs: Any):
         super().__init__(model, **kwargs)
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        torch.manual_seed(self.seed)
         self.processor = AutoProcessor.from_pretrained(model, **_no_hub(model))
-        tok = getattr(self.processor, 'tokenizer', None)
-        if tok is not None:
-            tok.padding_side = 'left'  # batched generation continues the end
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-        self.tokenizer = tok
+        self.tokenizer = _left_padded(getattr(self.processor, 'tokenizer',
+                                              None))
         self.net = AutoModelForImageTextToText.from_pretrained(
             model, dtype=self.torch_dtype, **_no_hub(model)).to(self.device)
         self.net.eval()
@@ -255,18 +261,14 @@ class TransformersLLM(TransformersBackend):
 
     def __init__(self, model: str, **kwargs: Any):
         super().__init__(model, **kwargs)
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch.manual_seed(self.seed)
         path, gguf = split_gguf(model)
         extra = dict(_no_hub(path))
         if gguf:
             extra['gguf_file'] = gguf
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        self.tokenizer.padding_side = 'left'
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = _left_padded(AutoTokenizer.from_pretrained(
+            path, **extra))
         # GGUF files are dequantised by transformers' own loader (it needs
         # the `gguf` and `accelerate` packages: the [gguf] extra).
         self.net = AutoModelForCausalLM.from_pretrained(

@@ -134,6 +134,18 @@ def error_message(e: Exception) -> str:
     return f'{type(e).__name__}: {e}'
 
 
+def endpoint_kwargs(options: CaptionOptions) -> Dict[str, Any]:
+    """What both OpenAI backends are built from, once the server is known
+    to serve ``--model`` (checked first: a wrong name fails every
+    request)."""
+    a = options.backend_args
+    check_served_model(a.base_url, a.api_key_env, options.model, a.timeout)
+    return dict(base_url=a.base_url, api_key_env=a.api_key_env,
+                max_retries=a.max_retries, max_tokens=options.max_tokens,
+                temperature=options.temperature, detail=options.detail,
+                system=options.system)
+
+
 @CAPTION_BACKENDS.register_module('openai')
 class OpenAIBackend(Backend):
     """Async chat completions, one image per request, ``concurrency`` in
@@ -151,15 +163,9 @@ class OpenAIBackend(Backend):
     @classmethod
     def from_options(cls, options: CaptionOptions,
                      plan: Plan) -> OpenAIBackend:
-        """Checks first that the server serves ``--model``."""
         a = options.backend_args
-        check_served_model(a.base_url, a.api_key_env, options.model,
-                           a.timeout)
-        return cls(options.model, a.base_url, api_key_env=a.api_key_env,
-                   concurrency=a.concurrency, max_tokens=options.max_tokens,
-                   temperature=options.temperature, timeout=a.timeout,
-                   max_retries=a.max_retries, detail=options.detail,
-                   system=options.system)
+        return cls(options.model, **endpoint_kwargs(options),
+                   concurrency=a.concurrency, timeout=a.timeout)
 
     def __init__(self, model: str, base_url: Optional[str] = None, *,
                  api_key_env: Optional[str] = None, concurrency: int = 16,
