@@ -280,82 +280,20 @@ class BatchBackend(CaptionBackend):
         return chunk, est
 
     # -- collect --------------------------------------------------------
-    async def _collect(self, chunk: Dict[str, Any], batch: Any,
-                       writer: DescriptionWriter, state: KeyStates,
-                       meter: CostMeter, summary: Summary,
-                       bar: Any) -> None:
-        keys = _read_keys(chunk['keys'])
-        seen: Set[int] = set()
-        foreign: List[str] = []
-        for fid in (batch.output_file_id, batch.error_file_id):
-            if not fid:
-                continue
-            content = await self._api(self.client.files.content(fid))
-            for line in content.text.splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    idx = line_index(rec['custom_id'], chunk['name'],
-                                     len(keys))
-                except (KeyError, ValueError, TypeError) as e:
-                    foreign.append(str(e))
-                    continue
-                if idx in seen:
-                    foreign.append(f'custom_id {rec["custom_id"]!r} twice')
-                    continue
-                key, pid = keys[idx]
-                seen.add(idx)
-                resp = rec.get('response') or {}
-                body = resp.get('body') or {}
-                res: Any
-                if rec.get('error') or resp.get('status_code') != 200:
-                    err = rec.get('error') or body.get('error') or body
-                    msg = err.get('message') if isinstance(err, dict) else err
-                    res = CaptionError(self.scrub(
-                        f'HTTP {resp.get("status_code")}: {msg}'))
-                else:
-                    try:
-                        res = parse_completion(body, self.model)
-                    except CaptionError as e:
-                        res = e
-                self._record(key, pid, res, writer, state, meter, summary,
-                             bar)
-        why = (f'; {len(foreign)} result line(s) not of this chunk were '
-               f'ignored (first: {foreign[0]})' if foreign else '')
-        if foreign:
-            print(f'batch {batch.id}: {len(foreign)} result line(s) not of '
-                  f'chunk {chunk["name"]} ignored (first: {foreign[0]})',
-                  file=sys.stderr)
-        for idx, (key, pid) in enumerate(keys):
-            if idx not in seen:
-                self._record(key, pid, CaptionError(
-                    f'batch {batch.id} {batch.status}: no result for this '
-                    f'request{why}'), writer, state, meter, summary, bar)
-        chunk['status'] = 'collected'
-        chunk['batch_status'] = batch.status
-        writer.sync()
-
-    def _record(self, key: str, prompt_id: str, res: Any,
-                writer: DescriptionWriter, state: KeyStates,
-                meter: CostMeter, summary: Summary, bar: Any) -> None:
-        req = Request(key, prompt_id, '')
-        if isinstance(res, Answer):
-            meter.add(res.usage)
-            if key in state.done:  # never a 2nd success
-                return
-            # no per-request latency: the Batch API answers a whole file
-            writer.write(success_record(req, res, self.name, None))
-            state.succeed(key)
-            summary.succeeded += 1
-            summary.truncated += res.truncated
-        else:
-            writer.write(failure_record(key, str(res), self.model,
-                                        prompt_id, self.name))
-            state.fail(key, str(res))
-            summary.failed += 1
-        bar.update(isinstance(res, Answer),
-                   isinstance(res, Answer) and res.truncated)
+    def result_of(self, rec: Dict[str, Any]) -> Any:
+        """The :class:`Answer` (or :class:`CaptionError`) of one result
+        line."""
+        resp = rec.get('response') or {}
+        body = resp.get('body') or {}
+        if rec.get('error') or resp.get('status_code') != 200:
+            err = rec.get('error') or body.get('error') or body
+            msg = err.get('message') if isinstance(err, dict) else err
+            return CaptionError(self.scrub(
+                f'HTTP {resp.get("status_code")}: {msg}'))
+        try:
+            return parse_completion(body, self.model)
+        except CaptionError as e:
+            return e
 
     # -- the run --------------------------------------------------------
     async def run(self, plan: Plan, out: str,
@@ -439,12 +377,83 @@ class _BatchRun:
             if b.status not in TERMINAL:
                 active += 1
                 continue
-            await self.be._collect(c, b, self.writer, self.state, self.meter,
-                                   self.summary, self.bar)
+            await self.collect(c, b)
             self.st.save()
             if os.path.exists(c['requests']):
                 os.remove(c['requests'])
         return active
+
+    async def result_lines(self, batch: Any) -> List[str]:
+        """The lines of a finished batch's output and error files."""
+        lines: List[str] = []
+        for fid in (batch.output_file_id, batch.error_file_id):
+            if fid:
+                content = await self.be._api(
+                    self.be.client.files.content(fid))
+                lines += [ln for ln in content.text.splitlines()
+                          if ln.strip()]
+        return lines
+
+    async def collect(self, chunk: Dict[str, Any], batch: Any) -> None:
+        """Record the answer of every line of a finished batch; only
+        results of this chunk count (``custom_id``, see
+        :func:`line_index`)."""
+        keys = _read_keys(chunk['keys'])
+        seen: Set[int] = set()
+        foreign: List[str] = []
+        for line in await self.result_lines(batch):
+            try:
+                rec = json.loads(line)
+                idx = line_index(rec['custom_id'], chunk['name'], len(keys))
+            except (KeyError, ValueError, TypeError) as e:
+                foreign.append(str(e))
+                continue
+            if idx in seen:
+                foreign.append(f'custom_id {rec["custom_id"]!r} twice')
+                continue
+            seen.add(idx)
+            self.record(*keys[idx], self.be.result_of(rec))
+        self.record_missing(chunk, batch, keys, seen, foreign)
+        chunk['status'] = 'collected'
+        chunk['batch_status'] = batch.status
+        self.writer.sync()
+
+    def record_missing(self, chunk: Dict[str, Any], batch: Any,
+                       keys: List[Tuple[str, str]], seen: Set[int],
+                       foreign: List[str]) -> None:
+        """A failure for each request of the chunk that got no result."""
+        why = (f'; {len(foreign)} result line(s) not of this chunk were '
+               f'ignored (first: {foreign[0]})' if foreign else '')
+        if foreign:
+            print(f'batch {batch.id}: {len(foreign)} result line(s) not of '
+                  f'chunk {chunk["name"]} ignored (first: {foreign[0]})',
+                  file=sys.stderr)
+        for idx, (key, pid) in enumerate(keys):
+            if idx not in seen:
+                self.record(key, pid, CaptionError(
+                    f'batch {batch.id} {batch.status}: no result for this '
+                    f'request{why}'))
+
+    def record(self, key: str, prompt_id: str, res: Any) -> None:
+        """The record of one result; never a second success for a key."""
+        be, summary = self.be, self.summary
+        if isinstance(res, Answer):
+            self.meter.add(res.usage)
+            if key in self.state.done:
+                return
+            # no per-request latency: the Batch API answers a whole file
+            self.writer.write(success_record(Request(key, prompt_id, ''),
+                                             res, be.name, None))
+            self.state.succeed(key)
+            summary.succeeded += 1
+            summary.truncated += res.truncated
+        else:
+            self.writer.write(failure_record(key, str(res), be.model,
+                                             prompt_id, be.name))
+            self.state.fail(key, str(res))
+            summary.failed += 1
+        self.bar.update(isinstance(res, Answer),
+                        isinstance(res, Answer) and res.truncated)
 
     def over_budget(self) -> bool:
         """Would the next batch's worst case pass --max-cost?"""
