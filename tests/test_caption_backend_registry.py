@@ -150,3 +150,33 @@ def test_custom_imports_registers_a_backend_in_tools_caption(tmp_path):
         summary = last_json(proc.stdout)
         assert summary['attempted'] == (0 if attempt else len(keys))
         assert check_descriptions(out, texts) == len(keys)
+
+
+def test_cli_protocol_subcommands_shard_and_merge(tmp_path, capsys):
+    """configure_parser / configure_merge_parser as subcommands of one
+    entry point (the shared CLI protocol): two shards, then their merge."""
+    import argparse
+
+    from gpt4image_mm.captioning import (
+        configure_merge_parser,
+        configure_parser,
+    )
+    root = tmp_path / 'imgs'
+    keys = make_image_folder(root, per_class=3)
+    top = argparse.ArgumentParser(prog='gpt4image')
+    sub = top.add_subparsers(dest='command', required=True)
+    configure_parser(sub.add_parser('caption'), argv=[])
+    configure_merge_parser(sub.add_parser('caption-merge'))
+    parts = [str(tmp_path / f'part{i}.jsonl') for i in range(2)]
+    for i, part in enumerate(parts):
+        args = top.parse_args(['caption', '--images', str(root), '--out',
+                               part, '--backend', 'mean_colour', '--model',
+                               'toy', '--shard', f'{i}/2', '--no-progress'])
+        assert args.handler(args) == 0
+    sizes = [len(list(iter_records(p))) for p in parts]
+    assert sum(sizes) == len(keys) and all(sizes)
+    merged = str(tmp_path / 'all.jsonl')
+    args = top.parse_args(['caption-merge', merged, *parts])
+    assert args.handler(args) == 0
+    check_descriptions(merged, expected_texts(root, keys, 'mean colour'))
+    capsys.readouterr()
