@@ -1,6 +1,7 @@
 """docs/extending.md's worked examples run as written: its plugin files are
 cut out of the page, then used the way the page says (tools/embed.py with a
-dotted encoder spec; a config's custom_imports and mode name)."""
+dotted encoder spec; a config's custom_imports and mode name;
+tools/caption.py --custom-imports)."""
 import os
 import re
 import subprocess
@@ -15,7 +16,8 @@ PLUGIN = re.compile(r'^```python\n# (\w+\.py)\n(.*?)^```', re.M | re.S)
 
 def write_plugins(tmp_path):
     files = dict(PLUGIN.findall(PAGE.read_text(encoding='utf-8')))
-    assert set(files) == {'my_encoders.py', 'my_losses.py'}, set(files)
+    assert set(files) == {'my_encoders.py', 'my_losses.py',
+                          'my_backends.py'}, set(files)
     for name, code in files.items():
         (tmp_path / name).write_text(code)
     return dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -68,3 +70,24 @@ def test_loss_mode_example_in_a_config(tmp_path):
         env, tmp_path)
     value, hand, grad = map(float, out.split())
     assert abs(value - hand) < 1e-5 * hand and grad > 0
+
+
+def test_caption_backend_example_through_tools_caption(tmp_path):
+    from conftest import make_image_folder
+    from PIL import Image
+
+    from gpt4image_mm.descriptions import read_descriptions
+    env = write_plugins(tmp_path)
+    keys = make_image_folder(tmp_path / 'imgs', per_class=2)
+    args = [str(ROOT / 'tools' / 'caption.py'), '--custom-imports',
+            'my_backends', '--images', 'imgs', '--out', 'descriptions.jsonl',
+            '--backend', 'mean_colour', '--model', 'toy', '--colour-prefix',
+            'average', '--no-progress']
+    run(args, env, tmp_path)
+    recs = read_descriptions(str(tmp_path / 'descriptions.jsonl'))
+    assert sorted(recs) == keys
+    for key, rec in recs.items():
+        with Image.open(tmp_path / 'imgs' / key) as im:
+            rgb = [round(sum(c) / len(c)) for c in zip(*im.getdata())]
+        assert rec['text'] == 'average ' + ' '.join(map(str, rgb))
+        assert rec['backend'] == 'mean_colour'

@@ -7,8 +7,11 @@
         --base-url http://localhost:8000/v1 --model Qwen/Qwen2-VL-7B-Instruct
     python tools/caption.py --config CFG --per-class 5 --out c.jsonl ...
     python tools/caption.py merge all.jsonl part0.jsonl part1.jsonl
+    PYTHONPATH=. python tools/caption.py --custom-imports my_backends \
+        --backend mean_colour --images DIR --out d.jsonl --model toy
 
-Rerun the same command to resume. See docs/captioning.md.
+Rerun the same command to resume. See docs/captioning.md; adding a
+backend: docs/extending.md.
 """
 import os
 import sys

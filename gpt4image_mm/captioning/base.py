@@ -1,15 +1,23 @@
-"""What flows between the runner and the backends, and the error classes
-that decide what happens to a failed request."""
+"""What flows between the command line, the runner and the backends: the
+backend interface that ``CAPTION_BACKENDS`` holds, the options of a run,
+requests and answers, and the error classes that decide what happens to a
+failed request."""
 from __future__ import annotations
 
 import abc
+import argparse
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ..cli_errors import ToolError
 from ..security import Scrubber  # noqa: F401  (re-exported)
+from ..sharding import parse_shard
+
+if TYPE_CHECKING:  # the runner imports this module
+    from .runner import Summary
+    from .sources import Plan
 
 # Answers that are refusals in disguise: recorded as failures, never embedded.
 _REFUSAL = re.compile(
@@ -49,16 +57,143 @@ class Answer:
     latency_s: Optional[float] = None
 
 
-class Backend(abc.ABC):
-    """The interface the runner drives.
+@dataclass
+class CaptionOptions:
+    """One caption run, built once from the command line (or from
+    :func:`~gpt4image_mm.captioning.caption`'s keywords, which are the same
+    options). The defaults live in one place, the parser
+    (:func:`gpt4image_mm.captioning.cli.configure_parser`); ``backend_args``
+    holds the options the backends declared themselves
+    (:meth:`CaptionBackend.add_arguments`)."""
+
+    out: str
+    backend: str
+    model: str
+    config: Optional[str]
+    split: str
+    images: Optional[str]
+    classes: Any                    # a file, or (Python) a list of names
+    per_class: Optional[int]
+    per_image: int
+    cfg_options: Optional[dict]
+    prompt: str
+    system: Optional[str]
+    max_tokens: int
+    temperature: Optional[float]
+    max_side: int
+    jpeg_quality: int
+    detail: str
+    shard: Optional[str]
+    limit: Optional[int]
+    max_cost: Optional[float]
+    dry_run: bool
+    price_table: Optional[str]
+    rpm: float
+    tpm: float
+    abort_after_failures: int
+    progress: Optional[bool]
+    custom_imports: Optional[List[str]]
+    backend_args: argparse.Namespace = field(
+        default_factory=argparse.Namespace)
+    handle_signals: bool = False    # the command line's SIGINT/SIGTERM stop
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> CaptionOptions:
+        """Split parsed arguments into the common options and the
+        backends' own."""
+        rest = dict(vars(args))
+        rest.pop('handler', None)
+        common = {name: rest.pop(name) for name in cls.__dataclass_fields__
+                  if name in rest}
+        return cls(**common, backend_args=argparse.Namespace(**rest))
+
+    def control(self, meter: Any) -> RunControl:
+        """How the backend's run is driven (``meter``: the run's
+        CostMeter)."""
+        return RunControl(
+            shard=parse_shard(self.shard), limit=self.limit,
+            max_cost=self.max_cost, meter=meter, rpm=self.rpm, tpm=self.tpm,
+            max_side=self.max_side, jpeg_quality=self.jpeg_quality,
+            detail=self.detail,
+            abort_after_failures=self.abort_after_failures,
+            progress=self.progress, handle_signals=self.handle_signals)
+
+
+@dataclass
+class RunControl:
+    """How a run is driven, whatever the backend: which keys, the spend
+    cap, rate limits, image preparation and reporting. A backend takes what
+    applies to it (the Batch API has no rate limits)."""
+
+    shard: Tuple[int, int] = (0, 1)
+    limit: Optional[int] = None
+    max_cost: Optional[float] = None
+    meter: Any = None                 # a CostMeter; the backend model's if None
+    rpm: float = 0
+    tpm: float = 0
+    max_side: int = 512
+    jpeg_quality: int = 85
+    detail: str = 'auto'
+    abort_after_failures: int = 50
+    progress: Optional[bool] = None
+    handle_signals: bool = False
+    prep_threads: int = 4
+    scrub: Optional[Scrubber] = None  # the backend's own if None
+
+
+class CaptionBackend(abc.ABC):
+    """What ``CAPTION_BACKENDS`` holds: one way to answer a plan's prompts.
+
+    A backend declares its own command-line options
+    (:meth:`add_arguments`), builds itself from the parsed options
+    (:meth:`from_options`) and runs a plan into a descriptions file
+    (:meth:`run`). Backends that answer request by request subclass
+    :class:`Backend` and share the resumable runner; the Batch API
+    overrides :meth:`run`. ``name`` is the registry name, written into each
+    record; ``help`` is its line in ``--help``.
+    """
+
+    name = 'backend'
+    help = ''
+    model = ''
+    batch_pricing = False  # priced at the Batch API's discount
+
+    @classmethod
+    def add_arguments(cls, group: Any) -> None:
+        """Declare this backend's own options (``group.add_argument``, as
+        argparse). An option another backend already declared is skipped,
+        so backends may share one (both OpenAI backends take --base-url)."""
+        return None
+
+    @classmethod
+    def resolve_model(cls, model: str) -> str:
+        """``--model`` as this backend needs it (e.g. a bundled model's
+        short name to its file); runs before anything else, dry runs too."""
+        return model
+
+    @classmethod
+    def from_options(cls, options: CaptionOptions,
+                     plan: Plan) -> CaptionBackend:
+        """The backend for this run (``options.backend_args`` holds the
+        options of :meth:`add_arguments`); may check the endpoint."""
+        raise NotImplementedError(f'{cls.__name__} has no from_options')
+
+    @abc.abstractmethod
+    async def run(self, plan: Plan, out: str,
+                  control: RunControl) -> Summary:
+        """Caption the plan's missing keys into ``out`` (resumably) and
+        return the run's :class:`~.runner.Summary`."""
+
+
+class Backend(CaptionBackend):
+    """A backend that answers request by request, driven by the shared
+    runner (:mod:`.runner`).
 
     ``batch_size`` requests go into one :meth:`generate` call and up to
     ``concurrency`` calls are in flight at once (API: 1 x N; local GPU:
     B x 1). ``image_format`` says what :attr:`Request.image` must hold.
     """
 
-    name = 'backend'
-    model = ''
     batch_size = 1
     concurrency = 1
     image_format = 'data_url'  # or 'pil'
@@ -69,6 +204,11 @@ class Backend(abc.ABC):
         """One :class:`Answer` or :class:`CaptionError` per request; raise
         :class:`FatalError` to stop the run."""
         ...
+
+    async def run(self, plan: Plan, out: str,
+                  control: RunControl) -> Summary:
+        from .runner import run_requests
+        return await run_requests(plan, self, out, control)
 
     async def aclose(self) -> None:
         return None

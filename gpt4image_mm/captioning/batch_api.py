@@ -27,9 +27,25 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..descriptions import DescriptionWriter, KeyStates, record_source
 from ..files import atomic_write_json
-from .base import Answer, CaptionError, FatalError, Request
+from ..registry import CAPTION_BACKENDS
+from .base import (
+    Answer,
+    CaptionBackend,
+    CaptionError,
+    CaptionOptions,
+    FatalError,
+    Request,
+    RunControl,
+)
 from .images import ImageError
-from .openai_api import chat_body, error_message, make_client, parse_completion
+from .openai_api import (
+    add_endpoint_arguments,
+    chat_body,
+    endpoint_kwargs,
+    error_message,
+    make_client,
+    parse_completion,
+)
 from .pricing import CostMeter
 from .runner import (
     Progress,
@@ -120,10 +136,39 @@ def line_index(custom_id: Any, chunk: str, n_lines: int) -> int:
     return idx
 
 
-class BatchBackend:
+@CAPTION_BACKENDS.register_module('openai-batch')
+class BatchBackend(CaptionBackend):
     """Submit / poll / collect OpenAI batches (see module doc)."""
 
     name = 'openai-batch'
+    help = ('the OpenAI Batch API: half price, answers within 24 h; '
+            'rerun to collect')
+    batch_pricing = True
+
+    @classmethod
+    def add_arguments(cls, group: Any) -> None:
+        add_endpoint_arguments(group)
+        group.add_argument('--poll-interval', type=float, default=30.0,
+                           help='seconds between polls')
+        # the API's limits: 50,000 requests and 200 MB per batch file
+        group.add_argument('--batch-max-requests', type=int, default=50_000,
+                           help='requests per batch file')
+        group.add_argument('--batch-max-bytes', type=int, default=190 << 20,
+                           help='bytes per batch file')
+        group.add_argument('--batch-max-active', type=int, default=0,
+                           help='batches in flight at once (0: any)')
+        group.add_argument('--no-wait', dest='wait', action='store_false',
+                           help='submit and exit; rerun to collect')
+
+    @classmethod
+    def from_options(cls, options: CaptionOptions,
+                     plan: Plan) -> BatchBackend:
+        a = options.backend_args
+        return cls(options.model, **endpoint_kwargs(options),
+                   poll_interval=a.poll_interval,
+                   max_requests=a.batch_max_requests,
+                   max_bytes=a.batch_max_bytes,
+                   max_active=a.batch_max_active, wait=a.wait)
 
     def __init__(self, model: str, base_url: Optional[str] = None, *,
                  api_key_env: Optional[str] = None, max_tokens: int = 300,
@@ -191,7 +236,7 @@ class BatchBackend:
         return None
 
     def _write_chunk(self, plan: Plan, todo: List[int], st: BatchState,
-                     out: str, prep: Any, pool: ThreadPoolExecutor,
+                     prep: Any, pool: ThreadPoolExecutor,
                      on_bad: Any) -> Tuple[Dict[str, Any], float]:
         """Write the next request file from ``todo`` (consumed from the
         front); returns the chunk and its estimated prompt tokens."""
@@ -235,47 +280,148 @@ class BatchBackend:
         return chunk, est
 
     # -- collect --------------------------------------------------------
-    async def _collect(self, chunk: Dict[str, Any], batch: Any,
-                       writer: DescriptionWriter, state: KeyStates,
-                       meter: CostMeter, summary: Summary,
-                       bar: Any) -> None:
+    def result_of(self, rec: Dict[str, Any]) -> Any:
+        """The :class:`Answer` (or :class:`CaptionError`) of one result
+        line."""
+        resp = rec.get('response') or {}
+        body = resp.get('body') or {}
+        if rec.get('error') or resp.get('status_code') != 200:
+            err = rec.get('error') or body.get('error') or body
+            msg = err.get('message') if isinstance(err, dict) else err
+            return CaptionError(self.scrub(
+                f'HTTP {resp.get("status_code")}: {msg}'))
+        try:
+            return parse_completion(body, self.model)
+        except CaptionError as e:
+            return e
+
+    # -- the run --------------------------------------------------------
+    async def run(self, plan: Plan, out: str,
+                  control: RunControl) -> Summary:
+        """Submit, poll and collect; holds ``out``'s lock throughout."""
+        with caption_lock(out):
+            record_source(out, plan.source)
+            return await _BatchRun(self, plan, out, control).run()
+
+
+class _BatchRun:
+    """One run of :class:`BatchBackend`: finish what earlier runs
+    submitted, then submit the keys that are in no batch, and poll."""
+
+    def __init__(self, be: BatchBackend, plan: Plan, out: str,
+                 control: RunControl):
+        self.t0 = time.monotonic()
+        self.be, self.plan, self.control = be, plan, control
+        self.meter = control.meter or CostMeter(be.model, batch=True)
+        self.st = BatchState(state_path(out))
+        self.state = KeyStates.load(out)
+        todo_arr, self.planned = todo_indices(plan, self.state, control.shard)
+        self.summary = Summary(out=out, planned=self.planned,
+                               already_done=self.planned - len(todo_arr))
+        in_batches: Set[str] = set()
+        for c in self.st.open_chunks():
+            in_batches.update(k for k, _ in _read_keys(c['keys']))
+        self.todo = [j for j in todo_arr if plan.keys[j] not in in_batches]
+        if control.limit is not None:
+            self.todo = self.todo[:max(0, control.limit)]
+        self.writer = DescriptionWriter(out)
+        self.bar = Progress(len(self.todo) + len(in_batches),
+                            control.progress, self.meter)
+
+    def prep(self, j: int) -> Any:
+        """The request of plan index ``j``, or ``(key, error)``."""
+        c, key = self.control, self.plan.keys[j]
+        try:
+            return build_request(self.plan.item(j), 'data_url', c.max_side,
+                                 c.jpeg_quality, self.meter.entry,
+                                 self.be.detail, self.be.system)
+        except (ImageError, ValueError) as e:  # messages name the key
+            return key, str(e)
+        except Exception as e:  # noqa: BLE001  (one sample never ends a run)
+            return key, f'{key}: {type(e).__name__}: {e}'
+
+    def on_bad(self, key: str, error: str) -> None:
+        """A sample that could not go into a request file."""
+        self.writer.write(failure_record(key, error, self.be.model, '',
+                                         self.be.name))
+        self.state.fail(key, error)
+        self.summary.failed += 1
+        self.summary.attempted += 1
+        self.bar.update(False)
+
+    def reserved(self) -> float:
+        """Worst-case cost of the batches not collected yet."""
+        return sum(self.meter.cost_of(c.get('est_prompt_tokens', 0),
+                                      c['n'] * self.be.max_tokens)
+                   for c in self.st.open_chunks())
+
+    async def submit_written(self) -> None:
+        """Chunks written (or uploaded) but not submitted by a run that
+        stopped."""
+        for c in self.st.open_chunks():
+            if c['status'] != 'written':
+                continue
+            if not os.path.exists(c['requests']):
+                c['status'] = 'collected'  # lost before upload
+                self.st.save()
+                continue
+            await self.be._submit(c, self.st)
+            self.summary.attempted += c['n']
+
+    async def collect_finished(self) -> int:
+        """Collect every finished batch; the number still running."""
+        active = 0
+        for c in self.st.open_chunks():
+            b = await self.be._api(self.be.client.batches.retrieve(
+                c['batch_id']))
+            if b.status not in TERMINAL:
+                active += 1
+                continue
+            await self.collect(c, b)
+            self.st.save()
+            if os.path.exists(c['requests']):
+                os.remove(c['requests'])
+        return active
+
+    async def result_lines(self, batch: Any) -> List[str]:
+        """The lines of a finished batch's output and error files."""
+        lines: List[str] = []
+        for fid in (batch.output_file_id, batch.error_file_id):
+            if fid:
+                content = await self.be._api(
+                    self.be.client.files.content(fid))
+                lines += [ln for ln in content.text.splitlines()
+                          if ln.strip()]
+        return lines
+
+    async def collect(self, chunk: Dict[str, Any], batch: Any) -> None:
+        """Record the answer of every line of a finished batch; only
+        results of this chunk count (``custom_id``, see
+        :func:`line_index`)."""
         keys = _read_keys(chunk['keys'])
         seen: Set[int] = set()
         foreign: List[str] = []
-        for fid in (batch.output_file_id, batch.error_file_id):
-            if not fid:
+        for line in await self.result_lines(batch):
+            try:
+                rec = json.loads(line)
+                idx = line_index(rec['custom_id'], chunk['name'], len(keys))
+            except (KeyError, ValueError, TypeError) as e:
+                foreign.append(str(e))
                 continue
-            content = await self._api(self.client.files.content(fid))
-            for line in content.text.splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    idx = line_index(rec['custom_id'], chunk['name'],
-                                     len(keys))
-                except (KeyError, ValueError, TypeError) as e:
-                    foreign.append(str(e))
-                    continue
-                if idx in seen:
-                    foreign.append(f'custom_id {rec["custom_id"]!r} twice')
-                    continue
-                key, pid = keys[idx]
-                seen.add(idx)
-                resp = rec.get('response') or {}
-                body = resp.get('body') or {}
-                res: Any
-                if rec.get('error') or resp.get('status_code') != 200:
-                    err = rec.get('error') or body.get('error') or body
-                    msg = err.get('message') if isinstance(err, dict) else err
-                    res = CaptionError(self.scrub(
-                        f'HTTP {resp.get("status_code")}: {msg}'))
-                else:
-                    try:
-                        res = parse_completion(body, self.model)
-                    except CaptionError as e:
-                        res = e
-                self._record(key, pid, res, writer, state, meter, summary,
-                             bar)
+            if idx in seen:
+                foreign.append(f'custom_id {rec["custom_id"]!r} twice')
+                continue
+            seen.add(idx)
+            self.record(*keys[idx], self.be.result_of(rec))
+        self.record_missing(chunk, batch, keys, seen, foreign)
+        chunk['status'] = 'collected'
+        chunk['batch_status'] = batch.status
+        self.writer.sync()
+
+    def record_missing(self, chunk: Dict[str, Any], batch: Any,
+                       keys: List[Tuple[str, str]], seen: Set[int],
+                       foreign: List[str]) -> None:
+        """A failure for each request of the chunk that got no result."""
         why = (f'; {len(foreign)} result line(s) not of this chunk were '
                f'ignored (first: {foreign[0]})' if foreign else '')
         if foreign:
@@ -284,159 +430,94 @@ class BatchBackend:
                   file=sys.stderr)
         for idx, (key, pid) in enumerate(keys):
             if idx not in seen:
-                self._record(key, pid, CaptionError(
+                self.record(key, pid, CaptionError(
                     f'batch {batch.id} {batch.status}: no result for this '
-                    f'request{why}'), writer, state, meter, summary, bar)
-        chunk['status'] = 'collected'
-        chunk['batch_status'] = batch.status
-        writer.sync()
+                    f'request{why}'))
 
-    def _record(self, key: str, prompt_id: str, res: Any,
-                writer: DescriptionWriter, state: KeyStates,
-                meter: CostMeter, summary: Summary, bar: Any) -> None:
-        req = Request(key, prompt_id, '')
+    def record(self, key: str, prompt_id: str, res: Any) -> None:
+        """The record of one result; never a second success for a key."""
+        be, summary = self.be, self.summary
         if isinstance(res, Answer):
-            meter.add(res.usage)
-            if key in state.done:  # never a 2nd success
+            self.meter.add(res.usage)
+            if key in self.state.done:
                 return
             # no per-request latency: the Batch API answers a whole file
-            writer.write(success_record(req, res, self.name, None))
-            state.succeed(key)
+            self.writer.write(success_record(Request(key, prompt_id, ''),
+                                             res, be.name, None))
+            self.state.succeed(key)
             summary.succeeded += 1
             summary.truncated += res.truncated
         else:
-            writer.write(failure_record(key, str(res), self.model,
-                                        prompt_id, self.name))
-            state.fail(key, str(res))
+            self.writer.write(failure_record(key, str(res), be.model,
+                                             prompt_id, be.name))
+            self.state.fail(key, str(res))
             summary.failed += 1
-        bar.update(isinstance(res, Answer),
-                   isinstance(res, Answer) and res.truncated)
+        self.bar.update(isinstance(res, Answer),
+                        isinstance(res, Answer) and res.truncated)
 
-    # -- the run --------------------------------------------------------
-    async def run(self, plan: Plan, out: str, *,
-                  shard: Tuple[int, int] = (0, 1),
-                  limit: Optional[int] = None,
-                  max_cost: Optional[float] = None,
-                  meter: Optional[CostMeter] = None,
-                  max_side: int = 512, jpeg_quality: int = 85,
-                  progress: Optional[bool] = None) -> Summary:
-        """Submit, poll and collect; holds ``out``'s lock throughout."""
-        with caption_lock(out):
-            record_source(out, plan.source)
-            return await self._run_locked(
-                plan, out, shard=shard, limit=limit, max_cost=max_cost,
-                meter=meter, max_side=max_side, jpeg_quality=jpeg_quality,
-                progress=progress)
+    def over_budget(self) -> bool:
+        """Would the next batch's worst case pass --max-cost?"""
+        max_cost, meter = self.control.max_cost, self.meter
+        if max_cost is None:
+            return False
+        head = min(len(self.todo), self.be.max_requests)
+        guess = head * (meter.cost_of(1000, self.be.max_tokens)
+                        if meter.entry else 0.0)
+        if meter.cost + self.reserved() + guess <= max_cost:
+            return False
+        self.summary.stopped = (f'--max-cost {max_cost}: next batch would '
+                                'exceed it')
+        self.todo = []
+        return True
 
-    async def _run_locked(self, plan: Plan, out: str, *,
-                          shard: Tuple[int, int], limit: Optional[int],
-                          max_cost: Optional[float],
-                          meter: Optional[CostMeter], max_side: int,
-                          jpeg_quality: int,
-                          progress: Optional[bool]) -> Summary:
-        t0 = time.monotonic()
-        meter = meter or CostMeter(self.model, batch=True)
-        st = BatchState(state_path(out))
-        state = KeyStates.load(out)
-        todo_arr, planned = todo_indices(plan, state, shard)
-        summary = Summary(out=out, planned=planned,
-                          already_done=planned - len(todo_arr))
-        in_batches: Set[str] = set()
-        for c in st.open_chunks():
-            in_batches.update(k for k, _ in _read_keys(c['keys']))
-        todo = [j for j in todo_arr if plan.keys[j] not in in_batches]
-        del todo_arr
-        if limit is not None:
-            todo = todo[:max(0, limit)]
-        writer = DescriptionWriter(out)
-        bar = Progress(len(todo) + len(in_batches), progress, meter)
-        entry = meter.entry
+    async def submit_new(self, active: int,
+                         pool: ThreadPoolExecutor) -> int:
+        """Write and submit chunks of new keys while --batch-max-active
+        allows; the number of batches running then."""
+        be = self.be
+        while self.todo and (not be.max_active or active < be.max_active):
+            if self.over_budget():
+                break
+            chunk, _ = be._write_chunk(self.plan, self.todo, self.st,
+                                       self.prep, pool, self.on_bad)
+            if chunk['n'] == 0:
+                os.remove(chunk['requests'])
+                os.remove(chunk['keys'])
+                continue
+            self.st.chunks.append(chunk)
+            self.st.save()
+            await be._submit(chunk, self.st)
+            self.summary.attempted += chunk['n']
+            active += 1
+        return active
 
-        def prep(j: int) -> Any:
-            try:
-                r = build_request(plan.item(j), 'data_url', max_side,
-                                  jpeg_quality, entry, self.detail,
-                                  self.system)
-                return r
-            except (ImageError, ValueError) as e:  # messages name the key
-                return plan.keys[j], str(e)
-            except Exception as e:  # noqa: BLE001  (one sample never ends a run)
-                return plan.keys[j], f'{plan.keys[j]}: {type(e).__name__}: {e}'
+    async def poll(self, pool: ThreadPoolExecutor) -> None:
+        """Until every batch is collected (or, with --no-wait, submitted)."""
+        while True:
+            await self.submit_written()
+            active = await self.submit_new(await self.collect_finished(),
+                                           pool)
+            if not self.st.open_chunks():
+                return
+            if not self.be.wait:
+                self.summary.stopped = (
+                    f'{len(self.st.open_chunks())} batch(es) submitted; '
+                    'rerun the same command to collect them')
+                return
+            self.bar.set_postfix(batches=active)
+            await asyncio.sleep(self.be.poll_interval)
 
-        def on_bad(key: str, error: str) -> None:
-            writer.write(failure_record(key, error, self.model, '',
-                                        self.name))
-            state.fail(key, error)
-            summary.failed += 1
-            summary.attempted += 1
-            bar.update(False)
-
-        def reserved() -> float:
-            return sum(meter.cost_of(c.get('est_prompt_tokens', 0),
-                                     c['n'] * self.max_tokens)
-                       for c in st.open_chunks())
-
-        pool = ThreadPoolExecutor(4)
+    async def run(self) -> Summary:
+        """Poll; a fatal API error ends the run with what was collected."""
+        pool = ThreadPoolExecutor(self.control.prep_threads)
         try:
-            while True:
-                # 1. finish half-submitted chunks, collect finished ones
-                for c in st.open_chunks():
-                    if c['status'] == 'written':
-                        if not os.path.exists(c['requests']):
-                            c['status'] = 'collected'  # lost before upload
-                            st.save()
-                            continue
-                        await self._submit(c, st)
-                        summary.attempted += c['n']
-                active = 0
-                for c in st.open_chunks():
-                    b = await self._api(self.client.batches.retrieve(
-                        c['batch_id']))
-                    if b.status in TERMINAL:
-                        await self._collect(c, b, writer, state, meter,
-                                            summary, bar)
-                        st.save()
-                        if os.path.exists(c['requests']):
-                            os.remove(c['requests'])
-                    else:
-                        active += 1
-                # 2. submit new chunks while allowed
-                while todo and (not self.max_active
-                                or active < self.max_active):
-                    if max_cost is not None:
-                        head = min(len(todo), self.max_requests)
-                        guess = head * (meter.cost_of(
-                            1000, self.max_tokens) if entry else 0.0)
-                        if meter.cost + reserved() + guess > max_cost:
-                            summary.stopped = (f'--max-cost {max_cost}: '
-                                               'next batch would exceed it')
-                            todo = []
-                            break
-                    chunk, _ = self._write_chunk(plan, todo, st, out, prep,
-                                                 pool, on_bad)
-                    if chunk['n'] == 0:
-                        os.remove(chunk['requests'])
-                        os.remove(chunk['keys'])
-                        continue
-                    st.chunks.append(chunk)
-                    st.save()
-                    await self._submit(chunk, st)
-                    summary.attempted += chunk['n']
-                    active += 1
-                if not st.open_chunks():
-                    break
-                if not self.wait:
-                    summary.stopped = (f'{len(st.open_chunks())} batch(es) '
-                                       'submitted; rerun the same command to '
-                                       'collect them')
-                    break
-                bar.set_postfix(batches=active)
-                await asyncio.sleep(self.poll_interval)
+            await self.poll(pool)
         except FatalError as e:
-            summary.fatal = self.scrub(e)
+            self.summary.fatal = self.be.scrub(e)
         finally:
-            writer.close()
-            bar.close()
+            self.writer.close()
+            self.bar.close()
             pool.shutdown()
-            await self.client.close()
-        return finish_summary(summary, planned, state, shard, meter, t0)
+            await self.be.client.close()
+        return finish_summary(self.summary, self.planned, self.state,
+                              self.control.shard, self.meter, self.t0)

@@ -18,7 +18,28 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..devices import resolve_device, resolve_dtype
-from .base import Answer, Backend, CaptionError, FatalError, Request, check_answer
+from ..registry import CAPTION_BACKENDS
+from .base import (
+    Answer,
+    Backend,
+    CaptionError,
+    CaptionOptions,
+    FatalError,
+    Request,
+    check_answer,
+)
+from .sources import Plan
+
+
+def local_model_path(model: str) -> str:
+    """``--model`` for the transformers backend: a short name of a bundled
+    model (``smollm2``) becomes its file; a missing one is a fatal error that
+    says where the file should be and how to install it."""
+    from ..embedding.assets import resolve_bundled_llm
+    try:
+        return resolve_bundled_llm(model)
+    except FileNotFoundError as e:
+        raise FatalError(str(e)) from None
 
 
 def split_gguf(path: str) -> Tuple[str, Optional[str]]:
@@ -65,14 +86,59 @@ class RowClock:
         return [end if t is None else t for t in self.finished]
 
 
+def _left_padded(tok: Any) -> Any:
+    """Batched generation continues the end of each row: pad on the left,
+    with EOS where the tokenizer has no pad token."""
+    if tok is not None:
+        tok.padding_side = 'left'
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    return tok
+
+
 def _stop_ids(tokenizer: Any, net: Any) -> List[Optional[int]]:
     eos = getattr(net.generation_config, 'eos_token_id', None)
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     return eos + [tokenizer.eos_token_id, tokenizer.pad_token_id]
 
 
-class _LocalBase(Backend):
+@CAPTION_BACKENDS.register_module('transformers')
+class TransformersBackend(Backend):
+    """A local model in this process: :class:`TransformersVLM` per image,
+    :class:`TransformersLLM` for class-level (text-only) plans."""
+
+    name = 'transformers'
+    help = 'a local model in this process (a VLM, or a text LLM for --per-class)'
     concurrency = 1
+
+    @classmethod
+    def add_arguments(cls, group: Any) -> None:
+        group.add_argument('--device', default='auto',
+                           help='cpu, cuda, cuda:1, auto')
+        group.add_argument('--dtype', default='auto',
+                           help='auto, float32, float16, bfloat16')
+        group.add_argument('--batch-size', type=int, default=8,
+                           help='images per generate call')
+        group.add_argument('--seed', type=int, default=0,
+                           help='sampling seed')
+        group.add_argument('--repetition-penalty', type=float, default=None,
+                           help='e.g. 1.2 stops small models looping')
+
+    @classmethod
+    def resolve_model(cls, model: str) -> str:
+        return local_model_path(model)
+
+    @classmethod
+    def from_options(cls, options: CaptionOptions,
+                     plan: Plan) -> TransformersBackend:
+        """Loads the model; a VLM gets no system prompt."""
+        a = options.backend_args
+        sub = TransformersLLM if plan.text_only else TransformersVLM
+        return sub(options.model, device=a.device, dtype=a.dtype,
+                   batch_size=a.batch_size, max_tokens=options.max_tokens,
+                   temperature=options.temperature, seed=a.seed,
+                   system=options.system if plan.text_only else None,
+                   repetition_penalty=a.repetition_penalty)
 
     def __init__(self, model: str, *, device: str = 'auto',
                  dtype: str = 'auto', batch_size: int = 8,
@@ -92,6 +158,8 @@ class _LocalBase(Backend):
         self.system = system
         # small LLMs loop under greedy decoding ("classic, classic, ...")
         self.repetition_penalty = repetition_penalty
+        import torch
+        torch.manual_seed(seed)  # --temperature sampling is reproducible
 
     def _gen_kwargs(self, pad_id: Optional[int],
                     clock: RowClock) -> Dict[str, Any]:
@@ -148,7 +216,7 @@ class _LocalBase(Backend):
         return results
 
 
-class TransformersVLM(_LocalBase):
+class TransformersVLM(TransformersBackend):
     """A vision-language model: one image + prompt per request, batched."""
 
     name = 'transformers'
@@ -156,17 +224,11 @@ class TransformersVLM(_LocalBase):
 
     def __init__(self, model: str, **kwargs: Any):
         super().__init__(model, **kwargs)
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        torch.manual_seed(self.seed)
         self.processor = AutoProcessor.from_pretrained(model, **_no_hub(model))
-        tok = getattr(self.processor, 'tokenizer', None)
-        if tok is not None:
-            tok.padding_side = 'left'  # batched generation continues the end
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-        self.tokenizer = tok
+        self.tokenizer = _left_padded(getattr(self.processor, 'tokenizer',
+                                              None))
         self.net = AutoModelForImageTextToText.from_pretrained(
             model, dtype=self.torch_dtype, **_no_hub(model)).to(self.device)
         self.net.eval()
@@ -191,7 +253,7 @@ class TransformersVLM(_LocalBase):
         return self._finish(out, inputs, self.tokenizer, clock)
 
 
-class TransformersLLM(_LocalBase):
+class TransformersLLM(TransformersBackend):
     """A text-only causal LM for class-level descriptions (also GGUF)."""
 
     name = 'transformers'
@@ -199,18 +261,14 @@ class TransformersLLM(_LocalBase):
 
     def __init__(self, model: str, **kwargs: Any):
         super().__init__(model, **kwargs)
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch.manual_seed(self.seed)
         path, gguf = split_gguf(model)
         extra = dict(_no_hub(path))
         if gguf:
             extra['gguf_file'] = gguf
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        self.tokenizer.padding_side = 'left'
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = _left_padded(AutoTokenizer.from_pretrained(
+            path, **extra))
         # GGUF files are dequantised by transformers' own loader (it needs
         # the `gguf` and `accelerate` packages: the [gguf] extra).
         self.net = AutoModelForCausalLM.from_pretrained(
@@ -234,3 +292,6 @@ class TransformersLLM(_LocalBase):
             out = self.net.generate(**inputs, **self._gen_kwargs(
                 self.tokenizer.pad_token_id, clock))
         return self._finish(out, inputs, self.tokenizer, clock)
+
+
+_LocalBase = TransformersBackend  # the shared init's former name (tests)

@@ -16,18 +16,38 @@ from ..openai_client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     api_error,
+    check_served_model,
     server_reason,
 )
 from ..openai_client import make_client as make_endpoint
+from ..registry import CAPTION_BACKENDS
 from ..security import Scrubber
 from .base import (
     Answer,
     Backend,
     CaptionError,
+    CaptionOptions,
     FatalError,
     Request,
     check_answer,
 )
+from .sources import Plan
+
+
+def add_endpoint_arguments(group: Any) -> None:
+    """The options of an OpenAI-compatible endpoint, shared by the online
+    and the Batch API backends (declared once, whichever comes first)."""
+    group.add_argument('--base-url', help='OpenAI-compatible endpoint, e.g. '
+                       'http://localhost:8000/v1 (vLLM)')
+    group.add_argument('--api-key-env', default=None, metavar='VAR',
+                       help='environment variable holding the key for '
+                       '--base-url (default: OPENAI_API_KEY, sent only to '
+                       'api.openai.com; other endpoints get no key)')
+    group.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
+                       help='seconds per API request')
+    group.add_argument('--max-retries', type=int,
+                       default=DEFAULT_MAX_RETRIES,
+                       help='API retries per request (rate limits, 5xx)')
 
 
 def make_client(base_url: Optional[str], api_key_env: Optional[str],
@@ -114,11 +134,38 @@ def error_message(e: Exception) -> str:
     return f'{type(e).__name__}: {e}'
 
 
+def endpoint_kwargs(options: CaptionOptions) -> Dict[str, Any]:
+    """What both OpenAI backends are built from, once the server is known
+    to serve ``--model`` (checked first: a wrong name fails every
+    request)."""
+    a = options.backend_args
+    check_served_model(a.base_url, a.api_key_env, options.model, a.timeout)
+    return dict(base_url=a.base_url, api_key_env=a.api_key_env,
+                max_retries=a.max_retries, max_tokens=options.max_tokens,
+                temperature=options.temperature, detail=options.detail,
+                system=options.system)
+
+
+@CAPTION_BACKENDS.register_module('openai')
 class OpenAIBackend(Backend):
     """Async chat completions, one image per request, ``concurrency`` in
     flight."""
 
     name = 'openai'
+    help = 'any OpenAI-compatible server (OpenAI, vLLM, SGLang, Ollama...)'
+
+    @classmethod
+    def add_arguments(cls, group: Any) -> None:
+        add_endpoint_arguments(group)
+        group.add_argument('--concurrency', type=int, default=16,
+                           help='API requests in flight at once')
+
+    @classmethod
+    def from_options(cls, options: CaptionOptions,
+                     plan: Plan) -> OpenAIBackend:
+        a = options.backend_args
+        return cls(options.model, **endpoint_kwargs(options),
+                   concurrency=a.concurrency, timeout=a.timeout)
 
     def __init__(self, model: str, base_url: Optional[str] = None, *,
                  api_key_env: Optional[str] = None, concurrency: int = 16,

@@ -27,7 +27,17 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from ..descriptions import DescriptionWriter, KeyStates, record_source
 from ..files import OutputLock, lock_path
 from ..sharding import in_shard
-from .base import Answer, Backend, CaptionError, FatalError, Request, Scrubber, now_iso
+from .base import (
+    Answer,
+    Backend,
+    CaptionBackend,
+    CaptionError,
+    FatalError,
+    Request,
+    RunControl,
+    Scrubber,
+    now_iso,
+)
 from .images import ImageError, downscale, open_rgb, prepare_image
 from .pricing import CostMeter, image_tokens, request_text_tokens
 from .sources import Item, Plan
@@ -276,33 +286,11 @@ class Progress:
             self._print(self.line())
 
 
-async def caption_async(plan: Plan, backend: Backend, out: str, *,
-                        shard: Tuple[int, int] = (0, 1),
-                        limit: Optional[int] = None,
-                        max_cost: Optional[float] = None,
-                        meter: Optional[CostMeter] = None,
-                        rpm: float = 0, tpm: float = 0,
-                        max_side: int = 512, jpeg_quality: int = 85,
-                        detail: str = 'auto',
-                        abort_after_failures: int = 50,
-                        progress: Optional[bool] = None,
-                        scrub: Optional[Scrubber] = None,
-                        handle_signals: bool = False,
-                        prep_threads: int = 4) -> Summary:
-    """Caption the plan's missing keys into ``out``; see module doc.
-
-    Holds ``out``'s lock for the whole run (:class:`LockHeld` if another run
-    has it): two runs would pay twice and write two successes per key.
-    """
-    with caption_lock(out):
-        record_source(out, plan.source)
-        return await _caption_locked(
-            plan, backend, out, shard=shard, limit=limit, max_cost=max_cost,
-            meter=meter, rpm=rpm, tpm=tpm, max_side=max_side,
-            jpeg_quality=jpeg_quality, detail=detail,
-            abort_after_failures=abort_after_failures, progress=progress,
-            scrub=scrub, handle_signals=handle_signals,
-            prep_threads=prep_threads)
+async def caption_async(plan: Plan, backend: CaptionBackend, out: str,
+                        **control: Any) -> Summary:
+    """Caption the plan's missing keys into ``out`` with any backend (see
+    the module doc); the keywords are :class:`RunControl`'s fields."""
+    return await backend.run(plan, out, RunControl(**control))
 
 
 def caption_lock(out: str) -> OutputLock:
@@ -310,174 +298,233 @@ def caption_lock(out: str) -> OutputLock:
     return OutputLock(lock_path(out), f'--out {out}', 'caption.py')
 
 
-async def _caption_locked(plan: Plan, backend: Backend, out: str, *,
-                          shard: Tuple[int, int], limit: Optional[int],
-                          max_cost: Optional[float],
-                          meter: Optional[CostMeter], rpm: float, tpm: float,
-                          max_side: int, jpeg_quality: int, detail: str,
-                          abort_after_failures: int,
-                          progress: Optional[bool],
-                          scrub: Optional[Scrubber], handle_signals: bool,
-                          prep_threads: int) -> Summary:
-    t0 = time.monotonic()
-    scrub = scrub or Scrubber()
-    meter = meter or CostMeter(backend.model)
-    state = KeyStates.load(out)
-    todo, planned = todo_indices(plan, state, shard)
-    summary = Summary(out=out, planned=planned,
-                      already_done=planned - len(todo))
-    if limit is not None:
-        todo = todo[:max(0, limit)]
-    source = iter(todo)
-    rpm_bucket = TokenBucket(rpm) if rpm else None
-    tpm_bucket = TokenBucket(tpm) if tpm else None
-    entry = meter.entry
-    reserved = [0.0]  # worst-case cost of requests in flight
-    consecutive = [0]
-    stop: List[Optional[str]] = [None]
-    bar = Progress(len(todo), progress, meter)
-    loop = asyncio.get_running_loop()
-    pool = ThreadPoolExecutor(max(1, prep_threads))
-    writer = DescriptionWriter(out)
-    system = getattr(backend, 'system', None)  # counted in token estimates
+async def run_requests(plan: Plan, backend: Backend, out: str,
+                       control: RunControl) -> Summary:
+    """The run of every request-by-request backend (:meth:`Backend.run`).
 
-    def record_failure(key: str, error: str, prompt_id: str = '') -> None:
-        error = scrub(error)
-        writer.write(failure_record(key, error, backend.model, prompt_id,
-                                    backend.name))
-        state.fail(key, error)
-        summary.failed += 1
-        bar.update(False)
-        consecutive[0] += 1
-        if abort_after_failures and consecutive[0] >= abort_after_failures:
-            stop[0] = stop[0] or (f'{consecutive[0]} failures in a row '
-                                  f'(last: {error}); check the endpoint')
+    Holds ``out``'s lock for the whole run (:class:`LockHeld` if another run
+    has it): two runs would pay twice and write two successes per key.
+    """
+    with caption_lock(out):
+        record_source(out, plan.source)
+        return await _RequestRun(plan, backend, out, control).run()
 
-    def take(n: int) -> List[int]:
+
+class _RequestRun:
+    """One run of a request-by-request backend: its state, and the steps
+    its ``concurrency`` worker coroutines take."""
+
+    def __init__(self, plan: Plan, backend: Backend, out: str,
+                 control: RunControl):
+        self.t0 = time.monotonic()
+        self.plan, self.backend, self.control = plan, backend, control
+        self.scrub = (control.scrub or getattr(backend, 'scrub', None)
+                      or Scrubber())
+        self.meter = control.meter or CostMeter(backend.model)
+        self.state = KeyStates.load(out)
+        todo, self.planned = todo_indices(plan, self.state, control.shard)
+        self.summary = Summary(out=out, planned=self.planned,
+                               already_done=self.planned - len(todo))
+        if control.limit is not None:
+            todo = todo[:max(0, control.limit)]
+        self.n_todo = len(todo)
+        self.source = iter(todo)
+        self.rpm = TokenBucket(control.rpm) if control.rpm else None
+        self.tpm = TokenBucket(control.tpm) if control.tpm else None
+        self.reserved = 0.0  # worst-case cost of requests in flight
+        self.consecutive = 0
+        self.stop: Optional[str] = None
+        self.bar = Progress(len(todo), control.progress, self.meter)
+        self.writer = DescriptionWriter(out)
+        self.system = getattr(backend, 'system', None)  # in token estimates
+        self.tasks: List[asyncio.Future] = []
+
+    def record_failure(self, key: str, error: str,
+                       prompt_id: str = '') -> None:
+        """A failure record; too many in a row stop the run."""
+        error = self.scrub(error)
+        self.writer.write(failure_record(key, error, self.backend.model,
+                                         prompt_id, self.backend.name))
+        self.state.fail(key, error)
+        self.summary.failed += 1
+        self.bar.update(False)
+        self.consecutive += 1
+        limit = self.control.abort_after_failures
+        if limit and self.consecutive >= limit:
+            self.stop = self.stop or (f'{self.consecutive} failures in a row '
+                                      f'(last: {error}); check the endpoint')
+
+    def record_answer(self, req: Request, ans: Answer,
+                      latency: float) -> None:
+        """A success record, unless the key already has one."""
+        if req.key in self.state.done:  # never a 2nd success
+            return
+        own = latency if ans.latency_s is None else ans.latency_s
+        self.writer.write(success_record(req, ans, self.backend.name, own))
+        self.state.succeed(req.key)
+        self.summary.succeeded += 1
+        self.summary.truncated += ans.truncated
+        self.consecutive = 0
+        self.bar.update(True, ans.truncated)
+
+    def take(self, n: int) -> List[int]:
+        """Up to ``n`` plan indices from the shared lazy iterator."""
         batch: List[int] = []
-        while len(batch) < n and stop[0] is None:
-            j = next(source, None)
+        while len(batch) < n and self.stop is None:
+            j = next(self.source, None)
             if j is None:
                 break
             batch.append(j)
         return batch
 
-    def prepare(batch: List[int]) -> List[Any]:
-        out_: List[Any] = []
+    def prepare(self, batch: List[int]) -> List[Any]:
+        """Requests (in a worker thread); ``(key, error)`` for a sample
+        that cannot be sent."""
+        c, prepared = self.control, []
         for j in batch:
-            key = plan.keys[j]
+            key = self.plan.keys[j]
             try:
-                out_.append(build_request(plan.item(j), backend.image_format,
-                                          max_side, jpeg_quality, entry,
-                                          detail, system))
+                prepared.append(build_request(
+                    self.plan.item(j), self.backend.image_format, c.max_side,
+                    c.jpeg_quality, self.meter.entry, c.detail, self.system))
             except (ImageError, ValueError) as e:  # messages name the key
-                out_.append((key, str(e)))
+                prepared.append((key, str(e)))
             except Exception as e:  # noqa: BLE001  (one sample never ends a run)
-                out_.append((key, f'{key}: {type(e).__name__}: {e}'))
-        return out_
+                prepared.append((key, f'{key}: {type(e).__name__}: {e}'))
+        return prepared
 
-    async def worker() -> None:
-        while stop[0] is None:
-            batch = take(backend.batch_size)
+    def sendable(self, prepared: List[Any]) -> List[Request]:
+        """The requests; the samples that failed to load become failures."""
+        reqs: List[Request] = []
+        for p in prepared:
+            if isinstance(p, Request):
+                reqs.append(p)
+            else:
+                self.summary.attempted += 1
+                self.record_failure(p[0], p[1])
+        return reqs
+
+    async def send(self, reqs: List[Request]) -> Optional[Tuple[List[Any],
+                                                                float]]:
+        """Answers and seconds, within the spend cap and rate limits;
+        ``None`` when the run must stop."""
+        be, meter, max_cost = self.backend, self.meter, self.control.max_cost
+        worst = sum(meter.cost_of(r.est_prompt_tokens, be.max_tokens)
+                    for r in reqs)
+        if max_cost is not None and (meter.cost + self.reserved + worst
+                                     > max_cost):
+            self.stop = self.stop or (f'--max-cost {max_cost}: spent '
+                                      f'${meter.cost:.4f}')
+            return None
+        self.reserved += worst
+        try:
+            if self.rpm:
+                await self.rpm.take(len(reqs))
+            if self.tpm:
+                await self.tpm.take(self.est_tokens(reqs))
+            t = time.monotonic()
+            self.summary.attempted += len(reqs)
+            try:
+                results = await be.generate(reqs)
+            except FatalError as e:
+                self.stop = 'fatal error'
+                self.summary.fatal = self.summary.fatal or self.scrub(e)
+                self.summary.attempted -= len(reqs)
+                return None
+            return results, time.monotonic() - t
+        finally:
+            self.reserved -= worst
+
+    def est_tokens(self, reqs: List[Request]) -> int:
+        return sum(r.est_prompt_tokens + self.backend.max_tokens
+                   for r in reqs)
+
+    def record(self, reqs: List[Request], results: List[Any],
+               latency: float) -> None:
+        """Write each result; correct the tokens/min bucket by the usage."""
+        used = 0
+        for req, res in zip(reqs, results):
+            if isinstance(res, Answer):
+                self.meter.add(res.usage)
+                used += sum(res.usage.get(k, 0) for k in
+                            ('prompt_tokens', 'completion_tokens'))
+                self.record_answer(req, res, latency)
+            else:
+                self.record_failure(req.key, str(res), req.prompt_id)
+        if self.tpm and used:
+            self.tpm.adjust(used - self.est_tokens(reqs))
+
+    async def worker(self, pool: ThreadPoolExecutor) -> None:
+        """Take, prepare, send and record batches until none is left."""
+        loop = asyncio.get_running_loop()
+        while self.stop is None:
+            batch = self.take(self.backend.batch_size)
             if not batch:
                 return
-            prepared = await loop.run_in_executor(pool, prepare, batch)
-            reqs: List[Request] = []
-            for p in prepared:
-                if isinstance(p, Request):
-                    reqs.append(p)
-                else:
-                    summary.attempted += 1
-                    record_failure(p[0], p[1])
+            reqs = self.sendable(await loop.run_in_executor(
+                pool, self.prepare, batch))
             if not reqs:
                 continue
-            worst = sum(meter.cost_of(r.est_prompt_tokens, backend.max_tokens)
-                        for r in reqs)
-            if max_cost is not None and (meter.cost + reserved[0] + worst
-                                         > max_cost):
-                stop[0] = stop[0] or (f'--max-cost {max_cost}: spent '
-                                      f'${meter.cost:.4f}')
+            sent = await self.send(reqs)
+            if sent is None:
                 return
-            reserved[0] += worst
-            est_tokens = sum(r.est_prompt_tokens + backend.max_tokens
-                             for r in reqs)
-            try:
-                if rpm_bucket:
-                    await rpm_bucket.take(len(reqs))
-                if tpm_bucket:
-                    await tpm_bucket.take(est_tokens)
-                t = time.monotonic()
-                summary.attempted += len(reqs)
-                try:
-                    results = await backend.generate(reqs)
-                except FatalError as e:
-                    stop[0] = 'fatal error'
-                    summary.fatal = summary.fatal or scrub(e)
-                    summary.attempted -= len(reqs)
-                    return
-                latency = time.monotonic() - t
-            finally:
-                reserved[0] -= worst
-            used = 0
-            for req, res in zip(reqs, results):
-                if isinstance(res, Answer):
-                    meter.add(res.usage)
-                    used += sum(res.usage.get(k, 0) for k in
-                                ('prompt_tokens', 'completion_tokens'))
-                    if req.key in state.done:  # never a 2nd success
-                        continue
-                    own = latency if res.latency_s is None else res.latency_s
-                    writer.write(success_record(req, res, backend.name, own))
-                    state.succeed(req.key)
-                    summary.succeeded += 1
-                    summary.truncated += res.truncated
-                    consecutive[0] = 0
-                    bar.update(True, res.truncated)
-                else:
-                    record_failure(req.key, str(res), req.prompt_id)
-            if tpm_bucket and used:
-                tpm_bucket.adjust(used - est_tokens)
+            self.record(reqs, *sent)
 
-    signals_set = []
-    if handle_signals:
-        hits = [0]
+    def on_signal(self, signame: str) -> None:
+        """First signal: stop scheduling; second: abort requests in
+        flight."""
+        first = self.summary.signal is None
+        self.summary.signal = self.summary.signal or int(
+            signal.Signals[signame])
+        self.stop = self.stop or f'{signame}: finishing requests in flight'
+        print(f'\n{signame}: stopping after requests in flight finish '
+              '(again to abort them)', file=sys.stderr)
+        if not first:
+            for t in self.tasks:
+                t.cancel()
 
-        def on_signal(signame: str) -> None:
-            hits[0] += 1
-            summary.signal = summary.signal or int(signal.Signals[signame])
-            stop[0] = stop[0] or f'{signame}: finishing requests in flight'
-            print(f'\n{signame}: stopping after requests in flight finish '
-                  '(again to abort them)', file=sys.stderr)
-            if hits[0] > 1:
-                for t in tasks:
-                    t.cancel()
-
+    def install_signals(self) -> List[signal.Signals]:
+        """SIGINT/SIGTERM handlers, where the loop can have them."""
+        loop, installed = asyncio.get_running_loop(), []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, on_signal, sig.name)
-                signals_set.append(sig)
+                loop.add_signal_handler(sig, self.on_signal, sig.name)
+                installed.append(sig)
             except (NotImplementedError, RuntimeError):
                 pass  # no signal handlers here (Windows, non-main thread)
-    tasks = [asyncio.ensure_future(worker())
-             for _ in range(max(1, backend.concurrency))]
-    try:
-        await asyncio.gather(*tasks, return_exceptions=False)
-    except asyncio.CancelledError:
-        stop[0] = stop[0] or 'aborted'
-    finally:
-        for sig in signals_set:
-            loop.remove_signal_handler(sig)
-        for t in tasks:
-            t.cancel()
-        writer.close()
-        bar.close()
-        pool.shutdown(wait=True)
-        await backend.aclose()
-    if stop[0] and stop[0] != 'fatal error':
-        summary.stopped = stop[0]
-    elif limit is not None and len(todo) < planned - summary.already_done:
-        summary.stopped = f'--limit {limit}'
-    return finish_summary(summary, planned, state, shard, meter, t0)
+        return installed
+
+    async def run(self) -> Summary:
+        """Run the workers; close everything whatever happens."""
+        signals = self.install_signals() if self.control.handle_signals \
+            else []
+        pool = ThreadPoolExecutor(max(1, self.control.prep_threads))
+        self.tasks = [asyncio.ensure_future(self.worker(pool))
+                      for _ in range(max(1, self.backend.concurrency))]
+        try:
+            await asyncio.gather(*self.tasks, return_exceptions=False)
+        except asyncio.CancelledError:
+            self.stop = self.stop or 'aborted'
+        finally:
+            for sig in signals:
+                asyncio.get_running_loop().remove_signal_handler(sig)
+            for t in self.tasks:
+                t.cancel()
+            self.writer.close()
+            self.bar.close()
+            pool.shutdown(wait=True)
+            await self.backend.aclose()
+        return self.finish()
+
+    def finish(self) -> Summary:
+        """Why scheduling stopped, and the end-of-run totals."""
+        s, limit = self.summary, self.control.limit
+        if self.stop and self.stop != 'fatal error':
+            s.stopped = self.stop
+        elif limit is not None and self.n_todo < self.planned - s.already_done:
+            s.stopped = f'--limit {limit}'
+        return finish_summary(s, self.planned, self.state,
+                              self.control.shard, self.meter, self.t0)
 
 
 def finish_summary(summary: Summary, planned: int, state: KeyStates,
@@ -557,6 +604,6 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
 
 
 __all__ = ['Summary', 'Progress', 'format_rate',
-           'TokenBucket', 'caption_async',
+           'TokenBucket', 'caption_async', 'run_requests',
            'caption_plan', 'estimate', 'success_record', 'failure_record',
            'build_request', 'CaptionError']
