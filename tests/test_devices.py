@@ -52,3 +52,10 @@ def test_text_encoders_follow_the_same_auto_rule(device):
     assert weight.device.type == device
     with pytest.raises(ValueError, match=r"dtype 'half': one of auto"):
         build_text_encoder(minilm_dir(), device='cpu', dtype='half')
+
+
+def test_text_encoder_device_auto_is_resolved_once():
+    """``device='auto'`` reached ``model.to('auto')`` (an error)."""
+    from gpt4image_mm.embedding import build_text_encoder, minilm_dir
+    enc = build_text_encoder(minilm_dir(), device='auto')
+    assert enc.device.type == torch.device(resolve_device('auto')).type

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cli_errors import ToolError
-from ..devices import resolve_dtype
+from ..devices import resolve_device, resolve_dtype
 from ..openai_client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -807,7 +807,9 @@ def build_text_encoder(encoder: str, **options: Any) -> TextEncoder:
 
     ``options`` (device, dtype, pooling, max_length, api_base, dimensions,
     ...) go to the chosen class as far as it declares them; a name no
-    registered encoder declares is an error, not silently dropped."""
+    registered encoder declares is an error, not silently dropped.
+    ``device`` ``auto``/None is resolved here (:mod:`gpt4image_mm.devices`),
+    so every encoder gets a concrete device."""
     if not isinstance(encoder, str) or not encoder:
         raise EncoderError(f'encoder must be a name or directory, got '
                            f'{encoder!r}')
@@ -818,5 +820,7 @@ def build_text_encoder(encoder: str, **options: Any) -> TextEncoder:
     if unknown:
         raise EncoderError(f'unknown text encoder option(s) {unknown}; '
                            f'known: {sorted(known)}')
+    if 'device' in options:
+        options['device'] = resolve_device(options['device'])
     return cls.from_spec(spec, **{k: v for k, v in options.items()
                                   if k in cls.options})
