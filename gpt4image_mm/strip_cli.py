@@ -7,6 +7,9 @@ checkpoint, so the plain mmpretrain config loads it (zero deployment cost).
 from __future__ import annotations
 
 import argparse
+import pickle
+
+from .cli_errors import ToolError
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -17,9 +20,25 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_strip(args: argparse.Namespace) -> int:
-    """0 when ``dst`` is written; a ValueError (exit 2) when ``src`` is not
-    a checkpoint or ``dst`` is a file this tool did not write."""
+    """0 when ``dst`` is written; one line and exit 2 when ``src`` is not a
+    checkpoint (or not one that loads safely) or ``dst`` is a file this
+    tool did not write."""
     from .checkpoint import strip_checkpoint
-    dropped = strip_checkpoint(args.src, args.dst)
+    try:
+        dropped = strip_checkpoint(args.src, args.dst)
+    except (pickle.UnpicklingError, EOFError) as e:
+        raise ToolError(f'{args.src}: not a checkpoint that loads with '
+                        f'weights_only=True ({unpickling_reason(e)}); '
+                        'nothing written') from None
     print(f'{args.dst}: removed {dropped} training-only tensors')
     return 0
+
+
+def unpickling_reason(error: BaseException) -> str:
+    """The cause line of torch's many-line "Weights only load failed"
+    message (what it refused), else its first line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if 'WeightsUnpickler error' in line:
+            return f'Weights only load failed: {lines[i + 1]}'
+    return lines[0] if lines else type(error).__name__
