@@ -1,4 +1,4 @@
-"""The one error path of the command-line tools (caption.py, embed.py).
+"""The one error path of the command-line tools (`gpt4image`, tools/*.py).
 
 An error a user can act on is one line, ``error: <what> -- <the fix>``,
 scrubbed of keys, and an exit code; only an unexpected error (a bug) shows

@@ -1,6 +1,6 @@
 """``query``: classify or search images by text through a trained neck.
 
-    python tools/query.py CFG CKPT --images DIR --classify cat dog ship
+    gpt4image query CFG CKPT --images DIR --classify cat dog ship
     python tools/query.py CFG CKPT --images DIR --classify-file class.jsonl
     python tools/query.py CFG CKPT --images DIR --search "a red car" \\
         --topk 8 --out hits/
@@ -17,11 +17,10 @@ from .cli_errors import ToolError
 from .files import atomic_write_json
 
 
-def build_parser() -> argparse.ArgumentParser:
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``query``: zero-shot classification and text search of images
+    through the alignment neck of a GPT4Image checkpoint."""
     from mmengine.config import DictAction
-    p = argparse.ArgumentParser(
-        prog='query', description='zero-shot classification and text search '
-        'of images through the alignment neck of a GPT4Image checkpoint')
     p.add_argument('config', help='the GPT4Image training config')
     p.add_argument('checkpoint', help='a checkpoint that holds align_neck')
     where = p.add_mutually_exclusive_group(required=True)
@@ -51,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    '$GPT4IMAGE_CACHE/query)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries (as tools/test.py)')
+    p.set_defaults(handler=run_query)
     return p
 
 
@@ -90,7 +90,12 @@ def folder_accuracy(paths: List[str], preds: List[dict],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``query`` from Python; errors propagate."""
+    from .cli import parse_and_run
+    return parse_and_run(configure_parser, argv, 'query')
+
+
+def run_query(args: argparse.Namespace) -> int:
     from mmengine.config import Config
 
     from .query import TextQueryInferencer, contact_sheet

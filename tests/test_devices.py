@@ -37,3 +37,25 @@ def test_local_caption_backend_takes_the_same_aliases():
     be = _LocalBase('some/model', device='cpu', dtype='bf16')
     assert be.torch_dtype is torch.bfloat16
     assert _LocalBase('m', device='cpu').torch_dtype is torch.float32
+
+
+@pytest.mark.parametrize('device', ['cpu'] + (['cuda'] if
+                                              torch.cuda.is_available()
+                                              else []))
+def test_text_encoders_follow_the_same_auto_rule(device):
+    """embedding/encoders.py had its own table, where ``auto`` on a GPU was
+    fp16 while the caption backend chose bf16."""
+    from gpt4image_mm.embedding import build_text_encoder, minilm_dir
+    enc = build_text_encoder(minilm_dir(), device=device, dtype='auto')
+    weight = next(enc.model.parameters())
+    assert weight.dtype is resolve_dtype('auto', device)
+    assert weight.device.type == device
+    with pytest.raises(ValueError, match=r"dtype 'half': one of auto"):
+        build_text_encoder(minilm_dir(), device='cpu', dtype='half')
+
+
+def test_text_encoder_device_auto_is_resolved_once():
+    """``device='auto'`` reached ``model.to('auto')`` (an error)."""
+    from gpt4image_mm.embedding import build_text_encoder, minilm_dir
+    enc = build_text_encoder(minilm_dir(), device='auto')
+    assert enc.device.type == torch.device(resolve_device('auto')).type

@@ -471,3 +471,21 @@ def test_strip_align_never_overwrites_a_file_that_is_not_a_checkpoint(
     dst = str(tmp_path / 'deploy.pth')
     assert strip_checkpoint(str(src), dst) == 1
     assert strip_checkpoint(str(src), dst) == 1  # its own output: replaced
+
+
+@pytest.mark.parametrize('content', [b'key,text\ncat/1.png,A cat.\n', b''])
+def test_strip_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path,
+                                                               content):
+    """tools/strip_align.py (and ``gpt4image strip``) printed torch's
+    traceback for a CSV or an empty file given as the checkpoint."""
+    src = tmp_path / 'descriptions.csv'
+    src.write_bytes(content)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'tools', 'strip_align.py'),
+         str(src), str(tmp_path / 'deploy.pth')],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'error: {src}: not a '
+                                                   'checkpoint'), lines
+    assert not (tmp_path / 'deploy.pth').exists()

@@ -74,3 +74,20 @@ def test_online_vectors_equal_the_store(tmp_path):
     online = teacher(TEXTS).numpy()
     np.testing.assert_allclose(online, stored, atol=2e-6)
     assert teacher.dim == 384 and teacher.truncated == 0
+
+
+def test_built_on_the_resolved_device_with_its_auto_dtype(clip_dir):
+    """The teacher built its encoder on a hard-coded CPU, so ``dtype='auto'``
+    was always fp32 and the weights crossed to the GPU only later."""
+    from gpt4image_mm.devices import resolve_device, resolve_dtype
+    device = resolve_device('auto')
+    teacher = TextEmbeddingTeacher(clip_dir, dtype='auto')
+    weight = next(teacher.encoder.model.parameters())
+    assert weight.device.type == torch.device(device).type
+    assert weight.dtype is resolve_dtype('auto', device)
+    out = teacher(TEXTS)
+    assert out.device.type == torch.device(device).type
+    assert out.dtype == torch.float32  # targets stay fp32 whatever the dtype
+    cpu = TextEmbeddingTeacher(clip_dir, device='cpu')
+    assert next(cpu.encoder.model.parameters()).device.type == 'cpu'
+    torch.testing.assert_close(cpu(TEXTS), out.cpu(), atol=2e-2, rtol=0)

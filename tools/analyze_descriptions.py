@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Measure a descriptions JSONL (and its store) before training.
 
-    python tools/analyze_descriptions.py D.jsonl --store S --config CFG \
+    python tools/analyze_descriptions.py D.jsonl --store S --config CFG \\
         --out report/
-    python tools/analyze_descriptions.py A.jsonl --per-class --store SA \
+    python tools/analyze_descriptions.py A.jsonl --per-class --store SA \\
         --compare B.jsonl --compare-store SB --out report/
 
 Writes report.md (printed too), metrics.json and PNG figures into --out.
-See docs/analysis.md.
+Same as ``gpt4image analyze``. See docs/analysis.md.
 """
 import os
 import sys
@@ -15,6 +15,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':
-    from gpt4image_mm.analysis import main
-    from gpt4image_mm.cli_errors import run_tool
-    sys.exit(run_tool(main, sys.argv[1:]))
+    from gpt4image_mm.cli import run_subcommand
+    sys.exit(run_subcommand('analyze', sys.argv[1:],
+                            prog='analyze_descriptions.py'))

@@ -30,13 +30,11 @@ from .records import (
 from .report import render, write_figures
 
 
-def build_parser() -> argparse.ArgumentParser:
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``analyze``: measure a descriptions JSONL (and its embedding store)
+    before training: failures, refusals, duplicates, lengths and
+    truncation, class naming, class signal in the embeddings."""
     from mmengine.config import DictAction
-    p = argparse.ArgumentParser(
-        prog='analyze_descriptions',
-        description='measure a descriptions JSONL (and its embedding store) '
-        'before training: failures, refusals, duplicates, lengths and '
-        'truncation, class naming, class signal in the embeddings')
     p.add_argument('descriptions', help='descriptions JSONL')
     p.add_argument('--store', help='its embedding store (tools/embed.py)')
     p.add_argument('--out', required=True, help='directory for report.md, '
@@ -64,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    'strongly clustered store is slow: docs/analysis.md)')
     p.add_argument('--no-figures', action='store_true')
     p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(handler=run_analysis)
     return p
 
 
@@ -179,9 +178,14 @@ def _class_setup(args: argparse.Namespace
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``analyze`` from Python; errors propagate."""
+    from ..cli import parse_and_run
+    return parse_and_run(configure_parser, argv, 'analyze')
+
+
+def run_analysis(args: argparse.Namespace) -> int:
     """Analyse one set (or two with ``--compare``); 0 when the report is
     written."""
-    args = build_parser().parse_args(argv)
     if args.compare_store and not args.compare:
         raise ToolError('--compare-store needs --compare OTHER.jsonl')
     for path in filter(None, (args.descriptions, args.compare)):

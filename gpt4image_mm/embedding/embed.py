@@ -260,6 +260,25 @@ def embed_descriptions(descriptions: PathOrPaths,
     if not keys:
         raise StoreError(f'shard {shard}: no rows (only {len(src.keys)} '
                          'descriptions)')
+
+    def run_batches(order, rows, state, work):
+        _run_batches(encoder, texts, order, rows, state, work, batch_size,
+                     progress, flush_every, flush_seconds, on_batch)
+    resumed, state = _write_store(out, encoder, src, keys, texts, ident,
+                                  store_dtype, resume, run_batches)
+    return EmbedResult(out, len(keys), int(encoder.dim), src.failures,
+                       state['truncated'], time.time() - t0,
+                       resumed_rows=resumed, manifest=read_manifest(out))
+
+
+def _write_store(out: str, encoder: TextEncoder, src: DescriptionTexts,
+                 keys: List[str], texts: List[str], ident: Dict[str, Any],
+                 store_dtype: str, resume: bool,
+                 run_batches: Callable[..., None]
+                 ) -> Tuple[int, Dict[str, Any]]:
+    """Encode ``texts`` (resuming ``<out>.partial/`` when it is this same
+    job) and commit the store; returns the resumed row count and the final
+    progress state. The work dir's lock is held throughout."""
     n, dim = len(keys), int(encoder.dim)
     # longest first (by tokens where the encoder can count them); stable
     # ties by row, so a rerun processes the same order
@@ -269,40 +288,49 @@ def embed_descriptions(descriptions: PathOrPaths,
     try:
         for stale in glob.glob(glob.escape(out) + '.tmp-*'):
             shutil.rmtree(stale, ignore_errors=True)  # a crashed commit
-        prev = work.progress() if resume else None
-        same = prev is not None and all(
-            prev.get(k) == json.loads(json.dumps(v)) for k, v in state.items()
-            if k not in ('done', 'truncated'))
-        if not same:
-            work.reset()
-        else:
-            state['done'] = int(prev['done'])
-            state['truncated'] = prev.get('truncated')
+        same = _resume_or_reset(work, state, resume)
         resumed = state['done']
         rows = work.open_rows((n, dim), store_dtype, resume=same)
         if not same:
             work.save_progress(state)
-        _run_batches(encoder, texts, order, rows, state, work, batch_size,
-                     progress, flush_every, flush_seconds, on_batch)
-        manifest_extra = dict(
-            encoder_revision=encoder.revision,
-            encoder_settings=encoder.settings(), encoder_kind=encoder.kind,
-            shard=list(shard) if shard else None,
-            shard_rule=ident['shard_rule'], total_count=len(src.keys),
-            failures_skipped=src.failures,
-            truncated=state['truncated'], max_length=encoder.max_length,
-            descriptions=src.paths, source_datasets=src.sources)
+        run_batches(order, rows, state, work)
         _commit(out, rows, order, keys, dim, store_dtype, encoder.name,
-                src.checksum, manifest_extra)
+                src.checksum, _manifest_extra(encoder, src, ident, state))
         del rows
     except BaseException:
         work.release()
         raise
     work.remove()
-    manifest = read_manifest(out)
-    return EmbedResult(out, n, dim, src.failures, state['truncated'],
-                       time.time() - t0, resumed_rows=resumed,
-                       manifest=manifest)
+    return resumed, state
+
+
+def _resume_or_reset(work: _WorkDir, state: Dict[str, Any],
+                     resume: bool) -> bool:
+    """Take ``done``/``truncated`` from the work dir's progress when it was
+    saved by this same job (else clear the work dir); True when resuming."""
+    prev = work.progress() if resume else None
+    same = prev is not None and all(
+        prev.get(k) == json.loads(json.dumps(v)) for k, v in state.items()
+        if k not in ('done', 'truncated'))
+    if not same:
+        work.reset()
+    else:
+        state['done'] = int(prev['done'])
+        state['truncated'] = prev.get('truncated')
+    return same
+
+
+def _manifest_extra(encoder: TextEncoder, src: DescriptionTexts,
+                    ident: Dict[str, Any], state: Dict[str, Any]
+                    ) -> Dict[str, Any]:
+    """The manifest fields beyond what :func:`_commit` writes itself."""
+    return dict(
+        encoder_revision=encoder.revision,
+        encoder_settings=encoder.settings(), encoder_kind=encoder.kind,
+        shard=ident['shard'], shard_rule=ident['shard_rule'],
+        total_count=len(src.keys), failures_skipped=src.failures,
+        truncated=state['truncated'], max_length=encoder.max_length,
+        descriptions=src.paths, source_datasets=src.sources)
 
 
 def _run_batches(encoder: TextEncoder, texts: List[str], order: np.ndarray,

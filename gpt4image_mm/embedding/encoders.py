@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cli_errors import ToolError
+from ..devices import resolve_device, resolve_dtype
 from ..openai_client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -69,21 +70,6 @@ _SNAPSHOT = re.compile(r'[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)')
 
 class EncoderError(ValueError):
     """An encoder spec or model directory that cannot be used (says why)."""
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """``auto`` is fp16 on GPU (the fast path) and fp32 elsewhere (CPU fp16
-    is slow and inexact)."""
-    if dtype in (None, 'auto'):
-        return torch.float16 if str(device).startswith('cuda') else \
-            torch.float32
-    table = {'float32': torch.float32, 'fp32': torch.float32,
-             'float16': torch.float16, 'fp16': torch.float16,
-             'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
-    if dtype not in table:
-        raise EncoderError(f'unknown dtype {dtype!r}; one of auto, '
-                           f'{", ".join(table)}')
-    return table[dtype]
 
 
 def dir_fingerprint(path: str) -> str:
@@ -821,7 +807,9 @@ def build_text_encoder(encoder: str, **options: Any) -> TextEncoder:
 
     ``options`` (device, dtype, pooling, max_length, api_base, dimensions,
     ...) go to the chosen class as far as it declares them; a name no
-    registered encoder declares is an error, not silently dropped."""
+    registered encoder declares is an error, not silently dropped.
+    ``device`` ``auto``/None is resolved here (:mod:`gpt4image_mm.devices`),
+    so every encoder gets a concrete device."""
     if not isinstance(encoder, str) or not encoder:
         raise EncoderError(f'encoder must be a name or directory, got '
                            f'{encoder!r}')
@@ -832,5 +820,7 @@ def build_text_encoder(encoder: str, **options: Any) -> TextEncoder:
     if unknown:
         raise EncoderError(f'unknown text encoder option(s) {unknown}; '
                            f'known: {sorted(known)}')
+    if 'device' in options:
+        options['device'] = resolve_device(options['device'])
     return cls.from_spec(spec, **{k: v for k, v in options.items()
                                   if k in cls.options})

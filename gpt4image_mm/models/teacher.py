@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from mmpretrain.registry import MODELS
 
+from ..devices import resolve_device
 from ..embedding.encoders import TextEncoder, build_text_encoder
 
 
@@ -34,8 +35,14 @@ class TextEmbeddingTeacher(torch.nn.Module):
             a plugin registered (``custom_imports``).
         pooling: override the pooling of HF encoders (``mean``/``cls``/...).
         max_length: override the token limit.
-        dtype: compute dtype (``float32``, ``float16``, ``bfloat16``,
-            ``auto`` = fp16 on GPU).
+        dtype: compute dtype (``float32``, ``float16``, ``bfloat16``, or
+            ``auto``: :func:`gpt4image_mm.devices.resolve_dtype`'s rule for
+            ``device``).
+        device: where the encoder is built: ``auto`` (default) is
+            :func:`gpt4image_mm.devices.resolve_device`'s answer, the device
+            MMEngine's runner moves the model to, so the weights are not
+            loaded on the CPU first and ``dtype='auto'`` sees the real
+            device; ``.to()`` moves the teacher later as any module.
         api_base, api_key_env, dimensions: for embeddings endpoints.
         chunk_size: texts per forward pass (bounds memory of big batches).
         **encoder_options: further options the chosen encoder declares
@@ -47,19 +54,20 @@ class TextEmbeddingTeacher(torch.nn.Module):
                  api_base: Optional[str] = None,
                  api_key_env: Optional[str] = None,
                  dimensions: Optional[int] = None, chunk_size: int = 256,
-                 **encoder_options: Any):
+                 device: Optional[str] = 'auto', **encoder_options: Any):
         super().__init__()
         self.spec = encoder
         self.chunk_size = int(chunk_size)
+        device = resolve_device(device)
         self.encoder: TextEncoder = build_text_encoder(
-            encoder, device='cpu', dtype=dtype, pooling=pooling,
+            encoder, device=device, dtype=dtype, pooling=pooling,
             max_length=max_length, api_base=api_base,
             api_key_env=api_key_env, dimensions=dimensions,
             **encoder_options)
         for mod in self.encoder.modules():
             mod.eval().requires_grad_(False)
         # a non-persistent probe tells the device even for API encoders
-        self.register_buffer('_device_probe', torch.zeros(0),
+        self.register_buffer('_device_probe', torch.zeros(0, device=device),
                              persistent=False)
         self.training = False
 
