@@ -150,13 +150,21 @@ def run_job(job: Job, threads: int) -> Dict[str, Any]:
 
 
 def _monitor(jobs: List[Job], stop: threading.Event) -> None:
-    """One progress bar per job, fed by the runs' mmengine scalar logs."""
+    """A progress bar per *running* job (at most one per worker), fed by
+    the runs' mmengine scalar logs; a finished run's bar goes away and its
+    one-line result is printed."""
     from tqdm import tqdm
     bars: Dict[int, Any] = {}
     last: Dict[int, Tuple[int, int]] = {}
     try:
         while not stop.wait(2.0):
             for i, job in enumerate(jobs):
+                finished = osp.isfile(osp.join(job.work_dir, 'done.json'))
+                if finished:
+                    if i in bars:
+                        bars.pop(i).close()
+                        tqdm.write(_finished_line(job))
+                    continue
                 recs = _scalars(job.work_dir) if osp.isdir(
                     job.work_dir) else []
                 if not recs or last.get(i) == _progress(recs):
@@ -165,12 +173,18 @@ def _monitor(jobs: List[Job], stop: threading.Event) -> None:
                 if i not in bars:
                     bars[i] = tqdm(total=job.epochs * job.iters_per_epoch,
                                    desc=f'{job.arm:9s} seed {job.seed}',
-                                   unit='it', position=len(bars),
+                                   unit='it', leave=False,
                                    dynamic_ncols=True, mininterval=5)
                 _update(bars[i], recs)
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def _finished_line(job: Job) -> str:
+    curve = val_curve(job.work_dir)
+    last = f', last val top-1 {curve[-1]:.2f}' if curve else ''
+    return f'{ARMS[job.arm].title} seed {job.seed}: trained{last}'
 
 
 def _progress(recs: List[Dict[str, Any]]) -> Tuple[int, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -35,10 +36,10 @@ class Command(NamedTuple):
 
 COMMANDS: Dict[str, Command] = {
     'caption': Command(
-        'gpt4image_mm.cli', '_configure_caption_adapter',
+        'gpt4image_mm.captioning.cli', 'configure_parser',
         'describe training images with a multimodal LLM'),
     'caption-merge': Command(
-        'gpt4image_mm.cli', '_configure_caption_merge_adapter',
+        'gpt4image_mm.captioning.cli', 'configure_merge_parser',
         'join the outputs of caption --shard i/N runs'),
     'embed': Command(
         'gpt4image_mm.embedding.cli', 'configure_parser',
@@ -75,8 +76,11 @@ def configure_function(name: str) -> Configure:
     return getattr(importlib.import_module(cmd.module), cmd.function)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``gpt4image`` with one subparser per entry of :data:`COMMANDS`."""
+def build_parser(argv: Optional[Sequence[str]] = None
+                 ) -> argparse.ArgumentParser:
+    """``gpt4image`` with one subparser per entry of :data:`COMMANDS`;
+    ``argv`` goes to the commands that read it before parsing (caption's
+    ``--custom-imports`` registers backends whose options it must know)."""
     parser = argparse.ArgumentParser(
         prog='gpt4image', description='GPT4Image for MMPretrain: describe '
         'images, embed the descriptions, analyse, query, deploy. '
@@ -86,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', metavar='COMMAND',
                                 required=True)
     for name, cmd in COMMANDS.items():
-        configure_function(name)(sub.add_parser(
-            name, help=cmd.help, description=cmd.help))
+        configure = configure_function(name)
+        extra = ({'argv': argv} if argv is not None and 'argv' in
+                 inspect.signature(configure).parameters else {})
+        configure(sub.add_parser(name, help=cmd.help, description=cmd.help),
+                  **extra)
     return parser
 
 
@@ -111,48 +118,13 @@ def run_subcommand(name: str, argv: Sequence[str], prog: str) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``gpt4image`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if getattr(args, 'raw_argv_needed', False):  # caption adapter, below
-        args.raw_argv = argv[argv.index(args.command) + 1:]
-    return run_tool(lambda _: args.handler(args), argv)
+
+    def run(argv: List[str]) -> int:
+        args = build_parser(argv).parse_args(argv)  # inside run_tool: a bad
+        return args.handler(args)  # --custom-imports is one line, exit 2
+    return run_tool(run, argv)
 
 
-# --- TEMPORARY caption adapter ---------------------------------------------
-# Until gpt4image_mm/captioning/cli.py exposes ``configure_parser`` and
-# ``configure_merge_parser`` (the caption developer's part of issue #12),
-# ``caption`` and ``caption-merge`` show caption.py's own options and hand
-# the raw arguments to its ``_main``. The lead replaces these two functions
-# (and the ``raw_argv_needed`` line in ``main``) with the captioning ones at
-# merge time.
-
-def _configure_caption_adapter(parser: argparse.ArgumentParser
-                               ) -> argparse.ArgumentParser:
-    from .captioning.cli import _run_parser
-    source = _run_parser()
-    parser.formatter_class = source.formatter_class
-    for action in source._actions:
-        if not isinstance(action, argparse._HelpAction):
-            parser._add_action(action)
-    parser.set_defaults(handler=_caption_handler([]), raw_argv_needed=True)
-    return parser
-
-
-def _configure_caption_merge_adapter(parser: argparse.ArgumentParser
-                                     ) -> argparse.ArgumentParser:
-    parser.add_argument('out')
-    parser.add_argument('parts', nargs='+')
-    parser.add_argument('--overwrite', action='store_true')
-    parser.set_defaults(handler=_caption_handler(['merge']),
-                        raw_argv_needed=True)
-    return parser
-
-
-def _caption_handler(first: List[str]) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        from .captioning.cli import _main
-        return _main(first + args.raw_argv)
-    return handler
-# --- end of the TEMPORARY caption adapter ------------------------------------
 
 
 if __name__ == '__main__':

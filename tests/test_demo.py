@@ -21,7 +21,8 @@ ARMS = 'baseline,gpt4image,classname,random'
 def _demo(work_dir: str, data_root: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, 'tools/demo.py', '--quick', '--arms', ARMS,
-         '--work-dir', work_dir, '--data-root', data_root], cwd=REPO, capture_output=True, text=True,
+         '--work-dir', work_dir, '--data-root', data_root], cwd=REPO,
+        capture_output=True, text=True,
         env=dict(os.environ, PYTHONWARNINGS='ignore'), timeout=900)
 
 

@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 
 from gpt4image_demo import parse_arms
-from gpt4image_demo.stats import (Paired, comparisons, headline,
-                                  last_epochs_spread, mean_std)
-from gpt4image_demo.steps import (write_classname_descriptions,
-                                  write_random_store)
+from gpt4image_demo.stats import (
+    Paired,
+    comparisons,
+    headline,
+    last_epochs_spread,
+    mean_std,
+)
+from gpt4image_demo.steps import write_classname_descriptions, write_random_store
 
 TITLES = {'baseline': 'baseline', 'gpt4image': 'GPT4Image',
           'classname': 'class name', 'random': 'random vectors'}

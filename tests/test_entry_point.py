@@ -113,7 +113,7 @@ def test_embed_then_analyze_equals_the_tools(tmp_path):
     assert reports['cli'][1]['descriptions']['store_rows'] == 6
 
 
-def test_caption_adapter_dry_run_equals_the_tool(tmp_path):
+def test_caption_dry_run_equals_the_tool(tmp_path):
     root = tmp_path / 'imgs'
     make_image_folder(root, per_class=2)
     args = ['--images', root, '--model', 'gpt-4o-mini', '--dry-run',
@@ -122,6 +122,12 @@ def test_caption_adapter_dry_run_equals_the_tool(tmp_path):
     script = ok(tool('caption.py', '--out', tmp_path / 'a.jsonl', *args))
     assert json.loads(cli.stdout) == json.loads(script.stdout)
     assert json.loads(cli.stdout)['requests'] == 6
+    # caption's --custom-imports is read before parsing, here too
+    bad = gpt4image('caption', '--custom-imports', 'no_such_backend_mod',
+                    '--out', tmp_path / 'b.jsonl', *args)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert 'no_such_backend_mod' in bad.stderr
 
 
 def test_errors_are_one_line_with_the_project_exit_code(tmp_path):
