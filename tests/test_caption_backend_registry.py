@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ROOT, make_image_folder
 from PIL import Image
 
@@ -22,7 +23,6 @@ RECORD_KEYS = {'key', 'text', 'model', 'prompt_id', 'usage', 'time',
                'backend', 'latency_s'}
 
 
-@CAPTION_BACKENDS.register_module('mean_colour', force=True)
 class MeanColourBackend(Backend):
     """Names each image's mean colour: deterministic, no model."""
 
@@ -46,6 +46,16 @@ class MeanColourBackend(Backend):
         return [Answer(f'{self.prefix} {mean_colour(r.image)}', self.model,
                        {'prompt_tokens': 1, 'completion_tokens': 4})
                 for r in requests]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def mean_colour_registered():
+    """Registered for this file's tests only: other tests (e.g. the help
+    text's) see the built-in backends alone, whatever the test order."""
+    CAPTION_BACKENDS.register_module('mean_colour', module=MeanColourBackend,
+                                     force=True)
+    yield
+    CAPTION_BACKENDS.module_dict.pop('mean_colour', None)
 
 
 def mean_colour(image):
@@ -115,7 +125,9 @@ def write_plugin(tmp_path):
             'from gpt4image_mm.captioning import Answer, Backend\n'
             'from gpt4image_mm.registry import CAPTION_BACKENDS\n\n\n'
             + inspect.getsource(MeanColourBackend) + '\n\n'
-            + inspect.getsource(mean_colour))
+            + inspect.getsource(mean_colour) + '\n\n'
+            "CAPTION_BACKENDS.register_module('mean_colour', "
+            'module=MeanColourBackend)\n')
     plugin = tmp_path / 'plugin'
     plugin.mkdir()
     (plugin / 'colour_backends.py').write_text(code)
