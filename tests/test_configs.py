@@ -295,8 +295,8 @@ PROMISES = {
     'deit-small_4xb256_in1k_gpt4image': dict(
         epochs=300, peak=1e-3, warmup=20, warmup_start=1e-6, eta_min=1e-5,
         warmup_per_iter=True),
-    'resnet18-w16_fmnist': dict(epochs=6, peak=0.05, eta_min=0),
-    'resnet18-w16_fmnist_gpt4image': dict(epochs=6, peak=0.05, eta_min=0),
+    'resnet18-w16_fmnist': dict(epochs=20, peak=0.05, eta_min=0),
+    'resnet18-w16_fmnist_gpt4image': dict(epochs=20, peak=0.05, eta_min=0),
 }
 
 
