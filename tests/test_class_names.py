@@ -259,3 +259,26 @@ def test_repair_loop_end_to_end(tmp_path, pets, serve):
     stray.write_text('somewhere/else.jpg\n')
     proc = tool('caption.py', *common, '--redo-keys', stray)
     assert proc.returncode == 2 and 'somewhere/else.jpg' in proc.stderr
+
+
+def test_repair_answer_supersedes_in_every_reader(tmp_path):
+    """A ``"redo": true`` success replaces the key's earlier one for the
+    dataset reader, embed.py's reader and caption.py merge; an unmarked
+    second text stays an error."""
+    from gpt4image_mm.captioning.merge import merge
+    from gpt4image_mm.descriptions import DescriptionFileError
+    from gpt4image_mm.embedding.embed import load_description_texts
+    path = tmp_path / 'd.jsonl'
+    recs = [{'key': 'a', 'text': 'old'}, {'key': 'b', 'text': 'kept'},
+            {'key': 'a', 'text': 'new', 'redo': True}]
+    path.write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    assert read_descriptions(str(path))['a']['text'] == 'new'
+    loaded = load_description_texts(str(path))
+    assert dict(zip(loaded.keys, loaded.texts)) == {'a': 'new', 'b': 'kept'}
+    merged = tmp_path / 'm.jsonl'
+    merge(str(merged), [str(path)])
+    assert read_descriptions(str(merged))['a']['text'] == 'new'
+    path.write_text(''.join(json.dumps(r) + '\n' for r in recs[:2] + [
+        {'key': 'a', 'text': 'other'}]))
+    with pytest.raises(DescriptionFileError, match='duplicate key'):
+        read_descriptions(str(path))
