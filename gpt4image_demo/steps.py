@@ -87,13 +87,15 @@ def class_names(config: str) -> List[str]:
 def write_classname_descriptions(path: str, names: List[str]) -> str:
     """One plain prompt per class, in the descriptions format (so the
     ``classname`` arm goes through the same embed step as the LLM's)."""
+    from gpt4image_mm.class_names import display_name
     from gpt4image_mm.descriptions import DescriptionWriter
     from gpt4image_mm.files import atomic_path
     from gpt4image_mm.keys import class_key, description_key
     with atomic_path(path) as tmp, DescriptionWriter(tmp) as w:
         for name in names:
             w.write(dict(key=description_key(class_key(name), 0),
-                         text=CLASSNAME_PROMPT.format(name=name)))
+                         text=CLASSNAME_PROMPT.format(
+                             name=display_name(name))))
     return path
 
 

@@ -4,10 +4,12 @@ embed.py reads.
 One record per line, append-only. A success record has ``key`` and ``text``
 (plus ``model``, ``prompt_id``, ``usage``, ``time``); a failure record has
 ``key`` and ``error``. A later success for a key supersedes earlier failures;
-writers never emit a second success for a key (the rule lives in
-:class:`KeyStates`). A torn last line (a crash in
-the middle of a write) is tolerated on read and cut off before appending;
-a complete last record that only lacks its newline is kept by both.
+writers never emit a second success for a key, except a repair pass
+(``caption.py --redo-keys``), whose answers carry ``"redo": true`` and
+supersede the key's earlier success (the rules live in :class:`KeyStates`).
+A torn last line (a crash in the middle of a write) is tolerated on read
+and cut off before appending; a complete last record that only lacks its
+newline is kept by both.
 Files are read as a stream: memory does not grow with their size.
 """
 from __future__ import annotations
@@ -22,6 +24,12 @@ from .keys import check_key
 # A description longer than this is almost surely garbage (the paper's are
 # ~100 words); text encoders truncate to 77-512 tokens anyway.
 MAX_TEXT_CHARS = 100_000
+
+
+def supersedes(rec: Dict[str, Any]) -> bool:
+    """Whether a success record replaces its key's earlier success: the
+    answers of a repair pass (``caption.py --redo-keys``) do."""
+    return 'error' not in rec and rec.get('redo') is True
 
 
 class DescriptionFileError(ValueError):
@@ -117,6 +125,10 @@ def read_descriptions(path: str,
         if 'error' in rec:
             continue
         key = rec['key']
+        if key in out and supersedes(rec):
+            out[key] = rec
+            seen_at[key] = lineno
+            continue
         if key in out:
             if out[key]['text'] == rec['text'] or on_duplicate == 'first':
                 continue
@@ -134,9 +146,10 @@ class KeyStates:
     """Where each key stands after a stream of records: the format's one
     "latest record per key" rule, used by every reader that folds records.
 
-    A key's first success is final (later successes are duplicates, for the
-    caller to drop or refuse); a failure stands only while no success has
-    been seen, and the latest failure is the one kept. Keeps keys and failure
+    A key's first success holds (later successes are duplicates, for the
+    caller to drop or refuse) until a repair answer (:func:`supersedes`)
+    replaces it; a failure stands only while no success has been seen, and
+    the latest failure is the one kept. Keeps keys and failure
     records only, so a 1.3M-record file folds in little memory.
     """
 
@@ -145,14 +158,15 @@ class KeyStates:
         self.failed: Dict[str, Dict[str, Any]] = {}
 
     def add(self, rec: Dict[str, Any]) -> bool:
-        """Fold one record; True when it is its key's first success."""
+        """Fold one record; True when it is now its key's text (the first
+        success, or a repair answer that supersedes it)."""
         key = rec['key']
         if 'error' in rec:
             if key not in self.done:
                 self.failed[key] = rec
             return False
         if key in self.done:
-            return False
+            return supersedes(rec)
         self.succeed(key)
         return True
 

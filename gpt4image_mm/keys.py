@@ -167,3 +167,24 @@ def class_names(dataset: Any) -> Sequence[str]:
         raise ValueError(f'{type(dataset).__name__} declares no class names; '
                          'set metainfo=dict(classes=[...]) in its config')
     return list(names)
+
+
+def read_key_file(path: str) -> frozenset:
+    """The keys of a key file, one per line (``analyze``'s flagged keys,
+    ``caption.py --redo-keys``); blank lines are skipped."""
+    with open(path, encoding='utf-8') as f:
+        keys = frozenset(ln.rstrip('\r\n') for ln in f if ln.strip())
+    if not keys:
+        raise ValueError(f'{path}: no keys in the file')
+    return keys
+
+
+def write_key_file(path: str, keys: Iterator[str]) -> int:
+    """Write keys one per line, atomically; returns how many."""
+    from .files import atomic_path
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+        for key in keys:
+            f.write(check_key(key, f'{path}: ') + '\n')
+            n += 1
+    return n

@@ -31,7 +31,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        '(array datasets too); reports its top-1')
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument('--classify', nargs='+', metavar='TEXT',
-                      help='one text per class: a name or a description')
+                      help='one text per class: a name (a folder name '
+                      'reads as words: saint_bernard -> saint bernard) or '
+                      'a description')
     what.add_argument('--classify-file', metavar='CLASS.jsonl',
                       help='class-level descriptions (class:<name>#k keys); '
                       "each class's texts are averaged")
@@ -39,6 +41,10 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--template', default='{}',
                    help="--classify: text around each name, e.g. 'a photo "
                    "of a {}.' (default: the name alone)")
+    p.add_argument('--class-names', metavar='FILE', help='--classify: the '
+                   'words each class name stands for in the text (JSON '
+                   '{name: words}, CSV name,words or one per line; default: '
+                   'underscores as spaces); results keep the names given')
     p.add_argument('--topk', type=int, default=8)
     p.add_argument('--out', help='directory for results.json (and the '
                    "search's contact sheet search.png)")
@@ -76,7 +82,10 @@ def class_texts_from_args(args: argparse.Namespace) -> Dict[str, List[str]]:
     if '{}' not in args.template:
         raise ToolError(f'--template {args.template!r} has no {{}} for the '
                         'class name')
-    return {t: [args.template.format(t)] for t in args.classify}
+    from .class_names import class_display_names
+    shown = class_display_names(args.classify, args.class_names)
+    return {t: [args.template.format(s)] for t, s in zip(args.classify,
+                                                          shown)}
 
 
 def folder_accuracy(paths: List[str], preds: List[dict],
@@ -147,7 +156,8 @@ def classify_report(inferencer, texts, paths, feats) -> dict:
     if acc is not None:
         print(f'top-1 by text through the neck: {100 * acc:.2f} % of '
               f'{len(paths)} images')
-    return {'classes': list(texts), 'top1': acc, 'predictions': [
+    return {'classes': list(texts), 'texts': texts, 'top1': acc,
+            'predictions': [
         {'path': p, 'pred_class': r['pred_class'],
          'pred_score': r['pred_score']} for p, r in zip(paths, preds)]}
 

@@ -94,6 +94,20 @@ def test_classify_by_class_texts(trained):
     assert split['top1'] == pytest.approx(res['top1']), proc.stdout
 
 
+def test_classify_by_class_names_says_words(trained):
+    """Folder names read as words in the class texts; a user's map wins;
+    results keep the names given."""
+    names = trained / 'names.json'
+    names.write_text(json.dumps({'ship': 'sailing_boat'}))
+    query(trained, '--classify', 'cat', 'dog', 'ship', '--template',
+          'A photo of a {}.', '--class-names', names, '--out',
+          trained / 'named')
+    res = json.loads((trained / 'named' / 'results.json').read_text())
+    assert res['classes'] == ['cat', 'dog', 'ship']
+    assert res['texts']['ship'] == ['A photo of a sailing boat.']
+    assert res['texts']['cat'] == ['A photo of a cat.']
+
+
 def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
     from gpt4image_mm.apis import TextQueryInferencer
     inf = TextQueryInferencer(str(trained / 'align.py'),

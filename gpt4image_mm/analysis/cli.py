@@ -16,9 +16,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..class_names import class_display_names
 from ..cli_errors import ToolError
 from ..files import atomic_write_bytes, atomic_write_json
 from .embeddings import EXACT_NEAR_DUP_MAX, class_signal, near_duplicates
+from .flagged import flag_records, write_flagged_keys
 from .metrics import text_metrics
 from .records import (
     ClassNames,
@@ -45,6 +47,10 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                          'test'))
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries (as tools/train.py)')
+    p.add_argument('--class-names', metavar='FILE', help='the names texts '
+                   'use for the class folders (JSON {folder: name}, CSV '
+                   'folder,name or one per line; default: folder names with '
+                   'underscores as spaces)')
     p.add_argument('--per-class', action='store_true',
                    help='no config: take the class names from the '
                    'class:<name> keys of the file(s)')
@@ -121,11 +127,19 @@ def _tokenizer(args: argparse.Namespace, store: Optional[str]
 
 def analyse(path: str, store: Optional[str], names: List[str],
             label_of: LabelOf, tokenizer: Any, max_length: Optional[int],
-            args: argparse.Namespace) -> Dict[str, Any]:
-    """Every figure of one description set (and its store)."""
+            args: argparse.Namespace, flagged_out: Optional[str] = None
+            ) -> Dict[str, Any]:
+    """Every figure of one description set (and its store); with
+    ``flagged_out``, the keys to ask again are written there. ``names``:
+    the classes' display names, in label order."""
     stats = scan_records(path, label_of, ClassNames(names) if names else None,
                          tokenizer, progress=not args.no_progress)
     m = text_metrics(stats, max_length)
+    if flagged_out:
+        flags = flag_records(stats, max_length)
+        write_flagged_keys(path, flags, flagged_out)
+        m['flagged'] = flags.counts
+        m['_flagged_file'] = flagged_out
     m['_path'] = path
     m['_examples'] = stats.examples
     m['_words'] = stats.words
@@ -167,14 +181,20 @@ def store_metrics(store: str, stats: Any, names: List[str],
 
 def _class_setup(args: argparse.Namespace
                  ) -> Tuple[List[str], LabelOf]:
+    """The classes' display names (what texts say) and the key -> label
+    lookup (keys keep the folder names)."""
     if args.config:
         names, per_image = _config_labels(args)
-        return names, class_label_of(names, per_image)
-    if args.per_class:
+        label_of = class_label_of(names, per_image)
+    elif args.per_class:
         paths = [args.descriptions] + ([args.compare] if args.compare else [])
         names = _names_from_keys(paths)
-        return names, class_label_of(names)
-    return [], class_label_of([])
+        label_of = class_label_of(names)
+    else:
+        if args.class_names:
+            raise ToolError('--class-names needs --config or --per-class')
+        return [], class_label_of([])
+    return class_display_names(names, args.class_names), label_of
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -193,12 +213,16 @@ def run_analysis(args: argparse.Namespace) -> int:
             raise ToolError(f'{path}: no such descriptions file')
     names, label_of = _class_setup(args)
     tokenizer, max_length = _tokenizer(args, args.store)
+    os.makedirs(args.out, exist_ok=True)
+    tag = '_A' if args.compare else ''
     sets = [analyse(args.descriptions, args.store, names, label_of,
-                    tokenizer, max_length, args)]
+                    tokenizer, max_length, args,
+                    os.path.join(args.out, f'flagged_keys{tag}.txt'))]
     titles = ['A' if args.compare else 'descriptions']
     if args.compare:
         sets.append(analyse(args.compare, args.compare_store, names,
-                            label_of, tokenizer, max_length, args))
+                            label_of, tokenizer, max_length, args,
+                            os.path.join(args.out, 'flagged_keys_B.txt')))
         titles.append('B')
     write_report(sets, titles, names, args.out, not args.no_figures)
     return 0

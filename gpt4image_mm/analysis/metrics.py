@@ -9,7 +9,14 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .records import CONTENTLESS, OTHER_CLASS, OWN_CLASS, REFUSAL, RecordStats
+from .records import (
+    CONTENTLESS,
+    OTHER_CLASS,
+    OWN_CLASS,
+    REDO,
+    REFUSAL,
+    RecordStats,
+)
 
 # CLIP's text tower (the paper's encoder) cuts every text at 77 tokens
 # (CLIP's context_length, Radford et al. 2021).
@@ -17,11 +24,20 @@ CLIP_CONTEXT = 77
 
 
 def first_per_key(stats: RecordStats) -> np.ndarray:
-    """Mask of the records that count: a key's first success (writers emit
-    one success per key; a repeat of it is the same description)."""
+    """Mask of the records that count, one per key: the key's latest
+    repair answer (``"redo": true``), else its first success (writers emit
+    one success per key otherwise; a repeat of it is the same
+    description)."""
+    n = len(stats.key_hash)
     _, first = np.unique(stats.key_hash, return_index=True)
-    keep = np.zeros(len(stats.key_hash), bool)
-    keep[first] = True
+    eligible = np.zeros(n, bool)
+    eligible[first] = True
+    if len(stats.flags):
+        eligible |= (stats.flags & REDO).astype(bool)
+    latest_first = np.flatnonzero(eligible)[::-1]
+    _, last = np.unique(stats.key_hash[latest_first], return_index=True)
+    keep = np.zeros(n, bool)
+    keep[latest_first[last]] = True
     return keep
 
 

@@ -9,7 +9,8 @@ figure (percentiles, duplicates, latest record per key) is still exact.
 The record rules are those of :mod:`gpt4image_mm.descriptions`: records come
 from its streaming reader :func:`~gpt4image_mm.descriptions.iter_records`; a
 key whose latest record is a failure is a failure (a later success
-supersedes it); a key's repeated success is counted once.
+supersedes it); a key's repeated success is counted once, and a repair
+answer (``"redo": true``) replaces the key's earlier success.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..descriptions import iter_records
+from ..descriptions import iter_records, supersedes
 from ..keys import CLASS_PREFIX, base_key
 
 # Phrases with which chat models decline or fail to describe an image
@@ -61,9 +62,21 @@ def is_contentless(text: str) -> bool:
     return not any(ch.isalnum() for ch in text)
 
 
+_JOINER = re.compile(r'[\s_-]+')  # how words of a name may be joined
+
+
+def _words(text: str) -> str:
+    """A name or a match as lower-case words: ``Saint-Bernard``,
+    ``saint_bernard`` and ``Saint  Bernard`` are all ``saint bernard``."""
+    return _JOINER.sub(' ', text.lower()).strip()
+
+
 class ClassNames:
     """Finds class names in a text, whole words, plural ``s`` allowed.
 
+    Give it display names (:mod:`gpt4image_mm.class_names`): folder names
+    are matched as words too, since a space, ``_`` or ``-`` between the
+    words of a name matches any of them ("Saint Bernard", "saint-bernard").
     A class name like ``'tench, Tinca tinca'`` or ``'T-shirt/top'`` yields
     each of its parts as a synonym; longer synonyms match first, so
     ``t-shirt`` is not also read as ``shirt``.
@@ -75,13 +88,14 @@ class ClassNames:
         owners: Dict[str, set] = {}
         for i, name in enumerate(self.names):
             for part in re.split(r'[,/;]', name):
-                part = ' '.join(part.lower().split())
+                part = _words(part)
                 if len(part) >= 2:
                     owners.setdefault(part, set()).add(i)
         self.owners = owners
         alts = sorted(owners, key=len, reverse=True)
         self.pattern = re.compile(
-            r'(?<!\w)(' + '|'.join(re.escape(a) for a in alts) + r')(?:e?s)?(?!\w)',
+            r'(?<!\w)(' + '|'.join(r'[\s_-]+'.join(map(re.escape, a.split()))
+                                  for a in alts) + r')(?:e?s)?(?!\w)',
             re.IGNORECASE) if alts else None
 
     def found(self, text: str) -> set:
@@ -90,7 +104,7 @@ class ClassNames:
             return set()
         out: set = set()
         for m in self.pattern.finditer(text):
-            out |= self.owners[' '.join(m.group(1).lower().split())]
+            out |= self.owners[_words(m.group(1))]
         return out
 
 
@@ -113,7 +127,7 @@ class RecordStats:
 
 
 # bits of RecordStats.flags
-REFUSAL, CONTENTLESS, OWN_CLASS, OTHER_CLASS = 1, 2, 4, 8
+REFUSAL, CONTENTLESS, OWN_CLASS, OTHER_CLASS, REDO = 1, 2, 4, 8, 16
 EXAMPLES = 3  # keys shown per finding in the report
 
 
@@ -187,7 +201,8 @@ def scan_records(path: str, label_of: LabelOf,
             continue
         text = rec['text']
         label = label_of(key)
-        flags = _text_flags(text, label, classes)
+        flags = _text_flags(text, label, classes) | (
+            REDO if supersedes(rec) else 0)
         for bit, name in ((REFUSAL, 'refusal'), (CONTENTLESS, 'contentless'),
                           (OTHER_CLASS, 'other_class')):
             if flags & bit:

@@ -74,6 +74,14 @@ def _notes(m: Dict[str, Any], title: str) -> List[str]:
     for finding, keys in sorted((m.get('_examples') or {}).items()):
         out.append(f'- {title}: {finding.replace("_", " ")}, e.g. '
                    + ', '.join(f'`{k}`' for k in keys))
+    if m.get('flagged'):
+        c = m['flagged']
+        parts = ', '.join(f'{k.replace("_", " ")} {v}' for k, v in c.items()
+                          if k != 'keys' and v)
+        out.append(f'- {title}: {c["keys"]} keys to ask again'
+                   + (f' ({parts})' if parts else '') + ' -> `'
+                   + os.path.basename(m.get('_flagged_file', '')) + '` '
+                   '(caption.py --redo-keys)')
     for p in m.get('_confused_pairs') or []:
         out.append(f'- {title}: `{p["a"]}` <-> `{p["b"]}` confused '
                    f'{p["confused"]} times (centroid cosine '

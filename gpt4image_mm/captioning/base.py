@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ..cli_errors import ToolError
+from ..keys import read_key_file
 from ..security import Scrubber  # noqa: F401  (re-exported)
 from ..sharding import parse_shard
 
@@ -96,6 +97,8 @@ class CaptionOptions:
     backend_args: argparse.Namespace = field(
         default_factory=argparse.Namespace)
     handle_signals: bool = False    # the command line's SIGINT/SIGTERM stop
+    class_names: Optional[str] = None  # --class-names FILE
+    redo_keys: Optional[str] = None    # --redo-keys FILE
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> CaptionOptions:
@@ -116,7 +119,8 @@ class CaptionOptions:
             max_side=self.max_side, jpeg_quality=self.jpeg_quality,
             detail=self.detail,
             abort_after_failures=self.abort_after_failures,
-            progress=self.progress, handle_signals=self.handle_signals)
+            progress=self.progress, handle_signals=self.handle_signals,
+            redo=read_key_file(self.redo_keys) if self.redo_keys else None)
 
 
 @dataclass
@@ -138,6 +142,9 @@ class RunControl:
     progress: Optional[bool] = None
     handle_signals: bool = False
     prep_threads: int = 4
+    # --redo-keys: ask exactly these keys again, done or not; the answers
+    # are marked as redos and supersede the earlier ones
+    redo: Optional[frozenset] = None
     scrub: Optional[Scrubber] = None  # the backend's own if None
 
 

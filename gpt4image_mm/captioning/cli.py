@@ -56,8 +56,10 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
                classes: Union[None, str, Sequence[str]] = None,
                per_class: Optional[int] = None, per_image: int = 1,
                prompt: str = 'generic',
-               cfg_options: Optional[dict] = None) -> Plan:
-    """The work items of the chosen input (see :mod:`.sources`)."""
+               cfg_options: Optional[dict] = None,
+               class_names_file: Optional[str] = None) -> Plan:
+    """The work items of the chosen input (see :mod:`.sources`);
+    ``class_names_file`` maps class folders to the names prompts say."""
     if per_class:
         if classes is not None:
             names = (read_class_names(classes) if isinstance(classes, str)
@@ -69,15 +71,17 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
                                                          cfg_options)))
         else:
             raise ValueError('--per-class needs --config or --classes')
-        return plan_per_class(names, per_class, class_text_prompts(prompt))
+        return plan_per_class(names, per_class, class_text_prompts(prompt),
+                              class_names_file)
     prompts = image_prompts(prompt)
     if (config is None) == (images is None):
         raise ValueError('give exactly one of --config and --images')
     if images is not None:
-        return plan_from_images(images, prompts, per_image)
+        return plan_from_images(images, prompts, per_image,
+                                class_names_file)
     from ..datasets.from_config import build_split_dataset
     return plan_from_dataset(build_split_dataset(config, split, cfg_options),
-                             prompts, per_image)
+                             prompts, per_image, class_names_file)
 
 
 # -- the backends -----------------------------------------------------------
@@ -216,6 +220,11 @@ def _prompt_arguments(parser: argparse.ArgumentParser) -> None:
     pr = parser.add_argument_group('prompt and images')
     pr.add_argument('--prompt', default='generic', help='generic, class '
                     '(class name in the prompt) or a template file')
+    pr.add_argument('--class-names', metavar='FILE', help='names the '
+                    'prompts say for the class folders: a JSON object '
+                    '{folder: name}, CSV folder,name or one name per line in '
+                    'class order (default: the folder name, underscores as '
+                    'spaces)')
     pr.add_argument('--max-side', type=int, default=512, help='downscale '
                     'longest side before upload (0: keep)')
     pr.add_argument('--jpeg-quality', type=int, default=85,
@@ -238,6 +247,10 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                      'limit (0: none)')
     run.add_argument('--dry-run', action='store_true', help='print requests, '
                      'tokens and cost; send nothing')
+    run.add_argument('--redo-keys', metavar='FILE', help='ask exactly these '
+                     'keys again (one per line, e.g. flagged_keys.txt of '
+                     'analyze_descriptions.py), even those with an answer; '
+                     'the new answers supersede the old ones')
     run.add_argument('--price-table', help='JSON overriding the price table')
     run.add_argument('--abort-after-failures', type=int, default=50,
                      help='stop after N failures in a row (0: never)')
@@ -326,20 +339,44 @@ def run_caption(opts: CaptionOptions) -> Dict[str, Any]:
     plan = build_plan(config=opts.config, split=opts.split,
                       images=opts.images, classes=opts.classes,
                       per_class=opts.per_class, per_image=opts.per_image,
-                      prompt=opts.prompt, cfg_options=opts.cfg_options)
+                      prompt=opts.prompt, cfg_options=opts.cfg_options,
+                      class_names_file=opts.class_names)
     if opts.system is None and plan.text_only:
         opts = replace(opts, system=TEXT_SYSTEM)
     control = opts.control(CostMeter(opts.model,
                                      load_prices(opts.price_table),
                                      batch=cls.batch_pricing))
+    if control.redo is not None:
+        check_redo_keys(plan, control.redo, opts.redo_keys, cls)
     if opts.dry_run:
         est = estimate(plan, control.meter, shard=control.shard,
                        out=opts.out, max_side=opts.max_side,
                        detail=opts.detail, max_tokens=opts.max_tokens,
-                       limit=opts.limit, system=opts.system)
+                       limit=opts.limit, system=opts.system,
+                       redo=control.redo)
         return dict(est, backend=opts.backend)
     backend: CaptionBackend = cls.from_options(opts, plan)
     return asyncio.run(backend.run(plan, opts.out, control)).as_dict()
+
+
+def check_redo_keys(plan: Plan, redo: frozenset, path: str,
+                    cls: type) -> None:
+    """Every key of ``--redo-keys`` must be one this run can ask: a key of
+    another dataset (or a typo) would be skipped silently otherwise."""
+    if cls.batch_pricing:
+        raise ValueError('--redo-keys asks request by request: use an '
+                         'online backend (e.g. --backend openai) for the '
+                         'repair pass')
+    missing = set(redo)
+    for j in range(len(plan)):
+        missing.discard(plan.keys[j])
+        if not missing:
+            return
+    first = sorted(missing)[:3]
+    raise ValueError(f'--redo-keys {path}: {len(missing)} of {len(redo)} keys '
+                     f'are not keys of this input, e.g. {first}; pass the '
+                     'same --config/--images (and --per-image) as the run '
+                     'that wrote them')
 
 
 def run_from_args(args: argparse.Namespace) -> int:

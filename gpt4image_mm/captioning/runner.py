@@ -180,9 +180,10 @@ def build_request(item: Item, image_format: str, max_side: int,
     return req
 
 
-def todo_indices(plan: Plan, state: KeyStates,
-                 shard: Tuple[int, int]) -> Tuple[array, int]:
-    """Indices of this shard's keys not yet done, and the shard's size."""
+def todo_indices(plan: Plan, state: KeyStates, shard: Tuple[int, int],
+                 redo: Optional[frozenset] = None) -> Tuple[array, int]:
+    """Indices of this shard's keys not yet done (with ``redo``: exactly
+    the shard's keys in it, done or not), and the shard's size."""
     todo, planned = array('q'), 0
     seen: Set[str] = set()
     for j in range(len(plan)):
@@ -190,7 +191,9 @@ def todo_indices(plan: Plan, state: KeyStates,
         if not in_shard(key, shard):
             continue
         planned += 1
-        if key in state.done or key in seen:
+        if key in seen:
+            continue
+        if (key not in redo) if redo is not None else key in state.done:
             continue
         seen.add(key)
         todo.append(j)
@@ -322,7 +325,9 @@ class _RequestRun:
                       or Scrubber())
         self.meter = control.meter or CostMeter(backend.model)
         self.state = KeyStates.load(out)
-        todo, self.planned = todo_indices(plan, self.state, control.shard)
+        todo, self.planned = todo_indices(plan, self.state, control.shard,
+                                          control.redo)
+        self.redo_open = set(control.redo or ())  # redos not yet answered
         self.summary = Summary(out=out, planned=self.planned,
                                already_done=self.planned - len(todo))
         if control.limit is not None:
@@ -357,10 +362,15 @@ class _RequestRun:
     def record_answer(self, req: Request, ans: Answer,
                       latency: float) -> None:
         """A success record, unless the key already has one."""
-        if req.key in self.state.done:  # never a 2nd success
+        redo = req.key in self.redo_open
+        if req.key in self.state.done and not redo:  # never a 2nd success
             return
         own = latency if ans.latency_s is None else ans.latency_s
-        self.writer.write(success_record(req, ans, self.backend.name, own))
+        rec = success_record(req, ans, self.backend.name, own)
+        if redo:  # supersedes the key's earlier answer (descriptions.py)
+            rec['redo'] = True
+            self.redo_open.discard(req.key)
+        self.writer.write(rec)
         self.state.succeed(req.key)
         self.summary.succeeded += 1
         self.summary.truncated += ans.truncated
@@ -560,14 +570,15 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
              out: Optional[str] = None, max_side: int = 512,
              detail: str = 'auto', max_tokens: int = 300,
              limit: Optional[int] = None, sample: int = 200,
-             system: Optional[str] = None) -> Dict[str, Any]:
+             system: Optional[str] = None,
+             redo: Optional[frozenset] = None) -> Dict[str, Any]:
     """--dry-run: requests, estimated tokens and cost, without any request.
 
     Image sizes are read from the headers of up to ``sample`` images spread
     over the plan and extrapolated.
     """
     state = KeyStates.load(out) if out else KeyStates()
-    todo, planned = todo_indices(plan, state, shard)
+    todo, planned = todo_indices(plan, state, shard, redo)
     if limit is not None:
         todo = todo[:max(0, limit)]
     n = len(todo)

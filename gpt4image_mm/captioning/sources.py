@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
+from ..class_names import class_display_names
 from ..image_files import list_images
 from ..keys import (
     class_key,
@@ -69,13 +70,16 @@ def _check_per_image(per_image: int) -> None:
 
 
 def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
-                      per_image: int = 1) -> Plan:
-    """Items of an mmpretrain dataset with :func:`dataset_keys` keys."""
+                      per_image: int = 1,
+                      class_names_file: Optional[str] = None) -> Plan:
+    """Items of an mmpretrain dataset with :func:`dataset_keys` keys; a
+    class prompt names the class by its display name
+    (:mod:`gpt4image_mm.class_names`)."""
     _check_per_image(per_image)
     base = dataset_keys(dataset)
     names = None
     if any(p.needs_class for p in prompts):
-        names = list(class_names(dataset))
+        names = class_display_names(class_names(dataset), class_names_file)
     keys = _Multi(base, per_image)
 
     def source(i: int) -> Any:
@@ -97,14 +101,18 @@ def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
 
 
 def plan_from_images(root: str, prompts: Sequence[Prompt],
-                     per_image: int = 1) -> Plan:
+                     per_image: int = 1,
+                     class_names_file: Optional[str] = None) -> Plan:
     """Items of every image below ``root``; key = path relative to root; the
-    class name (for class prompts) = the image's top-level folder."""
+    class (for class prompts) = the image's top-level folder, named in the
+    prompt by its display name."""
     _check_per_image(per_image)
     paths = list_images(root)
     base = [file_key(p, root) for p in paths]
     keys = _Multi(base, per_image)
     needs_class = any(p.needs_class for p in prompts)
+    shown = _folder_display_names(base, class_names_file) if needs_class \
+        else {}
 
     def item(j: int) -> Item:
         i, k = divmod(j, per_image)
@@ -114,26 +122,37 @@ def plan_from_images(root: str, prompts: Sequence[Prompt],
             if len(parts) < 2:
                 raise ValueError(f'{base[i]}: a class prompt needs images in '
                                  'class folders (DIR/<class>/<image>)')
-            cls = parts[0]
+            cls = shown[parts[0]]
         return Item(keys[j], pick(prompts, k), cls, paths[i])
 
     return Plan(keys, item, source={'root': os.path.realpath(root), 'split': None})
 
 
+def _folder_display_names(keys: Sequence[str],
+                          class_names_file: Optional[str]) -> dict:
+    """``{top-level folder: display name}`` of an image folder's keys."""
+    folders = sorted({k.split('/')[0] for k in keys if '/' in k})
+    return dict(zip(folders, class_display_names(folders, class_names_file)))
+
+
 def plan_per_class(names: Sequence[str], per_class: int,
-                   prompts: Sequence[Prompt]) -> Plan:
-    """Class-level mode: K text-only items per class, keys ``class:<name>#k``."""
+                   prompts: Sequence[Prompt],
+                   class_names_file: Optional[str] = None) -> Plan:
+    """Class-level mode: K text-only items per class, keys
+    ``class:<name>#k`` (the folder name); the prompt says the display
+    name."""
     if per_class < 1:
         raise ValueError('--per-class must be >= 1')
     names = list(names)
     if len(set(names)) != len(names):
         raise ValueError('class names are not unique')
+    shown = class_display_names(names, class_names_file)
     keys = [description_key(class_key(n), k) for n in names
             for k in range(per_class)]
 
     def item(j: int) -> Item:
         i, k = divmod(j, per_class)
-        return Item(keys[j], pick(prompts, k), names[i], None)
+        return Item(keys[j], pick(prompts, k), shown[i], None)
 
     return Plan(keys, item, text_only=True)
 

@@ -200,10 +200,23 @@ def run_import_gpt4image_embeddings(args: argparse.Namespace) -> int:
 
 def configure_import_map_parser(p: argparse.ArgumentParser
                                 ) -> argparse.ArgumentParser:
-    """``import-map``: CSV (key,text) or JSON ({key: text | [texts]}) ->
-    descriptions JSONL."""
-    p.add_argument('source')
+    """``import-map``: captions from other tools (JSON {name: text |
+    [texts]}, JSON Lines, CSV with a header) -> descriptions JSONL, on the
+    dataset's keys with --images/--config."""
+    p.add_argument('source', help='JSON object {name: caption | [captions]}'
+                   ', JSON Lines {"image"|"file"|"key": ..., "caption"|'
+                   '"text": ...} or CSV with a header')
     p.add_argument('--out', required=True)
+    onto = p.add_mutually_exclusive_group()
+    onto.add_argument('--images', metavar='ROOT', help='put the captions on '
+                      'the keys of this image folder: a name is matched by '
+                      'its path relative to ROOT, else by a file name that '
+                      'only one image has')
+    onto.add_argument('--config', help='as --images, on the keys of the '
+                      "dataset this training config uses")
+    p.add_argument('--split', default='train', choices=('train', 'val',
+                                                        'test'),
+                   help='dataset split of --config')
     p.add_argument('--class-level', action='store_true',
                    help='keys are class names (-> class:<name> keys)')
     p.add_argument('--force', action='store_true')
@@ -212,10 +225,38 @@ def configure_import_map_parser(p: argparse.ArgumentParser
 
 
 def run_import_map(args: argparse.Namespace) -> int:
+    if args.images or args.config:
+        if args.class_level:
+            raise ValueError('--class-level keys are class names: drop '
+                             '--images/--config')
+        return _import_onto_dataset(args)
     from .importers import import_map
     n = import_map(args.source, args.out, class_level=args.class_level,
                    force=args.force)
     print(f'{args.out}: {n} descriptions')
+    return 0
+
+
+def _import_onto_dataset(args: argparse.Namespace) -> int:
+    from .map_import import import_onto_dataset
+    if args.images:
+        import os
+
+        from ..image_files import image_folder_keys
+        if not os.path.isdir(args.images):
+            raise ValueError(f'--images {args.images}: not a directory')
+        keys = image_folder_keys(args.images)
+        source = {'root': os.path.realpath(args.images), 'split': None}
+    else:
+        from ..datasets.from_config import build_split_dataset
+        from ..keys import dataset_keys, dataset_source
+        ds = build_split_dataset(args.config, args.split)
+        keys, source = dataset_keys(ds), dataset_source(ds)
+    if not keys:
+        raise ValueError(f'{args.images or args.config}: no images')
+    report = import_onto_dataset(args.source, keys, args.out,
+                                 force=args.force, source=source)
+    print(report.format())
     return 0
 
 

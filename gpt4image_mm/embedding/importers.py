@@ -21,8 +21,6 @@ never leaves a half import that embed.py or training would take for whole.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -223,68 +221,21 @@ def import_gpt4image(path: str, keys: Sequence[str], out: str,
     return write_records(records(), out, force)
 
 
-def _no_duplicate_keys(path: str):
-    """``object_pairs_hook`` for json: a repeated key is an error, not a
-    silent last-one-wins."""
-    def hook(pairs):
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ImportSourceError(f'{path}: key {key!r} appears twice')
-            seen.add(key)
-        return dict(pairs)
-    return hook
-
-
-def _read_json_map(path: str) -> List[Tuple[str, object]]:
-    hook = _no_duplicate_keys(path)
-    # utf-8-sig: a byte-order mark (Windows editors) is not part of a key
-    with open(path, encoding='utf-8-sig') as f:
-        if path.lower().endswith('.jsonl'):
-            data: object = [json.loads(line, object_pairs_hook=hook)
-                            for line in f if line.strip()]
-        else:
-            data = json.load(f, object_pairs_hook=hook)
-    if isinstance(data, dict):
-        return list(data.items())
-    if isinstance(data, list) and all(isinstance(r, dict) and 'key' in r
-                                      and 'text' in r for r in data):
-        return [(r['key'], r['text']) for r in data]
-    raise ImportSourceError(f'{path}: expected {{key: text}} or a list of '
-                            '{"key": ..., "text": ...}')
-
-
-def _read_csv_map(path: str) -> List[Tuple[str, object]]:
-    # utf-8-sig: Excel starts UTF-8 CSVs with a byte-order mark, which
-    # would otherwise become part of the first key ('\ufeffkey').
-    with open(path, encoding='utf-8-sig', newline='') as f:
-        rows = list(csv.reader(f))
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ['key', 'text']:
-        rows = rows[1:]
-    pairs: List[Tuple[str, object]] = []
-    for n, row in enumerate(rows, 1):
-        if len(row) < 2:
-            raise ImportSourceError(f'{path}: row {n} has no text column')
-        pairs.append((row[0], row[1]))
-    return pairs
-
-
 def read_map(path: str) -> List[Tuple[str, str]]:
-    """(key, text) pairs from a CSV (columns ``key,text``, or the first two)
-    or JSON file (``{key: text}``, ``{key: [texts]}`` or a list of
-    ``{"key", "text"}`` objects). A list of texts gives ``key#k`` keys."""
-    if path.lower().endswith(('.json', '.jsonl')):
-        pairs = _read_json_map(path)
-    else:
-        pairs = _read_csv_map(path)
+    """(key, text) pairs from a CSV (a header naming the columns, e.g.
+    ``key,text`` or ``image,caption``, else the first two), JSON
+    (``{key: text}``, ``{key: [texts]}`` or a list of records) or JSON Lines
+    file (records with ``key``/``image``/``file`` and ``text``/``caption``;
+    :mod:`.map_import`). A list of texts gives ``key#k`` keys."""
+    from .map_import import clean_texts, iter_source
     out: List[Tuple[str, str]] = []
-    for key, text in pairs:
-        if isinstance(text, list):
-            for k, t in enumerate(text):
-                out.append((description_key(str(key), k),
-                            _clean_text(t, f'{path}: {key}#{k}')))
+    for key, value in iter_source(path):
+        texts = clean_texts(key, value, path)
+        if isinstance(value, list):
+            out += [(description_key(str(key), k), t)
+                    for k, t in enumerate(texts)]
         else:
-            out.append((str(key), _clean_text(text, f'{path}: {key}')))
+            out.append((str(key), texts[0]))
     return out
 
 
