@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,7 +150,7 @@ def test_experiment_end_to_end(project):
 
 
 def test_config_mistake_is_one_line_before_any_run(project, tmp_path):
-    bad = tmp_path / 'bad.py'
+    bad = project / 'bad_align.py'  # beside base.py, its _base_
     bad.write_text((project / 'align.py').read_text().replace(
         str(project / 'store'), str(tmp_path / 'nowhere')))
     proc = subprocess.run(
