@@ -163,3 +163,31 @@ def test_config_mistake_is_one_line_before_any_run(project, tmp_path):
     assert 'nowhere' in proc.stderr and len(proc.stderr.strip().splitlines()
                                             ) == 1
     assert not (tmp_path / 'w' / 'runs').exists()
+
+
+def test_shots_subset_and_plot(project, tmp_path):
+    """--shots: K images per class, seeded, the same for every call (every
+    arm and seed); the report's points carry the 95% t band."""
+    from gpt4image_mm.experiment.plan import ExperimentSettings, shot_indices
+    from gpt4image_mm.experiment.report import (
+        plot_shots,
+        shots_points,
+        shots_table,
+    )
+    s = ExperimentSettings(config=str(project / 'base.py'),
+                           gpt4image_config=str(project / 'align.py'))
+    picked = shot_indices(s, 2)
+    assert picked == shot_indices(s, 2) and len(picked) == 6
+    assert sorted(i // 4 for i in picked) == [0, 0, 1, 1, 2, 2]  # 4 / class
+    results = [dict(arm=a, seed=sd, shots=k, top1=v) for a, k, sd, v in (
+        ('baseline', 2, 0, 50.0), ('baseline', 2, 1, 60.0),
+        ('baseline', None, 0, 90.0), ('baseline', None, 1, 92.0))]
+    points = shots_points(['baseline'], results, full_per_class=4.0)
+    (x1, m1, h1), (x2, m2, h2) = points['baseline']
+    assert (x1, m1, x2, m2) == (2, 55.0, 4.0, 91.0)
+    # sd of (50, 60) = 7.0711; t(0.975, 1) = 12.7062: half-width 63.53
+    assert h1 == pytest.approx(12.7062047 * 7.0710678 / math.sqrt(2))
+    assert shots_table(points)[2] == '| baseline | 55.00 ± 63.53 | ' \
+        '91.00 ± 12.71 |'
+    plot_shots(points, str(tmp_path / 'shots.png'))
+    assert (tmp_path / 'shots.png').stat().st_size > 1000
