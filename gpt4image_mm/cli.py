@@ -66,6 +66,9 @@ COMMANDS: Dict[str, Command] = {
     'strip': Command(
         'gpt4image_mm.strip_cli', 'configure_parser',
         'drop the alignment neck from a checkpoint (deploy)'),
+    'experiment': Command(
+        'gpt4image_mm.experiment.cli', 'configure_parser',
+        'does the text help? arms x seeds with paired intervals'),
 }
 
 

@@ -64,7 +64,7 @@ def main() -> None:
                                **common)
     else:
         s = DemoSettings(work_dir=a.work_dir or 'work_dirs/demo', **common)
-    run_demo(s)
+    sys.exit(run_demo(s))
 
 
 if __name__ == '__main__':

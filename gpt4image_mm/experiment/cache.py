@@ -1,4 +1,4 @@
-"""Step caching and tool runs of the demo.
+"""Step caching and tool runs of an experiment (and the demo's steps).
 
 Every step writes a marker holding the digest of its inputs; a rerun with the
 same inputs skips the step, so adding a seed or an arm costs only its runs.
@@ -14,7 +14,13 @@ from typing import Any, Dict, Optional, Sequence
 
 from gpt4image_mm.files import atomic_write_json
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# The checkout that holds tools/train.py and tools/test.py.
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def tool(name: str) -> str:
+    """Absolute path of ``tools/<name>``: runs are the user's own tools."""
+    return osp.join(REPO, 'tools', name)
 
 
 def banner(step: str, text: str) -> None:
@@ -81,15 +87,18 @@ class Marker:
 
 
 def run_tool(cmd: Sequence[str], log: Optional[str] = None,
-             env: Optional[Dict[str, str]] = None) -> None:
-    """Run a tool from the repo root, as a user would; output to the
-    terminal or to ``log``. A failure names the command and the log."""
+             env: Optional[Dict[str, str]] = None,
+             cwd: Optional[str] = None) -> None:
+    """Run a tool as a user would (from ``cwd``, default the repo root);
+    output to the terminal or to ``log``. A failure names the command and
+    the log."""
     full_env = dict(os.environ, PYTHONWARNINGS='ignore', **(env or {}))
+    cwd = cwd or REPO
     if log is None:
-        rc = subprocess.run(list(cmd), cwd=REPO, env=full_env).returncode
+        rc = subprocess.run(list(cmd), cwd=cwd, env=full_env).returncode
     else:
         with open(log, 'w', encoding='utf-8') as f:
-            rc = subprocess.run(list(cmd), cwd=REPO, env=full_env, stdout=f,
+            rc = subprocess.run(list(cmd), cwd=cwd, env=full_env, stdout=f,
                                 stderr=subprocess.STDOUT).returncode
     if rc != 0:
         where = f'; see {log}' if log else ''

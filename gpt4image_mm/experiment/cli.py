@@ -1,0 +1,80 @@
+"""``experiment``: the controlled comparison of GPT4Image against the plain
+config and control arms, on any dataset and config (docs/experiment.md)."""
+from __future__ import annotations
+
+import argparse
+
+
+def _ints(text: str) -> list:
+    try:
+        values = [int(x) for x in text.split(',') if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'{text!r}: expected K[,K...]') from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected K >= 1')
+    return values
+
+
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('--config', required=True,
+                   help='the plain mmpretrain config (baseline arm)')
+    p.add_argument('--gpt4image-config', required=True,
+                   help='your GPT4Image config (its store: per-image or '
+                   'class-level)')
+    p.add_argument('--arms', default='baseline,gpt4image,classname,random',
+                   help='comma list of registered arms, or all (default: '
+                   '%(default)s)')
+    p.add_argument('--seeds', type=int, default=3,
+                   help='train every arm with seeds 0..N-1 (default 3)')
+    p.add_argument('--work-dir', default='work_dirs/experiment')
+    p.add_argument('--store', default=None,
+                   help="the gpt4image arm's store (default: the config's)")
+    p.add_argument('--shots', type=_ints, default=[],
+                   help='K[,K...]: also train every arm on K images per '
+                   'class (a seeded subset, the same for every arm/seed)')
+    p.add_argument('--cfg-options', nargs='+', default=[],
+                   help='key=value overrides for every arm (as train.py)')
+    p.add_argument('--parallel', type=int, default=1,
+                   help='runs at once on this machine (one device each '
+                   'where there are several)')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch threads per run (default: cores / parallel)')
+    p.add_argument('--descriptions', default=None,
+                   help="the store's descriptions JSONL: their analysis "
+                   'goes into the report')
+    p.add_argument('--custom-imports', nargs='+', default=[],
+                   metavar='MODULE', help='modules that register more arms '
+                   '(gpt4image_mm.experiment.register_arm)')
+    p.add_argument('--title', default='GPT4Image experiment')
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument('--print-commands', action='store_true',
+                      help='print the unfinished runs as shell lines (for '
+                      'a scheduler) instead of running them')
+    mode.add_argument('--report-only', action='store_true',
+                      help='collect the finished runs into the report')
+    p.set_defaults(handler=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..captioning.cli import import_custom_modules
+    from ..cli_errors import ToolError
+    from .arms import parse_arms
+    from .pipeline import run_experiment
+    from .plan import ExperimentSettings
+    import_custom_modules(args.custom_imports)
+    try:
+        arms = parse_arms(args.arms)
+    except ValueError as e:
+        raise ToolError(f'--arms: {e}') from None
+    if args.seeds < 1 or args.parallel < 1:
+        raise ToolError('--seeds and --parallel must be at least 1')
+    s = ExperimentSettings(
+        config=args.config, gpt4image_config=args.gpt4image_config,
+        work_dir=args.work_dir, arms=arms, seeds=args.seeds,
+        cfg_options=list(args.cfg_options), store=args.store,
+        shots=args.shots, parallel=args.parallel, threads=args.threads,
+        descriptions=args.descriptions, title=args.title)
+    return run_experiment(s, print_commands=args.print_commands,
+                          report_only=args.report_only)
