@@ -6,11 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-# Two-sided 95% Student-t quantiles by degrees of freedom 1..10 (tables);
-# 1.96 (normal) beyond.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262,
-        2.228)
-
 
 def mean_std(xs: Sequence[float]) -> Tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
@@ -28,8 +23,47 @@ def pm(xs: Sequence[float], fmt: str = '{:.2f}') -> str:
     return f'{fmt.format(mean)} ± {fmt.format(std).lstrip("+")}'
 
 
+def t_within(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's t with integer ``dof``, exactly.
+
+    The finite sums of Abramowitz & Stegun 26.7.3 (odd dof) and 26.7.4
+    (even dof) in theta = atan(t / sqrt(dof)): no series to truncate, so no
+    dependency (scipy) is needed for an exact quantile."""
+    theta = math.atan(t / math.sqrt(dof))
+    c2 = math.cos(theta) ** 2
+    if dof % 2:
+        term, total = math.cos(theta), 0.0
+        for j in range((dof - 1) // 2):  # (dof - 1) / 2 terms; none for 1
+            total += term
+            term *= c2 * (2 * j + 2) / (2 * j + 3)
+        return 2 / math.pi * (theta + math.sin(theta) * total)
+    term, total = 1.0, 0.0
+    for j in range(dof // 2):
+        total += term
+        term *= c2 * (2 * j + 1) / (2 * j + 2)
+    return math.sin(theta) * total
+
+
+def t_quantile(level: float, dof: int) -> float:
+    """The t with P(|T| <= t) = ``level`` (two-sided), by bisection of
+    :func:`t_within` to float precision."""
+    if dof < 1 or not 0 < level < 1:
+        raise ValueError(f'need dof >= 1 and 0 < level < 1, got {dof}, '
+                         f'{level}')
+    lo, hi = 0.0, 1.0
+    while t_within(hi, dof) < level:
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if t_within(mid, dof) < level else (lo, mid)
+    return hi
+
+
 def t95(dof: int) -> float:
-    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+    """Two-sided 95% Student-t quantile (12.706 at 1 dof, 2.201 at 11)."""
+    return t_quantile(0.95, dof)
 
 
 @dataclass
@@ -104,7 +138,8 @@ def headline(pairs: List[Paired], titles: Dict[str, str]) -> str:
 
 def last_epochs_spread(curve: Sequence[float], k: int = 3) -> Optional[float]:
     """max - min of validation top-1 over the last ``k`` epochs: the
-    convergence check of the recipe (issue #10: at most 1.5 points)."""
+    convergence check of the recipe (at most 1.5 points: the demo's
+    converged-recipe criterion)."""
     if len(curve) < k:
         return None
     tail = curve[-k:]

@@ -12,6 +12,8 @@ from gpt4image_demo.stats import (
     headline,
     last_epochs_spread,
     mean_std,
+    t95,
+    t_quantile,
 )
 from gpt4image_demo.steps import write_classname_descriptions, write_random_store
 
@@ -20,11 +22,13 @@ TITLES = {'baseline': 'baseline', 'gpt4image': 'GPT4Image',
 
 
 def test_paired_interval_is_the_t_interval():
-    # diffs 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303 -> 2 ± 2.484
+    # diffs 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 2 * sqrt(1.5) (exact for
+    # 2 dof: t = sqrt(2 / (1 / level**2 - 1))) -> 2 ± 2.484
     p = Paired('gpt4image', 'baseline', [1.0, 2.0, 3.0])
     lo, hi = p.interval
-    assert math.isclose(lo, 2 - 4.303 / math.sqrt(3), rel_tol=1e-6)
-    assert math.isclose(hi, 2 + 4.303 / math.sqrt(3), rel_tol=1e-6)
+    t2 = math.sqrt(2 / (1 / 0.95 ** 2 - 1))
+    assert math.isclose(lo, 2 - t2 / math.sqrt(3), rel_tol=1e-12)
+    assert math.isclose(hi, 2 + t2 / math.sqrt(3), rel_tol=1e-12)
     assert p.verdict == 'no significant difference'
     # five seeds, all near +1: t(0.975, 4) = 2.776, sd 0.0707
     tight = Paired('gpt4image', 'baseline', [1.0, 1.1, 0.9, 1.0, 1.0])
@@ -32,6 +36,34 @@ def test_paired_interval_is_the_t_interval():
     assert Paired('a', 'b', [-1.0, -1.1, -0.9]).verdict == 'worse'
     assert Paired('a', 'b', [0.5]).interval is None
     assert mean_std([2.0]) == (2.0, 0.0)
+
+
+@pytest.mark.parametrize('dof, table', [(1, 12.706), (4, 2.776),
+                                        (11, 2.201), (30, 2.042)])
+def test_t_quantile_matches_the_tables(dof, table):
+    assert abs(t95(dof) - table) < 5e-4
+
+
+def test_t_quantile_is_exact_where_a_closed_form_exists():
+    # 1 dof is Cauchy: t = tan(pi * level / 2); 2 dof: sqrt(2/(1/l^2 - 1))
+    for level in (0.5, 0.9, 0.95, 0.99):
+        assert math.isclose(t_quantile(level, 1),
+                            math.tan(math.pi * level / 2), rel_tol=1e-12)
+        assert math.isclose(t_quantile(level, 2),
+                            math.sqrt(2 / (1 / level ** 2 - 1)),
+                            rel_tol=1e-12)
+    with pytest.raises(ValueError):
+        t_quantile(0.95, 0)
+
+
+def test_twelve_seeds_use_t_not_the_normal_quantile():
+    """With 12 seeds (11 dof) the interval is t = 2.201 wide, not 1.96:
+    a difference 1.96 would call better is no significant difference."""
+    diffs = [1.0, -0.22] * 6  # mean / standard error = 2.12
+    sd = mean_std(diffs)[1]
+    mean = sum(diffs) / 12
+    assert mean - 1.96 * sd / math.sqrt(12) > 0  # the old claim
+    assert Paired('a', 'b', diffs).verdict == 'no significant difference'
 
 
 def test_comparisons_pair_by_seed_and_ask_the_demo_questions():
