@@ -105,9 +105,9 @@ class TextAlignedClassifier(ImageClassifier):
                 'encoder that made the store')
         kwargs = {}
         first = data_samples[0]
-        if 'gt_label' in first:
-            kwargs['labels'] = torch.cat(
-                [s.gt_label[:1] for s in data_samples]).to(image.device)
+        labels = self.class_labels(data_samples)
+        if labels is not None:
+            kwargs['labels'] = labels.to(image.device)
         if self.mix_text_targets and 'mix_weights' in first:
             kwargs['mix'] = torch.stack(
                 [s.mix_weights for s in data_samples]).to(image)
@@ -123,6 +123,29 @@ class TextAlignedClassifier(ImageClassifier):
             logs['align_logit_scale'] = image.new_tensor(
                 self.align_loss.logit_scale())
         return logs
+
+    def class_labels(
+            self, data_samples: List[DataSample]) -> Optional[torch.Tensor]:
+        """(B,) class indices, one per sample, or None when the samples have
+        none (or several) and the loss does not need them.
+
+        Raises:
+            ValueError: a sample has other than one ``gt_label`` and the loss
+                takes class positives (``positives='label'``): with several
+                classes per image "the same class" is not defined.
+        """
+        if 'gt_label' not in data_samples[0]:
+            return None
+        counts = [s.gt_label.numel() for s in data_samples]
+        if all(n == 1 for n in counts):
+            return torch.cat([s.gt_label.view(1) for s in data_samples])
+        if getattr(self.align_loss, 'positives', 'instance') == 'label':
+            i = next(i for i, n in enumerate(counts) if n != 1)
+            raise ValueError(
+                f"positives='label' needs one class per sample, but sample "
+                f'{i} of the batch has {counts[i]} gt_label entries (a '
+                "multi-label dataset): use positives='instance' or 'text'")
+        return None
 
     def text_targets(self, data_samples: List[DataSample]) -> torch.Tensor:
         """Stack the samples' text embeddings (or encode their raw text)."""
