@@ -28,17 +28,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.dist import get_dist_info
 from mmpretrain.registry import MODELS
 
 from ..registry import ALIGN_LOSS_MODES
 
 _EPS = 1e-12
-
-
-def _world_and_rank() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -151,7 +146,6 @@ class ContrastiveAlignLoss(nn.Module):
     This assumes DDP gradient averaging (MMEngine's default wrapper).
     """
 
-    MODES = ('clip', 'ctr', 'cosine')  # the built-in ones
     POSITIVES = ('instance', 'label', 'text')
 
     def __init__(self,
@@ -245,7 +239,7 @@ class ContrastiveAlignLoss(nn.Module):
             mix = mix.detach().to(dtype)
         if labels is not None:
             labels = labels.reshape(-1)
-        world, rank = _world_and_rank() if self.gather else (1, 0)
+        rank, world = get_dist_info() if self.gather else (0, 1)
         if world > 1:
             img = _ScaleGrad.apply(img, float(world))
         return AlignBatch(img, txt, w, labels, None if mix is None else [mix],
@@ -402,7 +396,8 @@ def retrieval_accuracy(image_embeds: torch.Tensor,
         hit = labels[nearest] == labels
     elif positives == 'text':
         txt = F.normalize(text_embeds.float(), dim=-1)
-        hit = (txt[nearest] * txt).sum(1) > 1 - 1e-6  # as in _targets
+        # identical, as ContrastiveAlignLoss._positives compares texts
+        hit = (txt[nearest] * txt).sum(1) > 1 - 1e-6
     else:
         hit = nearest == own
     return hit.float().mean()
