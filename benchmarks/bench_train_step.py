@@ -10,7 +10,7 @@ Timing blocks of ``--iters`` steps alternate between the two models
 medians. ``--device cuda --amp`` runs the GPU variant (``AmpOptimWrapper``,
 fp16 autocast, dynamic loss scale).
 
-Goals (issues 1 and 6): ratio <= 1.05 on CPU, <= 1.02 on GPU with AMP.
+Goals: ratio <= 1.05 on CPU, <= 1.02 on GPU with AMP.
 
     python benchmarks/bench_train_step.py                        # CPU
     python benchmarks/bench_train_step.py --device cuda --amp    # GPU
