@@ -24,17 +24,29 @@ class TextAlignedClassifier(ImageClassifier):
     ``ImageClassifier``'s: the neck never runs at inference.
 
     Args:
-        align_neck: config of the projection head (``AlignmentNeck``);
-            ``in_channels`` defaults to the width the head's fc sees.
-        align_loss: config of the loss (``ContrastiveAlignLoss``).
-        teacher: optional ``TextEmbeddingTeacher`` config for online mode:
-            samples carry raw ``text`` and are encoded on the fly.
-        align_feature: ``'pre_logits'`` (default) or ``'neck'``.
-        mix_text_targets: under Mixup/CutMix, aim each mixed image at the
-            same mix of its sources' texts (default). ``False`` keeps text i
-            as image i's only target, as the official code does (its
+        backbone (dict): As :class:`mmpretrain.models.ImageClassifier`.
+        align_neck (dict): Config of the projection head
+            (``AlignmentNeck``); ``in_channels`` defaults to the width the
+            head's fc sees.
+        align_loss (dict): Config of the loss (``ContrastiveAlignLoss``).
+        neck (dict, optional): As ``ImageClassifier``. Defaults to None.
+        head (dict, optional): As ``ImageClassifier``. Defaults to None.
+        teacher (dict, optional): ``TextEmbeddingTeacher`` config for online
+            mode: samples carry raw ``text`` and are encoded on the fly.
+            Defaults to None.
+        align_feature (str): ``'pre_logits'`` (what the head's fc sees) or
+            ``'neck'`` (the neck's output). Defaults to ``'pre_logits'``.
+        mix_text_targets (bool): Under Mixup/CutMix, aim each mixed image at
+            the same mix of its sources' texts. False keeps text i as image
+            i's only target, as the official code does (its
             deit/engine.py:44-55 mixes images and labels, never text).
-        Other args: as :class:`mmpretrain.models.ImageClassifier`.
+            Defaults to True.
+        pretrained (str, optional): As ``ImageClassifier``. Defaults to None.
+        train_cfg (dict, optional): As ``ImageClassifier``. Defaults to None.
+        data_preprocessor (dict, optional): As ``ImageClassifier``;
+            ``ClsDataPreprocessor`` becomes ``TextAlignedDataPreprocessor``.
+            Defaults to None.
+        init_cfg (dict, optional): As ``ImageClassifier``. Defaults to None.
     """
 
     def __init__(self, backbone: dict, align_neck: dict, align_loss: dict,

@@ -121,18 +121,24 @@ class ContrastiveAlignLoss(nn.Module):
 
     Args:
         temperature (float): tau; the initial value when learnable.
-        loss_weight (float): multiplies the returned loss.
-        mode (str): a name in ``ALIGN_LOSS_MODES``: ``'clip'``, ``'ctr'``,
+            Defaults to 0.2 (the official ResNet value; DeiT uses 0.05).
+        loss_weight (float): Multiplies the returned loss. Defaults to 1.0.
+        mode (str): A name in ``ALIGN_LOSS_MODES``: ``'clip'``, ``'ctr'``,
             ``'cosine'`` or one a user registered (docs/extending.md).
-        learnable_temperature (bool): learn ``log(1/tau)`` (parameter
-            ``log_logit_scale``); ``1/tau`` is clamped to ``max_logit_scale``.
-        max_logit_scale (float): upper bound of a learnable ``1/tau``.
-        positives (str): which texts are positives of image i: ``'instance'``
-            (its own), ``'label'`` (all of its class, needs ``labels``) or
-            ``'text'`` (all with an identical text embedding). Ignored by
-            ``'cosine'``, whose target is the (mixed) own text.
-        gather (bool): under torch.distributed, use the whole global batch as
-            negatives (every rank computes the full global loss).
+            Defaults to ``'clip'``.
+        learnable_temperature (bool): Learn ``log(1/tau)`` (parameter
+            ``log_logit_scale``); ``1/tau`` is clamped to
+            ``max_logit_scale``. Defaults to False (fixed, as officially).
+        max_logit_scale (float): Upper bound of a learnable ``1/tau``.
+            Defaults to 100.0 (CLIP's clamp).
+        positives (str): Which texts are positives of image i:
+            ``'instance'`` (its own), ``'label'`` (all of its class, needs
+            ``labels``) or ``'text'`` (all with an identical text
+            embedding). Ignored by ``'cosine'``, whose target is the (mixed)
+            own text. Defaults to ``'instance'``.
+        gather (bool): Under torch.distributed, use the whole global batch
+            as negatives (every rank computes the full global loss).
+            Defaults to True.
 
     Distributed gradients: every rank computes the same global loss, but the
     gradient only flows through its own image features (the gathered ones are
@@ -203,7 +209,8 @@ class ContrastiveAlignLoss(nn.Module):
                 labels: Optional[torch.Tensor] = None,
                 mix: Optional[torch.Tensor] = None,
                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """
+        """The alignment loss of a batch (this rank's samples).
+
         Args:
             image_embeds (Tensor): (B, D) projected image features.
             text_embeds (Tensor): (B, D) text targets (detached here).
