@@ -1,4 +1,4 @@
-"""Peak memory of reading a descriptions JSONL (issue 14.14).
+"""Peak memory of reading a descriptions JSONL (streamed, never whole).
 
     python benchmarks/bench_descriptions_read.py --n 200000 --file /tmp/d.jsonl
 

@@ -15,7 +15,7 @@ Then, side by side in one process:
   PSS and the anonymous/file split of its private memory are read from
   ``/proc/<pid>/smaps_rollup`` (psutil for USS/PSS).
 
-Goals (issue 6): start-up < 10 s, at most 50 MB extra per worker.
+Goals: start-up < 10 s, at most 50 MB extra per worker.
 
     python benchmarks/bench_store_scale.py --root /tmp/g4i_scale
     python benchmarks/bench_store_scale.py --n 20000 --dim 64 --workers 2 \\

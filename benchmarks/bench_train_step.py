@@ -10,7 +10,7 @@ Timing blocks of ``--iters`` steps alternate between the two models
 medians. ``--device cuda --amp`` runs the GPU variant (``AmpOptimWrapper``,
 fp16 autocast, dynamic loss scale).
 
-Goals (issues 1 and 6): ratio <= 1.05 on CPU, <= 1.02 on GPU with AMP.
+Goals: ratio <= 1.05 on CPU, <= 1.02 on GPU with AMP.
 
     python benchmarks/bench_train_step.py                        # CPU
     python benchmarks/bench_train_step.py --device cuda --amp    # GPU
@@ -43,7 +43,7 @@ TEXT_DIM = 1024  # CLIP RN50 text tower, the official default
 IMAGENET_PRE = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
 
 # name: (plain model config, image size, CPU batch, GPU batch, align neck
-# kind, temperature) -- the align parts follow configs/_base_/gpt4image.py
+# options, temperature) -- the align parts follow configs/_base_/gpt4image.py
 CASES: Dict[str, tuple] = {
     'resnet18_cifar': (dict(
         type='ImageClassifier',
@@ -51,14 +51,14 @@ CASES: Dict[str, tuple] = {
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=100, in_channels=512,
                   loss=dict(type='CrossEntropyLoss'))),
-        32, 32, 256, 'mlp_bn', 0.2),
+        32, 32, 256, {}, 0.2),
     'resnet50': (dict(
         type='ImageClassifier',
         backbone=dict(type='ResNet', depth=50),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=1000, in_channels=2048,
                   loss=dict(type='CrossEntropyLoss'))),
-        224, 8, 128, 'mlp_bn', 0.2),
+        224, 8, 128, {}, 0.2),
     'deit-s': (dict(
         type='ImageClassifier',
         backbone=dict(type='VisionTransformer', arch='deit-small',
@@ -66,19 +66,19 @@ CASES: Dict[str, tuple] = {
         neck=None,
         head=dict(type='VisionTransformerClsHead', num_classes=1000,
                   in_channels=384, loss=dict(type='CrossEntropyLoss'))),
-        224, 8, 128, 'mlp', 0.05),
+        224, 8, 128, dict(with_bias=True, norm_cfg=None), 0.05),
 }
 
 
 def build_pair(name: str, device: str):
     """(plain, aligned) models with identical shared weights."""
-    cfg, *_, kind, tau = CASES[name]
+    cfg, *_, neck_options, tau = CASES[name]
     plain_cfg = dict(copy.deepcopy(cfg), data_preprocessor=dict(
         num_classes=cfg['head']['num_classes'], **IMAGENET_PRE))
     aligned_cfg = dict(
         copy.deepcopy(plain_cfg), type='TextAlignedClassifier',
         align_neck=dict(type='AlignmentNeck', out_channels=TEXT_DIM,
-                        kind=kind),
+                        **neck_options),
         align_loss=dict(type='ContrastiveAlignLoss', temperature=tau,
                         loss_weight=0.3, mode='clip'))
     torch.manual_seed(0)

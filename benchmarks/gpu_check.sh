@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of issue 6, bounded to 8 minutes on one GPU, no network:
+# GPU check of the speed and memory goals, bounded to 8 minutes on one GPU, no network:
 #   1. AMP training-step ratio GPT4Image / plain for ResNet-50 and DeiT-S
 #      (benchmarks/bench_train_step.py --device cuda --amp);
 #   2. the demo's Fashion-MNIST comparison (configs/fashion_mnist/*) with a

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import pickle
 from typing import List, Optional
 
 from mmengine.config import Config, ConfigDict, DictAction
@@ -71,22 +72,37 @@ def _dataloader_defaults(cfg: Config, args: argparse.Namespace) -> None:
         cfg[field] = loader
 
 
-def resolve_config(path: str) -> str:
-    """A config path; ``mmpretrain::resnet/x.py`` names a packaged config."""
-    if not path.startswith('mmpretrain::'):
-        return path
-    import mmpretrain
-    packaged = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'configs',
-                        path.split('::', 1)[1])
-    if not osp.isfile(packaged):
-        raise FileNotFoundError(f'{path}: no such config in mmpretrain '
-                                f'({packaged})')
-    return packaged
+def load_config(path: str) -> Config:
+    """A config file, or a packaged one: ``mmpretrain::resnet/x.py``
+    (MMEngine's ``get_config``, as ``_base_`` entries resolve)."""
+    if '::' in path:
+        from mmengine.hub import get_config
+        return get_config(path)
+    return Config.fromfile(path)
+
+
+def build_runner(cfg: Config):
+    """The config's runner: ``runner_type`` through the ``RUNNERS`` registry
+    when the config names one (as mmpretrain's tools/train.py), else
+    MMEngine's ``Runner``."""
+    if 'runner_type' in cfg:
+        from mmpretrain.registry import RUNNERS
+        return RUNNERS.build(cfg)
+    from mmengine.runner import Runner
+    return Runner.from_cfg(cfg)
+
+
+def _refused_checkpoint(error: pickle.UnpicklingError) -> SystemExit:
+    """A checkpoint safe loading refused: its one line, exit 2 (the
+    traceback through the runner would bury it)."""
+    from .cli_errors import EXIT_FIX_INPUT, print_error
+    print_error(error)
+    return SystemExit(EXIT_FIX_INPUT)
 
 
 def _load(args: argparse.Namespace) -> Config:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = Config.fromfile(resolve_config(args.config))
+    cfg = load_config(args.config)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -180,17 +196,16 @@ def sync_schedule_to_epochs(cfg: Config, old_epochs: Optional[int]) -> None:
 
 def train(argv: Optional[List[str]] = None) -> None:
     """``tools/train.py``: build a Runner from the config and train."""
-    from mmengine.runner import Runner
-
     cfg = train_config(train_parser().parse_args(argv))
     _cpu_distributed(cfg)
-    Runner.from_cfg(cfg).train()
+    try:
+        build_runner(cfg).train()
+    except pickle.UnpicklingError as e:
+        raise _refused_checkpoint(e) from None
 
 
 def test(argv: Optional[List[str]] = None) -> dict:
     """``tools/test.py``: evaluate a checkpoint; returns the metrics."""
-    from mmengine.runner import Runner
-
     args = test_parser().parse_args(argv)
     cfg = _load(args)
     cfg.load_from = args.checkpoint
@@ -199,9 +214,12 @@ def test(argv: Optional[List[str]] = None) -> dict:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     _cpu_distributed(cfg)
-    metrics = Runner.from_cfg(cfg).test()
+    try:
+        metrics = build_runner(cfg).test()
+    except pickle.UnpicklingError as e:
+        raise _refused_checkpoint(e) from None
     if args.out:
         with open(args.out, 'w', encoding='utf-8') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
     return metrics
-from .query import TextQueryInferencer  # noqa: E402,F401  (text queries, issue 11)
+from .query import TextQueryInferencer  # noqa: E402,F401  (as mmpretrain.apis exports its inferencers)

@@ -16,28 +16,48 @@ from gpt4image_mm.files import atomic_path, check_replaceable
 from gpt4image_mm.safe_loading import safe_torch_load
 
 TRAINING_ONLY_PREFIXES = ('align_neck.', 'align_loss.', 'teacher.')
+# The official code's projection head (resnet/utils.py:111,
+# deit/models.py:32), in its checkpoints' ``'model'`` state dict.
+OFFICIAL_TRAINING_ONLY_PREFIXES = ('proj_layer.', )
 
 
-def strip_state_dict(
-        state_dict: Dict[str, torch.Tensor]) -> Tuple[dict, int]:
+def strip_state_dict(state_dict: Dict[str, torch.Tensor],
+                     prefixes: Tuple[str, ...] = TRAINING_ONLY_PREFIXES
+                     ) -> Tuple[dict, int]:
     """Drop training-only entries; returns the new dict and how many went."""
     kept = {k: v for k, v in state_dict.items()
-            if not k.startswith(TRAINING_ONLY_PREFIXES)}
+            if not k.startswith(prefixes)}
     return kept, len(state_dict) - len(kept)
+
+
+def _state_and_meta(ckpt: object, src: str) -> Tuple[dict, dict, tuple]:
+    """The state dict, the meta to keep and the prefixes to drop, for
+    MMEngine's layout (``state_dict``, ``meta``), the official GPT4Image/DeiT
+    one (``model``, ``args``..., deit/main.py:386-394) or a bare state
+    dict."""
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{src}: not a checkpoint with a state_dict')
+    if isinstance(ckpt.get('state_dict'), dict):
+        return (ckpt['state_dict'], dict(ckpt.get('meta') or {}),
+                TRAINING_ONLY_PREFIXES)
+    if isinstance(ckpt.get('model'), dict):
+        return ckpt['model'], {}, OFFICIAL_TRAINING_ONLY_PREFIXES
+    if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt, {}, TRAINING_ONLY_PREFIXES
+    raise ValueError(f'{src}: not a checkpoint with a state_dict')
 
 
 def strip_checkpoint(src: str, dst: str) -> int:
     """Write ``dst`` with only the deployable weights of ``src``.
 
     Loaded with ``weights_only=True``: an untrusted file cannot run code.
-    Optimizer and resume state are dropped too (they mention the neck).
+    Optimizer and resume state are dropped too (they mention the neck), and
+    so is an official checkpoint's ``args``: the result holds tensors and
+    plain meta only.
     """
     ckpt = safe_torch_load(src, map_location='cpu')
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f'{src}: not a checkpoint with a state_dict')
-    kept, dropped = strip_state_dict(state)
-    meta = dict(ckpt.get('meta') or {}) if 'state_dict' in ckpt else {}
+    state, meta, prefixes = _state_and_meta(ckpt, src)
+    kept, dropped = strip_state_dict(state, prefixes)
     meta['gpt4image_stripped'] = dropped
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     check_replaceable(dst, is_checkpoint, 'a checkpoint')

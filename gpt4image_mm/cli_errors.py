@@ -18,6 +18,7 @@ Exit codes (docs/captioning.md and docs/embedding.md list them):
 """
 from __future__ import annotations
 
+import pickle
 import signal
 import sys
 import traceback
@@ -60,7 +61,8 @@ def run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
         print('interrupted; rerun the same command to continue',
               file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except (ValueError, OSError) as e:  # bad arguments, files, records
+    except (ValueError, OSError, pickle.UnpicklingError) as e:
+        # bad arguments, files, records; a checkpoint safe loading refused
         print_error(e)
         return EXIT_FIX_INPUT
     except Exception:  # noqa: BLE001 - a bug: show where, keys removed

@@ -26,7 +26,9 @@ def run_strip(args: argparse.Namespace) -> int:
     from .checkpoint import strip_checkpoint
     try:
         dropped = strip_checkpoint(args.src, args.dst)
-    except (pickle.UnpicklingError, EOFError) as e:
+    except pickle.UnpicklingError as e:  # one line already, naming src
+        raise ToolError(f'{e}; nothing written') from None
+    except EOFError as e:
         raise ToolError(f'{args.src}: not a checkpoint that loads with '
                         f'weights_only=True ({unpickling_reason(e)}); '
                         'nothing written') from None

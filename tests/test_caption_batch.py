@@ -100,7 +100,8 @@ def test_batch_crash_between_create_and_save_is_found(tmp_path):
 
 def test_batch_resumes_from_another_working_directory(tmp_path,
                                                       monkeypatch):
-    """Issue 14.10: the state names chunk files relative to itself."""
+    """The state names chunk files relative to itself (resume from any
+    directory)."""
     root = str(tmp_path / 'imgs')
     keys = make_images(root, classes=('x',), per_class=3)
     fake = FakeOpenAI(batch_polls=1)
@@ -125,7 +126,7 @@ def test_batch_resumes_from_another_working_directory(tmp_path,
 
 def test_answers_of_another_chunk_are_never_written_to_this_ones_keys(
         tmp_path):
-    """Issue 14.11: a result whose custom_id names another chunk is
+    """A result whose custom_id names another chunk is
     refused; this chunk's keys become failures, not wrong successes."""
     root = str(tmp_path / 'imgs')
     keys = make_images(root, classes=('x',), per_class=4)

@@ -123,3 +123,27 @@ def test_mixed_targets_reach_the_loss():
     torch.testing.assert_close(got, expect)
     unmixed = model.align_loss(image, text, labels=labels)
     assert not torch.allclose(got, unmixed)
+
+
+def _multi_label_batch():
+    data = batch(n=4)
+    for s, labels in zip(data['data_samples'], ([0, 2], [1], [3], [0, 1])):
+        s.set_gt_label(labels)
+    return data
+
+
+def test_multi_label_targets_are_refused_for_class_positives():
+    """Only the first of several labels was kept, without a word."""
+    head = dict(type='MultiLabelLinearClsHead', num_classes=4,
+                in_channels=64)
+    model = build(head=head, align_loss=dict(
+        type='ContrastiveAlignLoss', temperature=0.2, positives='label'))
+    data = model.data_preprocessor(_multi_label_batch(), training=True)
+    with pytest.raises(ValueError, match="sample 0 of the batch has 2 "
+                       "gt_label entries .*positives='instance'"):
+        model(**data, mode='loss')
+    # instance positives need no class: multi-label training goes on
+    model = build(head=head)
+    data = model.data_preprocessor(_multi_label_batch(), training=True)
+    losses = model(**data, mode='loss')
+    assert torch.isfinite(losses['loss_align'])

@@ -344,9 +344,8 @@ def test_official_configs_state_the_effective_alignment_weight():
 
 
 def test_tools_accept_packaged_mmpretrain_configs():
-    from gpt4image_mm.apis import resolve_config
-    path = resolve_config('mmpretrain::resnet/resnet50_8xb32_in1k.py')
-    assert Config.fromfile(path).model.type == 'ImageClassifier'
-    with pytest.raises(FileNotFoundError, match='no such config'):
-        resolve_config('mmpretrain::nope/nope.py')
-    assert resolve_config('configs/x.py') == 'configs/x.py'
+    from gpt4image_mm.apis import load_config
+    cfg = load_config('mmpretrain::resnet/resnet50_8xb32_in1k.py')
+    assert cfg.model.type == 'ImageClassifier'
+    with pytest.raises(FileNotFoundError, match='nope.py'):
+        load_config('mmpretrain::nope/nope.py')

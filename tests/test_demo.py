@@ -60,7 +60,7 @@ def test_demo_quick(tmp_path):
         assert pair in rows, report
     assert 'One seed cannot tell' in report
     assert report.strip() in res.stdout  # printed to the terminal too
-    # issue 11: the descriptions' analysis
+    # the descriptions' analysis is part of the report
     assert osp.isfile(osp.join(work, 'analysis', 'report.md'))
     assert 'leave-one-out nearest-centroid accuracy' in report
     for store in ('store', 'store_classname', 'store_random'):

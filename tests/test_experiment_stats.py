@@ -26,10 +26,20 @@ TITLES = {'baseline': 'baseline', 'gpt4image': 'GPT4Image',
 def test_t_quantile_is_exact():
     # published two-sided 95% quantiles (t at 0.975), 1 to 120 dof: the
     # old table stopped at 10 and used the normal 1.96 beyond
-    for dof, t in ((1, 12.7062047), (2, 4.3026527), (3, 3.1824463),
+    for dof, t in ((1, 12.7062047), (2, 4.3026527), (3, 3.1824463), (4, 2.7764451),
                    (10, 2.2281389), (11, 2.2009852), (30, 2.0422725),
                    (120, 1.9799304)):
         assert math.isclose(t95(dof), t, rel_tol=1e-7), dof
+
+
+def test_twelve_seeds_use_t_not_the_normal_quantile():
+    """With 12 seeds (11 dof) the interval is t = 2.201 wide, not 1.96:
+    a difference 1.96 would call better is no significant difference."""
+    diffs = [1.0, -0.22] * 6  # mean / standard error = 2.12
+    sd = mean_std(diffs)[1]
+    mean = sum(diffs) / 12
+    assert mean - 1.96 * sd / math.sqrt(12) > 0  # the old claim
+    assert Paired('a', 'b', diffs).verdict == 'no significant difference'
 
 
 def test_paired_interval_is_the_t_interval():

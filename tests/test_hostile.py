@@ -1,4 +1,4 @@
-"""Hostile inputs and misuse (issue 14): each test builds the bad input itself
+"""Hostile inputs and misuse: each test builds the bad input itself
 and drives the real tool (CLI subprocesses against a local OpenAI-wire
 server where a run is involved)."""
 import json

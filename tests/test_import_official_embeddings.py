@@ -172,7 +172,7 @@ def test_force_replaces_a_store_never_another_directory(tree, tmp_path):
 
 
 def test_csv_with_bom_has_clean_keys(tmp_path):
-    """Excel writes UTF-8 CSVs with a byte-order mark (issue 14 item 12)."""
+    """Excel writes UTF-8 CSVs with a byte-order mark."""
     path = tmp_path / 'excel.csv'
     path.write_bytes('key,text\r\ncat/1.png,a cat\r\n'.encode('utf-8-sig'))
     assert read_map(str(path)) == [('cat/1.png', 'a cat')]

@@ -111,7 +111,7 @@ def test_gradient_reaches_image_not_text():
     img, txt = _data()
     img.requires_grad_()
     txt.requires_grad_()
-    for mode in ContrastiveAlignLoss.MODES:
+    for mode in ('clip', 'ctr', 'cosine'):  # the built-in modes
         img.grad = None
         ContrastiveAlignLoss(mode=mode)(img, txt).backward()
         assert img.grad is not None and img.grad.abs().sum() > 0
@@ -305,4 +305,4 @@ def test_modes_are_a_table_of_the_loss_helpers():
     ctr = ContrastiveAlignLoss(mode='ctr', positives='label')
     assert ctr(img, txt, labels).item() == pytest.approx(i2t.item(),
                                                          rel=1e-12)
-    assert set(ContrastiveAlignLoss.MODES) <= set(ALIGN_LOSS_MODES.module_dict)
+    assert {'clip', 'ctr', 'cosine'} <= set(ALIGN_LOSS_MODES.module_dict)

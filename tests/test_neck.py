@@ -1,6 +1,5 @@
-"""AlignmentNeck takes mmpretrain NonLinearNeck's argument names; the old
-names still build the same head (same checkpoint keys) with a warning, and no
-config uses them."""
+"""AlignmentNeck takes mmpretrain NonLinearNeck's argument names and builds
+the official heads (resnet/utils.py, deit/models.py of the official code)."""
 import warnings
 
 import pytest
@@ -10,33 +9,32 @@ from mmengine.config import Config
 
 from gpt4image_mm.models import AlignmentNeck
 
-# deprecated kind -> the same head in NonLinearNeck-style names
-EQUIVALENT = {
-    'mlp_bn': dict(norm_cfg=dict(type='BN1d'), with_bias=False),
-    'mlp': dict(norm_cfg=None, with_bias=True),
-    'linear': dict(num_layers=1),
-}
+
+def _linears(neck):
+    return [m for m in neck.modules() if isinstance(m, torch.nn.Linear)]
 
 
-@pytest.mark.parametrize('kind', sorted(EQUIVALENT))
-def test_old_kind_warns_and_builds_the_same_head(kind):
-    with pytest.warns(FutureWarning, match=f"kind='{kind}'.* deprecated"):
-        old = AlignmentNeck(32, 8, kind=kind)
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')
-        new = AlignmentNeck(32, 8, **EQUIVALENT[kind])
-    assert str(old) == str(new) and old.init_std == new.init_std
-    assert {k: v.shape for k, v in old.state_dict().items()} == \
-        {k: v.shape for k, v in new.state_dict().items()}
-    new.load_state_dict(old.state_dict(), strict=True)  # old checkpoints
-    x = torch.randn(4, 32)
-    torch.testing.assert_close(old.eval()(x), new.eval()(x))
+def test_official_heads():
+    # proj_type='linear': one Linear, no bias (resnet/utils.py:111,
+    # deit/models.py:32)
+    linear = AlignmentNeck(32, 8, num_layers=1)
+    assert isinstance(linear.layers, torch.nn.Linear)
+    assert linear.layers.bias is None
+    assert set(linear.state_dict()) == {'layers.weight'}
+    # proj_type='mlp' with BN: Linear(no bias)-BN-ReLU-Linear(bias)
+    # (resnet/utils.py:91-100)
+    cnn = _linears(AlignmentNeck(32, 8))
+    assert cnn[0].bias is None and cnn[-1].bias is not None
+    # proj_type='mlp' without BN: both Linears with a bias
+    # (deit/utils.py:318-327)
+    vit = _linears(AlignmentNeck(32, 8, with_bias=True, norm_cfg=None))
+    assert vit[0].bias is not None and vit[-1].bias is not None
+    # a bias on the single Linear still on request
+    assert AlignmentNeck(32, 8, num_layers=1,
+                         with_last_bias=True).layers.bias is not None
 
 
-def test_hidden_channels_is_hid_channels():
-    with pytest.warns(FutureWarning, match='hidden_channels.*hid_channels'):
-        old = AlignmentNeck(32, 8, hidden_channels=12)
-    assert old.layers[0].out_features == 12
+def test_hid_channels_defaults_to_twice_d():
     assert AlignmentNeck(32, 8, hid_channels=12).layers[0].out_features == 12
     assert AlignmentNeck(32, 8).layers[0].out_features == 16  # 2 x D
 
@@ -55,8 +53,8 @@ def test_nonlinear_neck_style_options():
     assert AlignmentNeck(32, 16).init_std == 0.25
     with pytest.raises(ValueError, match='num_layers must be >= 1'):
         AlignmentNeck(32, 8, num_layers=0)
-    with pytest.raises(ValueError, match='kind must be one of'):
-        AlignmentNeck(32, 8, kind='deep')
+    with pytest.raises(TypeError, match='kind'):  # no deprecated aliases
+        AlignmentNeck(32, 8, kind='mlp')
 
 
 def _config_necks(path):
@@ -76,8 +74,7 @@ def test_configs_use_the_new_names():
         necks = _config_necks(path)
         assert necks, path
         for neck in necks:
-            assert not {'kind', 'hidden_channels'} & set(neck), (path, neck)
             args = {k: v for k, v in neck.items() if k != 'type'}
             with warnings.catch_warnings():
-                warnings.simplefilter('error', FutureWarning)
+                warnings.simplefilter('error')
                 AlignmentNeck(**dict(args, in_channels=8))

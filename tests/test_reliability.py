@@ -1,4 +1,4 @@
-"""Reliability under the conditions of issue 6: jobs killed at any moment,
+"""Reliability under real conditions: jobs killed at any moment,
 hostile inputs, secrets that must not leak.
 
 One training job is SIGKILLed right after a mid-epoch checkpoint and resumed

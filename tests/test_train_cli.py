@@ -93,3 +93,46 @@ def test_import_does_not_print_the_mmcv_lite_warning():
         capture_output=True, text=True, cwd=REPO, timeout=300,
         env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.stdout.strip() == 'False', proc.stderr
+
+
+RECORDING_RUNNER = '''
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+
+@RUNNERS.register_module()
+class RecordingRunner(Runner):
+    """Says in a file that the config's runner_type built it."""
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        runner = super().from_cfg(cfg)
+        with open(cfg.work_dir + '/runner_used.txt', 'w') as f:
+            f.write(cls.__name__)
+        return runner
+'''
+
+
+def test_runner_type_builds_the_configured_runner(tmp_path):
+    """mmpretrain's tools/train.py builds through RUNNERS when the config
+    names ``runner_type``; ours did ``Runner.from_cfg`` whatever it said."""
+    from conftest import make_image_folder
+    from helpers import BASE_CFG
+    make_image_folder(tmp_path / 'imgs', per_class=2)
+    (tmp_path / 'my_runner.py').write_text(RECORDING_RUNNER)
+    (tmp_path / 'base.py').write_text(BASE_CFG.format(root=tmp_path / 'imgs'))
+    (tmp_path / 'cfg.py').write_text(
+        "_base_ = ['base.py']\nrunner_type = 'RecordingRunner'\n"
+        "custom_imports = dict(imports=['my_runner'], "
+        'allow_failed_imports=False)\n'
+        'train_cfg = dict(max_epochs=1)\n')
+    work = tmp_path / 'work'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'tools', 'train.py'), 'cfg.py',
+         '--work-dir', str(work)], cwd=tmp_path, capture_output=True,
+        text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), os.environ.get('PYTHONPATH', '')])))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / 'runner_used.txt').read_text() == 'RecordingRunner'
+    assert (work / 'epoch_1.pth').exists()

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-NEAR_DUP_COSINE = 0.98  # the near-duplicate threshold
+NEAR_DUP_COSINE = 0.98  # near-duplicate descriptions: cosine above this
 EXACT_NEAR_DUP_MAX = 20_000  # rows up to which all pairs are compared
 # LSH for larger stores: 16-bit random-hyperplane signatures in 12 tables.
 # Two vectors at cosine 0.98 (11.5 degrees) share a 16-bit signature with

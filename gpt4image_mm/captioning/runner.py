@@ -209,8 +209,9 @@ def format_rate(n: float, seconds: float, unit: str = 'req') -> str:
     return f'{rate:.1f} {unit}/s' if rate >= 1 else f'{seconds / n:.1f} s/{unit}'
 
 
-# Seconds between progress lines when stderr is not a terminal (issue 13:
-# "at least every 10 s or every request, whichever is later").
+# Seconds between progress lines when stderr is not a terminal: at least
+# every 10 s or every request, whichever is later (a log file stays short
+# and still shows a stalled run).
 PROGRESS_LOG_INTERVAL_S = 10.0
 
 

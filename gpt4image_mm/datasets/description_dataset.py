@@ -69,22 +69,29 @@ class DescriptionDataset(torch.utils.data.Dataset):
     attached as ``DataSample.text`` for a model with an online teacher.
 
     Args:
-        dataset: the wrapped dataset or its config.
-        store: embedding store directory (see :mod:`.store`).
-        descriptions: descriptions JSONL, for online encoding.
-        per_class: join by the sample's class (``class:<name>`` keys) instead
-            of the sample key: class-level descriptions.
-        on_missing: samples without a description: ``'error'`` (default,
-            names how many and which), ``'drop'`` them, or ``'zero'``: keep
-            them with ``align_weight`` 0 (classification loss only).
-        verify_store: scan all store rows for NaN/zero vectors at start-up
-            (rows are always checked when read).
-        encoder: if set, the store's manifest must name this encoder (a
-            store embedded by another text encoder is refused).
-        check_source: refuse a store whose manifest says its descriptions
-            were made from another image root / split than the wrapped
-            dataset's (same keys, other images). Set False when the data
-            really moved (a copy on another machine at another path).
+        dataset (dict | Dataset): The wrapped dataset or its config.
+        store (str, optional): Embedding store directory (see
+            :mod:`.store`). Exactly one of ``store`` and ``descriptions``.
+            Defaults to None.
+        descriptions (str, optional): Descriptions JSONL, for online
+            encoding by a teacher. Defaults to None.
+        per_class (bool): Join by the sample's class (``class:<name>`` keys)
+            instead of the sample key: class-level descriptions. Defaults to
+            False.
+        on_missing (str): Samples without a description: ``'error'`` (names
+            how many and which), ``'drop'`` them, or ``'zero'``: keep them
+            with ``align_weight`` 0 (classification loss only). Defaults to
+            ``'error'``.
+        verify_store (bool): Scan all store rows for NaN/zero vectors at
+            start-up (rows are always checked when read). Defaults to False.
+        encoder (str, optional): If set, the store's manifest must name this
+            encoder (a store embedded by another text encoder is refused).
+            Defaults to None.
+        check_source (bool): Refuse a store whose manifest says its
+            descriptions were made from another image root / split than the
+            wrapped dataset's (same keys, other images). Set False when the
+            data really moved (a copy on another machine at another path).
+            Defaults to True.
 
     A sample that fails to load (a corrupt, truncated or missing image)
     raises :class:`SampleLoadError` naming its key and file: it is never

@@ -235,16 +235,14 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
 
 def _add_neck(s: ExperimentSettings, runs: List[Run],
               results: List[Optional[Dict[str, Any]]]) -> None:
-    from mmengine.config import Config
 
-    from ..apis import resolve_config
+    from ..apis import load_config
     encoder = None
     for run, r in zip(runs, results):
         if not run.store or not r or r.get('failed'):
             continue
         if encoder is None:
-            store = base_store(s, Config.fromfile(resolve_config(
-                s.gpt4image_config)))
+            store = base_store(s, load_config(s.gpt4image_config))
             with open(osp.join(store, 'manifest.json'),
                       encoding='utf-8') as f:
                 encoder = json.load(f)['encoder']
@@ -256,11 +254,10 @@ def _add_neck(s: ExperimentSettings, runs: List[Run],
 def _analysis(s: ExperimentSettings) -> Optional[Dict[str, Any]]:
     if not s.descriptions:
         return None
-    from mmengine.config import Config
 
-    from ..apis import resolve_config
+    from ..apis import load_config
     from .plan import description_dataset
-    cfg = Config.fromfile(resolve_config(s.gpt4image_config))
+    cfg = load_config(s.gpt4image_config)
     cfg.merge_from_dict(parse_options(s.cfg_options))
     store = base_store(s, cfg)
     node = description_dataset(cfg)

@@ -211,14 +211,13 @@ def run_dir(s: ExperimentSettings, arm: str, seed: int,
 def plan_runs(s: ExperimentSettings) -> List[Run]:
     """Write every run's config into its run dir; return the runs,
     full-data first, seed-major (the arms of a seed train side by side)."""
-    from mmengine.config import Config
 
-    from ..apis import resolve_config
+    from ..apis import load_config
     s.work_dir = osp.abspath(s.work_dir)
     for path in (s.config, s.gpt4image_config):
         _preflight(path)
-    cfgs = {'plain': Config.fromfile(resolve_config(s.config)),
-            'aligned': Config.fromfile(resolve_config(s.gpt4image_config))}
+    cfgs = {'plain': load_config(s.config),
+            'aligned': load_config(s.gpt4image_config)}
     stores = build_stores(s, cfgs['aligned']) if any(
         ARMS[a].aligned for a in s.arms) else {}
     runs = []

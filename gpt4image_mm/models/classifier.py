@@ -24,17 +24,29 @@ class TextAlignedClassifier(ImageClassifier):
     ``ImageClassifier``'s: the neck never runs at inference.
 
     Args:
-        align_neck: config of the projection head (``AlignmentNeck``);
-            ``in_channels`` defaults to the width the head's fc sees.
-        align_loss: config of the loss (``ContrastiveAlignLoss``).
-        teacher: optional ``TextEmbeddingTeacher`` config for online mode:
-            samples carry raw ``text`` and are encoded on the fly.
-        align_feature: ``'pre_logits'`` (default) or ``'neck'``.
-        mix_text_targets: under Mixup/CutMix, aim each mixed image at the
-            same mix of its sources' texts (default). ``False`` keeps text i
-            as image i's only target, as the official code does (its
+        backbone (dict): As :class:`mmpretrain.models.ImageClassifier`.
+        align_neck (dict): Config of the projection head
+            (``AlignmentNeck``); ``in_channels`` defaults to the width the
+            head's fc sees.
+        align_loss (dict): Config of the loss (``ContrastiveAlignLoss``).
+        neck (dict, optional): As ``ImageClassifier``. Defaults to None.
+        head (dict, optional): As ``ImageClassifier``. Defaults to None.
+        teacher (dict, optional): ``TextEmbeddingTeacher`` config for online
+            mode: samples carry raw ``text`` and are encoded on the fly.
+            Defaults to None.
+        align_feature (str): ``'pre_logits'`` (what the head's fc sees) or
+            ``'neck'`` (the neck's output). Defaults to ``'pre_logits'``.
+        mix_text_targets (bool): Under Mixup/CutMix, aim each mixed image at
+            the same mix of its sources' texts. False keeps text i as image
+            i's only target, as the official code does (its
             deit/engine.py:44-55 mixes images and labels, never text).
-        Other args: as :class:`mmpretrain.models.ImageClassifier`.
+            Defaults to True.
+        pretrained (str, optional): As ``ImageClassifier``. Defaults to None.
+        train_cfg (dict, optional): As ``ImageClassifier``. Defaults to None.
+        data_preprocessor (dict, optional): As ``ImageClassifier``;
+            ``ClsDataPreprocessor`` becomes ``TextAlignedDataPreprocessor``.
+            Defaults to None.
+        init_cfg (dict, optional): As ``ImageClassifier``. Defaults to None.
     """
 
     def __init__(self, backbone: dict, align_neck: dict, align_loss: dict,
@@ -105,9 +117,9 @@ class TextAlignedClassifier(ImageClassifier):
                 'encoder that made the store')
         kwargs = {}
         first = data_samples[0]
-        if 'gt_label' in first:
-            kwargs['labels'] = torch.cat(
-                [s.gt_label[:1] for s in data_samples]).to(image.device)
+        labels = self.class_labels(data_samples)
+        if labels is not None:
+            kwargs['labels'] = labels.to(image.device)
         if self.mix_text_targets and 'mix_weights' in first:
             kwargs['mix'] = torch.stack(
                 [s.mix_weights for s in data_samples]).to(image)
@@ -123,6 +135,29 @@ class TextAlignedClassifier(ImageClassifier):
             logs['align_logit_scale'] = image.new_tensor(
                 self.align_loss.logit_scale())
         return logs
+
+    def class_labels(
+            self, data_samples: List[DataSample]) -> Optional[torch.Tensor]:
+        """(B,) class indices, one per sample, or None when the samples have
+        none (or several) and the loss does not need them.
+
+        Raises:
+            ValueError: a sample has other than one ``gt_label`` and the loss
+                takes class positives (``positives='label'``): with several
+                classes per image "the same class" is not defined.
+        """
+        if 'gt_label' not in data_samples[0]:
+            return None
+        counts = [s.gt_label.numel() for s in data_samples]
+        if all(n == 1 for n in counts):
+            return torch.cat([s.gt_label.view(1) for s in data_samples])
+        if getattr(self.align_loss, 'positives', 'instance') == 'label':
+            i = next(i for i, n in enumerate(counts) if n != 1)
+            raise ValueError(
+                f"positives='label' needs one class per sample, but sample "
+                f'{i} of the batch has {counts[i]} gt_label entries (a '
+                "multi-label dataset): use positives='instance' or 'text'")
+        return None
 
     def text_targets(self, data_samples: List[DataSample]) -> torch.Tensor:
         """Stack the samples' text embeddings (or encode their raw text)."""

@@ -38,7 +38,16 @@ class _MixTracker:
 
 @MODELS.register_module()
 class TextAlignedDataPreprocessor(ClsDataPreprocessor):
-    """``ClsDataPreprocessor`` + the ``mix_weights`` field on each sample."""
+    """``ClsDataPreprocessor`` + the ``mix_weights`` field on each sample.
+
+    Mixup/CutMix mix images and labels; the alignment loss needs to know
+    *which* samples each image mixes, to mix the text targets the same way.
+    Each training sample gets ``mix_weights``, a (B,) row of the batch's
+    row-stochastic mixing matrix.
+
+    Args:
+        **kwargs: As :class:`mmpretrain.models.ClsDataPreprocessor`.
+    """
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

@@ -28,17 +28,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.dist import get_dist_info
 from mmpretrain.registry import MODELS
 
 from ..registry import ALIGN_LOSS_MODES
 
 _EPS = 1e-12
-
-
-def _world_and_rank() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -126,18 +121,24 @@ class ContrastiveAlignLoss(nn.Module):
 
     Args:
         temperature (float): tau; the initial value when learnable.
-        loss_weight (float): multiplies the returned loss.
-        mode (str): a name in ``ALIGN_LOSS_MODES``: ``'clip'``, ``'ctr'``,
+            Defaults to 0.2 (the official ResNet value; DeiT uses 0.05).
+        loss_weight (float): Multiplies the returned loss. Defaults to 1.0.
+        mode (str): A name in ``ALIGN_LOSS_MODES``: ``'clip'``, ``'ctr'``,
             ``'cosine'`` or one a user registered (docs/extending.md).
-        learnable_temperature (bool): learn ``log(1/tau)`` (parameter
-            ``log_logit_scale``); ``1/tau`` is clamped to ``max_logit_scale``.
-        max_logit_scale (float): upper bound of a learnable ``1/tau``.
-        positives (str): which texts are positives of image i: ``'instance'``
-            (its own), ``'label'`` (all of its class, needs ``labels``) or
-            ``'text'`` (all with an identical text embedding). Ignored by
-            ``'cosine'``, whose target is the (mixed) own text.
-        gather (bool): under torch.distributed, use the whole global batch as
-            negatives (every rank computes the full global loss).
+            Defaults to ``'clip'``.
+        learnable_temperature (bool): Learn ``log(1/tau)`` (parameter
+            ``log_logit_scale``); ``1/tau`` is clamped to
+            ``max_logit_scale``. Defaults to False (fixed, as officially).
+        max_logit_scale (float): Upper bound of a learnable ``1/tau``.
+            Defaults to 100.0 (CLIP's clamp).
+        positives (str): Which texts are positives of image i:
+            ``'instance'`` (its own), ``'label'`` (all of its class, needs
+            ``labels``) or ``'text'`` (all with an identical text
+            embedding). Ignored by ``'cosine'``, whose target is the (mixed)
+            own text. Defaults to ``'instance'``.
+        gather (bool): Under torch.distributed, use the whole global batch
+            as negatives (every rank computes the full global loss).
+            Defaults to True.
 
     Distributed gradients: every rank computes the same global loss, but the
     gradient only flows through its own image features (the gathered ones are
@@ -151,7 +152,6 @@ class ContrastiveAlignLoss(nn.Module):
     This assumes DDP gradient averaging (MMEngine's default wrapper).
     """
 
-    MODES = ('clip', 'ctr', 'cosine')  # the built-in ones
     POSITIVES = ('instance', 'label', 'text')
 
     def __init__(self,
@@ -209,7 +209,8 @@ class ContrastiveAlignLoss(nn.Module):
                 labels: Optional[torch.Tensor] = None,
                 mix: Optional[torch.Tensor] = None,
                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """
+        """The alignment loss of a batch (this rank's samples).
+
         Args:
             image_embeds (Tensor): (B, D) projected image features.
             text_embeds (Tensor): (B, D) text targets (detached here).
@@ -245,7 +246,7 @@ class ContrastiveAlignLoss(nn.Module):
             mix = mix.detach().to(dtype)
         if labels is not None:
             labels = labels.reshape(-1)
-        world, rank = _world_and_rank() if self.gather else (1, 0)
+        rank, world = get_dist_info() if self.gather else (0, 1)
         if world > 1:
             img = _ScaleGrad.apply(img, float(world))
         return AlignBatch(img, txt, w, labels, None if mix is None else [mix],
@@ -402,7 +403,8 @@ def retrieval_accuracy(image_embeds: torch.Tensor,
         hit = labels[nearest] == labels
     elif positives == 'text':
         txt = F.normalize(text_embeds.float(), dim=-1)
-        hit = (txt[nearest] * txt).sum(1) > 1 - 1e-6  # as in _targets
+        # identical, as ContrastiveAlignLoss._positives compares texts
+        hit = (txt[nearest] * txt).sum(1) > 1 - 1e-6
     else:
         hit = nearest == own
     return hit.float().mean()

@@ -28,24 +28,33 @@ class TextEmbeddingTeacher(torch.nn.Module):
     are ignored on load). ``.to()/.cuda()`` still move them.
 
     Args:
-        encoder: a spec for :func:`build_text_encoder`, looked up in the
-            ``TEXT_ENCODERS`` registry: a local model directory (HF CLIP or
-            sentence-transformers/HF encoder), ``openai:<model>``,
+        encoder (str): A spec for :func:`build_text_encoder`, looked up in
+            the ``TEXT_ENCODERS`` registry: a local model directory (HF CLIP
+            or sentence-transformers/HF encoder), ``openai:<model>``,
             ``open_clip:<arch>/<pretrained>``, ``<kind>:...`` of an encoder
             a plugin registered (``custom_imports``).
-        pooling: override the pooling of HF encoders (``mean``/``cls``/...).
-        max_length: override the token limit.
-        dtype: compute dtype (``float32``, ``float16``, ``bfloat16``, or
-            ``auto``: :func:`gpt4image_mm.devices.resolve_dtype`'s rule for
-            ``device``).
-        device: where the encoder is built: ``auto`` (default) is
+        pooling (str, optional): Override the pooling of HF encoders
+            (``mean``/``cls``/...). Defaults to None (the model's own).
+        max_length (int, optional): Override the token limit. Defaults to
+            None (the model's own).
+        dtype (str): Compute dtype: ``float32``, ``float16``, ``bfloat16``,
+            or ``auto`` (:func:`gpt4image_mm.devices.resolve_dtype`'s rule
+            for ``device``). Defaults to ``'float32'``.
+        api_base (str, optional): Base URL of an embeddings endpoint.
+            Defaults to None.
+        api_key_env (str, optional): Name of the variable holding that
+            endpoint's key. Defaults to None.
+        dimensions (int, optional): Output width an embeddings API is asked
+            for. Defaults to None.
+        chunk_size (int): Texts per forward pass (bounds the memory of big
+            batches). Defaults to 256.
+        device (str, optional): Where the encoder is built: ``'auto'`` is
             :func:`gpt4image_mm.devices.resolve_device`'s answer, the device
             MMEngine's runner moves the model to, so the weights are not
             loaded on the CPU first and ``dtype='auto'`` sees the real
             device; ``.to()`` moves the teacher later as any module.
-        api_base, api_key_env, dimensions: for embeddings endpoints.
-        chunk_size: texts per forward pass (bounds memory of big batches).
-        **encoder_options: further options the chosen encoder declares
+            Defaults to ``'auto'``.
+        **encoder_options: Further options the chosen encoder declares
             (a plugin encoder's own ones).
     """
 

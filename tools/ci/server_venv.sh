@@ -4,7 +4,8 @@
 # project's pins never meet the server's. Usage: tools/ci/server_venv.sh [DIR]
 set -euo pipefail
 VENV_DIR=${1:-.cache/llama-server-venv}
-# Version tried in issue 13; pinned so the measured figures stay reproducible.
+# The version the figures in docs/captioning.md were measured with; pinned so
+# they stay reproducible.
 LLAMA_CPP_VERSION=0.3.36
 PYTHON=${PYTHON:-python3}
 if [ -x "$VENV_DIR/bin/python" ] && "$VENV_DIR/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
