@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, make_image_folder, random_store
 
 HEAVY = ('torch', 'mmengine', 'mmpretrain', 'transformers', 'mmcv')
 
@@ -82,6 +82,25 @@ def test_caption_merge_import_map_analyze_import_no_heavy_stack(
           '--out', tmp_path / 'report', '--no-figures', '--no-progress')
     metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
     assert metrics['descriptions']['descriptions'] == 2
+
+
+def test_analyze_with_a_store_under_the_light_start(tmp_path):
+    """With a store, analyze imports what it needs where it needs it."""
+    desc = tmp_path / 'cls.jsonl'
+    desc.write_text(''.join(json.dumps(
+        {'key': f'class:{c}#{k}', 'text': f'A photo of a {c}, view {k}.',
+         'model': 'm'}) + '\n' for c in ('cat', 'dog') for k in range(3)),
+        encoding='utf-8')
+    random_store(tmp_path / 'store', [f'class:{c}#{k}' for c in ('cat', 'dog')
+                                      for k in range(3)])
+    proc, heavy = gpt4image(tmp_path, 'analyze', desc, '--per-class',
+                            '--store', tmp_path / 'store', '--out',
+                            tmp_path / 'report', '--no-figures',
+                            '--no-progress')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['descriptions']['store_rows'] == 6
+    assert 'torch' in heavy
 
 
 def test_a_command_with_a_config_under_the_light_start(tmp_path):
