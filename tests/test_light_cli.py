@@ -106,7 +106,8 @@ def test_analyze_with_a_store_under_the_light_start(tmp_path):
 def test_a_command_with_a_config_under_the_light_start(tmp_path):
     """caption --config builds its dataset through mmpretrain's registry,
     from a config whose custom_imports name the (lightly imported)
-    package."""
+    package; --cfg-options (mmengine's DictAction, imported when given)
+    points it at the real folder."""
     root = tmp_path / 'imgs'
     make_image_folder(root, per_class=1, size=8)
     config = tmp_path / 'cfg.py'
@@ -116,9 +117,11 @@ def test_a_command_with_a_config_under_the_light_start(tmp_path):
         "default_scope = 'mmpretrain'\n"
         'train_dataloader = dict(dataset=dict(\n'
         "    type='DescriptionDataset', descriptions='d.jsonl',\n"
-        f"    dataset=dict(type='CustomDataset', data_root={str(root)!r},\n"
+        "    dataset=dict(type='CustomDataset', data_root='nowhere',\n"
         '                 pipeline=[])))\n', encoding='utf-8')
     proc, heavy = gpt4image(tmp_path, 'caption', '--config', config,
+                            '--cfg-options',
+                            f'train_dataloader.dataset.dataset.data_root={root}',
                             '--model', 'gpt-4o-mini', '--out',
                             tmp_path / 'd.jsonl', '--dry-run',
                             '--no-progress')
