@@ -39,6 +39,7 @@ def build_split_dataset(config: str, split: str = 'train',
 
     from .. import register_all_modules
     register_all_modules()  # our components, also under gpt4image's light start
+
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
