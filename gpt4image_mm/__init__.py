@@ -3,14 +3,20 @@
 ``import gpt4image_mm`` (or ``custom_imports=dict(imports=['gpt4image_mm'])``
 in a config) registers the components into mmpretrain's registries and lets
 torch's safe loading read MMEngine checkpoints (and enforces it).
+
+The ``gpt4image`` command (``gpt4image_cli.py``) alone imports this package
+with :data:`DEFER_REGISTRATION` set: its text-only commands need none of
+torch, mmengine or mmpretrain (seconds of start-up, ~900 MB), and the ones
+that do call :func:`register_all_modules` first.
 """
+import os
 import warnings
 
-from .safe_loading import allow_mmengine_checkpoints, enforce_safe_mmengine_loading
 from .version import __version__
 
-allow_mmengine_checkpoints()
-enforce_safe_mmengine_loading()
+#: Set to ``1`` (by ``gpt4image_cli`` only, during its import of this
+#: package) to import the package without registering; never inherited.
+DEFER_REGISTRATION = 'GPT4IMAGE_MM_DEFER_REGISTRATION'
 
 
 def _import_mmcv_lite_quietly() -> None:
@@ -28,8 +34,18 @@ def _import_mmcv_lite_quietly() -> None:
             pass  # no mmcv at all: mmpretrain's import says so below
 
 
-_import_mmcv_lite_quietly()
+def register_all_modules() -> None:
+    """Register every component into mmpretrain's registries and enforce
+    safe checkpoint loading (imports torch, mmengine, mmpretrain). What
+    ``import gpt4image_mm`` does; a second call costs nothing."""
+    from .safe_loading import allow_mmengine_checkpoints, enforce_safe_mmengine_loading
+    allow_mmengine_checkpoints()
+    enforce_safe_mmengine_loading()
+    _import_mmcv_lite_quietly()
+    from . import datasets, models  # noqa: F401  (register components)
 
-from . import datasets, models  # noqa: E402,F401  (register components)
 
-__all__ = ['__version__', 'datasets', 'models']
+if os.environ.get(DEFER_REGISTRATION) != '1':
+    register_all_modules()
+
+__all__ = ['__version__', 'register_all_modules']

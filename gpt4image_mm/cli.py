@@ -18,8 +18,9 @@ import argparse
 import importlib
 import inspect
 import sys
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
+from . import register_all_modules
 from .cli_errors import run_tool
 from .version import __version__
 
@@ -27,20 +28,27 @@ Configure = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
 
 class Command(NamedTuple):
-    """Where a subcommand's ``configure`` function lives, and its help line."""
+    """Where a subcommand's ``configure`` function lives, and its help line.
+
+    ``light``: the command imports torch, mmengine, mmpretrain or
+    transformers only where it uses them and registers the package's
+    components itself where it needs them (``gpt4image_cli``'s light start);
+    every other command runs after :func:`gpt4image_mm.register_all_modules`.
+    """
 
     module: str
     function: str
     help: str
+    light: bool = False
 
 
 COMMANDS: Dict[str, Command] = {
     'caption': Command(
         'gpt4image_mm.captioning.cli', 'configure_parser',
-        'describe training images with a multimodal LLM'),
+        'describe training images with a multimodal LLM', light=True),
     'caption-merge': Command(
         'gpt4image_mm.captioning.cli', 'configure_merge_parser',
-        'join the outputs of caption --shard i/N runs'),
+        'join the outputs of caption --shard i/N runs', light=True),
     'embed': Command(
         'gpt4image_mm.embedding.cli', 'configure_parser',
         'descriptions -> embedding store (frozen text encoder)'),
@@ -56,10 +64,10 @@ COMMANDS: Dict[str, Command] = {
         "the paper's text-embedding tensor -> embedding store"),
     'import-map': Command(
         'gpt4image_mm.embedding.cli', 'configure_import_map_parser',
-        'CSV (key,text) or JSON {key: text} -> descriptions'),
+        'CSV (key,text) or JSON {key: text} -> descriptions', light=True),
     'analyze': Command(
         'gpt4image_mm.analysis.cli', 'configure_parser',
-        'measure descriptions (and a store) before training'),
+        'measure descriptions (and a store) before training', light=True),
     'query': Command(
         'gpt4image_mm.query_cli', 'configure_parser',
         'classify or search images by text through the neck'),
@@ -70,6 +78,18 @@ COMMANDS: Dict[str, Command] = {
         'gpt4image_mm.experiment.cli', 'configure_parser',
         'does the text help? arms x seeds with paired intervals'),
 }
+
+
+class DictAction(argparse.Action):
+    """mmengine's ``DictAction`` (``--cfg-options key=value``), imported
+    when the option is given: building a parser imports no mmengine."""
+
+    def __call__(self, parser: argparse.ArgumentParser,
+                 namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        from mmengine.config import DictAction as MMEngineDictAction
+        MMEngineDictAction(self.option_strings, self.dest, nargs=self.nargs)(
+            parser, namespace, values, option_string)
 
 
 def configure_function(name: str) -> Configure:
@@ -124,10 +144,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def run(argv: List[str]) -> int:
         args = build_parser(argv).parse_args(argv)  # inside run_tool: a bad
-        return args.handler(args)  # --custom-imports is one line, exit 2
+        if not COMMANDS[args.command].light:  # --custom-imports is one line
+            register_all_modules()
+        return args.handler(args)
     return run_tool(run, argv)
-
-
 
 
 if __name__ == '__main__':

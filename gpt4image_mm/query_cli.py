@@ -20,7 +20,7 @@ from .files import atomic_write_json
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``query``: zero-shot classification and text search of images
     through the alignment neck of a GPT4Image checkpoint."""
-    from mmengine.config import DictAction
+    from .cli import DictAction
     p.add_argument('config', help='the GPT4Image training config')
     p.add_argument('checkpoint', help='a checkpoint that holds align_neck')
     where = p.add_mutually_exclusive_group(required=True)

@@ -88,7 +88,8 @@ def docs_env(data: str, work: str, base_url: str) -> Dict[str, str]:
     env.update(
         PATH=os.path.dirname(sys.executable) + os.pathsep + env['PATH'],
         PYTHONPATH=REPO, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
-        DATA=data, WORK=work, EPOCHS='1', MAX_TOKENS='8', PER_CLASS='1',
+        DATA=data, WORK=work, EPOCHS='1', SIZE='32', MAX_TOKENS='8',
+        PER_CLASS='1',
         BASE_URL=base_url, VLM='local-vlm')
     env.pop('OPENAI_API_KEY', None)  # a local server needs none
     return env
@@ -112,8 +113,9 @@ def test_own_dataset_page(variant, image_folder, server, tmp_path):
     page = os.path.join(REPO, 'docs', 'own_dataset.md')
     run_script(script_for(page, variant),
                docs_env(image_folder, work, url))
-    check_trained_and_stripped(work)
-    with open(os.path.join(work, 'descriptions.jsonl'),
+    run = os.path.join(work, variant.replace('-', '_'))  # its own folder
+    check_trained_and_stripped(run)
+    with open(os.path.join(run, 'descriptions.jsonl'),
               encoding='utf-8') as f:
         keys = {json.loads(line)['key'] for line in f}
     if variant == 'per-image':
@@ -141,6 +143,20 @@ def test_readme_quick_start(image_folder, server, tmp_path):
     assert sorted(classes) == ['class:bag#0', 'class:sandal#0']
     images = read_descriptions(os.path.join(work, 'image_descriptions.jsonl'))
     assert len(images) == 8 and all('/' in k for k in images)
+
+
+def test_own_dataset_page_stops_without_train_folder(tmp_path):
+    """Step 1 names the missing folder before writing any config."""
+    page = os.path.join(REPO, 'docs', 'own_dataset.md')
+    env = docs_env(str(tmp_path / 'nowhere'), str(tmp_path / 'work'),
+                   'http://127.0.0.1:9/v1')
+    proc = subprocess.run(['bash', '-c', script_for(page, 'per-image')],
+                          cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert f"error: {tmp_path / 'nowhere'}/train does not exist" in \
+        proc.stderr
+    assert not (tmp_path / 'work').exists()
 
 
 def test_marks_are_read(tmp_path):

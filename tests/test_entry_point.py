@@ -24,10 +24,11 @@ CLASSES = {'cat': ['A tabby cat asleep on a windowsill.',
 
 
 def gpt4image(*args, cwd=ROOT):
-    """``gpt4image ARGS`` as a user runs it (``python -m``: the shared
-    venv's console script points at another checkout)."""
+    """``gpt4image ARGS`` as a user runs it: the console script's module,
+    light start included (``python -m``: the shared venv's console script
+    points at another checkout)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, '-m', 'gpt4image_mm.cli',
+    return subprocess.run([sys.executable, '-m', 'gpt4image_cli',
                            *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

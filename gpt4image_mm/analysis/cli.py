@@ -36,7 +36,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``analyze``: measure a descriptions JSONL (and its embedding store)
     before training: failures, refusals, duplicates, lengths and
     truncation, class naming, class signal in the embeddings."""
-    from mmengine.config import DictAction
+    from ..cli import DictAction
     p.add_argument('descriptions', help='descriptions JSONL')
     p.add_argument('--store', help='its embedding store (tools/embed.py)')
     p.add_argument('--out', required=True, help='directory for report.md, '

@@ -9,10 +9,12 @@ exact, without the N x N similarity matrix.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used: analyze without a
+    import torch  # store needs none of it (gpt4image analyze)
 
 NEAR_DUP_COSINE = 0.98  # near-duplicate descriptions: cosine above this
 EXACT_NEAR_DUP_MAX = 20_000  # rows up to which all pairs are compared
@@ -29,6 +31,7 @@ _SIM_CELLS = 1 << 22  # similarity entries at once (16 MB of float32)
 def unit_chunks(emb: np.ndarray, rows: int = _ROWS
                 ) -> Iterator[Tuple[int, torch.Tensor]]:
     """``(start, L2-normalised float32 rows)`` over a (memory-mapped) array."""
+    import torch
     for start in range(0, len(emb), rows):
         block = torch.from_numpy(np.asarray(emb[start:start + rows],
                                             dtype=np.float32))
@@ -38,6 +41,7 @@ def unit_chunks(emb: np.ndarray, rows: int = _ROWS
 def _pairs_within(rows: np.ndarray, emb: np.ndarray, threshold: float
                   ) -> np.ndarray:
     """``k x 2`` row pairs (i < j) among ``rows`` above ``threshold``."""
+    import torch
     rows = np.sort(rows)
     x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(
         emb[rows], dtype=np.float32)), dim=1)
@@ -55,6 +59,7 @@ def _pairs_within(rows: np.ndarray, emb: np.ndarray, threshold: float
 
 def _signatures(emb: np.ndarray, seed: int = 0) -> np.ndarray:
     """``N x LSH_TABLES`` random-hyperplane signatures (one int per table)."""
+    import torch
     gen = torch.Generator().manual_seed(seed)
     planes = torch.randn(emb.shape[1], LSH_BITS * LSH_TABLES, generator=gen)
     weights = 2 ** torch.arange(LSH_BITS, dtype=torch.int64)
@@ -104,6 +109,7 @@ def _one_thread() -> Iterator[None]:
     """Run many small torch ops on one thread: with intra-op threads they
     were measured 30x slower on a loaded 2-core machine (threads spinning
     for each tiny op), and they gain nothing from threads."""
+    import torch
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -142,6 +148,7 @@ def near_duplicates(emb: np.ndarray, text_hash: Optional[np.ndarray] = None,
 def class_sums(emb: np.ndarray, labels: np.ndarray, classes: int
                ) -> Tuple[torch.Tensor, np.ndarray]:
     """Per-class sums of unit rows (float64) and counts; label -1 skipped."""
+    import torch
     sums = torch.zeros(classes, emb.shape[1], dtype=torch.float64)
     for start, x in unit_chunks(emb):
         lab = torch.from_numpy(labels[start:start + len(x)].astype(np.int64))
@@ -155,6 +162,7 @@ def class_signal(emb: np.ndarray, labels: np.ndarray, names: List[str],
                  top_pairs: int = 5) -> Dict[str, Any]:
     """Leave-one-out nearest-centroid accuracy, mean within/between-class
     cosine, the most confused class pairs and the centroid similarities."""
+    import torch
     C = len(names)
     sums, counts = class_sums(emb, labels, C)
     sq = (sums * sums).sum(1)  # |S_y|^2
@@ -185,6 +193,7 @@ def _loo_confusion(emb: np.ndarray, labels: np.ndarray, sums: torch.Tensor,
                    counts: np.ndarray) -> np.ndarray:
     """Confusion counts of nearest-centroid prediction, own class's centroid
     taken without the row itself; rows alone in their class are skipped."""
+    import torch
     C = len(counts)
     cent = torch.nn.functional.normalize(sums, dim=1).float()
     sums32 = sums.float()

@@ -27,8 +27,7 @@ import sys
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
-from mmengine.config import DictAction
-
+from ..cli import DictAction
 from ..cli_errors import ToolError, run_tool
 from ..registry import CAPTION_BACKENDS
 from .base import CaptionBackend, CaptionOptions

@@ -37,7 +37,8 @@ def build_split_dataset(config: str, split: str = 'train',
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
 
-    import gpt4image_mm  # noqa: F401  (registers our components)
+    from .. import register_all_modules
+    register_all_modules()  # our components, also under gpt4image's light start
 
     cfg = Config.fromfile(config)
     if cfg_options:

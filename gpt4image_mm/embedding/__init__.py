@@ -5,11 +5,26 @@ and the online :class:`~gpt4image_mm.models.teacher.TextEmbeddingTeacher`);
 ``embed`` writes, resumes, shards and merges stores; ``importers`` turns other
 description sources into descriptions JSONL; ``assets`` unpacks the bundled
 offline model.
-"""
-from .assets import minilm_dir
-from .embed import EmbedResult, embed_descriptions, load_description_texts, merge_stores
-from .encoders import EncoderError, TextEncoder, build_text_encoder, read_st_layout
 
-__all__ = ['minilm_dir', 'EmbedResult', 'embed_descriptions',
-           'load_description_texts', 'merge_stores', 'EncoderError',
-           'TextEncoder', 'build_text_encoder', 'read_st_layout']
+The names below are imported on first use: ``gpt4image import-map`` and
+``--help`` import this package's ``cli`` without torch or transformers.
+"""
+import importlib
+from typing import Any
+
+_HOMES = {'minilm_dir': 'assets',
+          'EmbedResult': 'embed', 'embed_descriptions': 'embed',
+          'load_description_texts': 'embed', 'merge_stores': 'embed',
+          'EncoderError': 'encoders', 'TextEncoder': 'encoders',
+          'build_text_encoder': 'encoders', 'read_st_layout': 'encoders'}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(f'.{_HOMES[name]}', __name__),
+                    name)
+    globals()[name] = value
+    return value

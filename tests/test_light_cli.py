@@ -1,0 +1,191 @@
+"""The ``gpt4image`` command starts light: its text-only commands import no
+torch, mmengine, mmpretrain or transformers (seconds and ~900 MB each), and
+a config's ``custom_imports=['gpt4image_mm']`` still registers everything.
+
+Each command runs as the console script runs it (``from gpt4image_cli
+import main``), in its own process, which reports its ``sys.modules``."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, make_image_folder, random_store
+
+HEAVY = ('torch', 'mmengine', 'mmpretrain', 'transformers', 'mmcv')
+
+# pip's console script for ``gpt4image = gpt4image_cli:main``, plus a
+# report of the heavy stacks the process imported, written at exit.
+PROBE = f'''
+import atexit, json, sys
+report, sys.argv = sys.argv[1], ['gpt4image', *sys.argv[2:]]
+atexit.register(lambda: open(report, 'w').write(json.dumps(
+    sorted(m for m in {HEAVY!r} if m in sys.modules))))
+from gpt4image_cli import main
+sys.exit(main())
+'''
+
+
+def gpt4image(tmp_path, *args, env_extra=None):
+    """``gpt4image ARGS``: (process, heavy modules it imported)."""
+    report = tmp_path / 'modules.json'
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    proc = subprocess.run([sys.executable, '-c', PROBE, str(report),
+                           *map(str, args)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return proc, json.loads(report.read_text())
+
+
+def light(tmp_path, *args, **kw):
+    """Run a command that must succeed without any heavy stack."""
+    proc, heavy = gpt4image(tmp_path, *args, **kw)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert heavy == [], f'gpt4image {" ".join(map(str, args))} imported ' \
+        f'{heavy}'
+    return proc
+
+
+@pytest.mark.parametrize('args', [['--help'], ['caption', '--help'],
+                                  ['analyze', '--help'],
+                                  ['import-map', '--help'], ['--version']])
+def test_help_imports_no_heavy_stack(tmp_path, args):
+    out = light(tmp_path, *args).stdout
+    assert 'gpt4image' in out
+
+
+def test_caption_merge_import_map_analyze_import_no_heavy_stack(
+        tmp_path, serve):
+    """A real caption run against a local OpenAI-wire server, then the
+    text-only commands on its output."""
+    root = tmp_path / 'imgs'
+    keys = make_image_folder(root, per_class=1, size=8)
+    fake, url = serve()
+    parts = []
+    for i in range(2):  # two shards, so that caption-merge has work
+        parts.append(tmp_path / f'part{i}.jsonl')
+        proc = light(tmp_path, 'caption', '--images', root, '--model', 'm',
+                     '--base-url', url, '--out', parts[-1], '--shard',
+                     f'{i}/2', '--no-progress')
+        assert json.loads(proc.stdout.splitlines()[-1])['ok']
+    assert fake.n_requests == len(keys)
+    merged = tmp_path / 'merged.jsonl'
+    light(tmp_path, 'caption-merge', merged, *parts)
+    assert sorted(json.loads(ln)['key'] for ln in
+                  merged.read_text().splitlines()) == sorted(keys)
+
+    table = tmp_path / 'names.csv'
+    table.write_text('key,text\ncat,A small cat.\ndog,A loyal dog.\n',
+                     encoding='utf-8')
+    light(tmp_path, 'import-map', table, '--out', tmp_path / 'cls.jsonl',
+          '--class-level')
+    light(tmp_path, 'analyze', tmp_path / 'cls.jsonl', '--per-class',
+          '--out', tmp_path / 'report', '--no-figures', '--no-progress')
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['descriptions']['descriptions'] == 2
+
+
+def test_analyze_with_a_store_under_the_light_start(tmp_path):
+    """With a store, analyze imports what it needs where it needs it."""
+    desc = tmp_path / 'cls.jsonl'
+    desc.write_text(''.join(json.dumps(
+        {'key': f'class:{c}#{k}', 'text': f'A photo of a {c}, view {k}.',
+         'model': 'm'}) + '\n' for c in ('cat', 'dog') for k in range(3)),
+        encoding='utf-8')
+    random_store(tmp_path / 'store', [f'class:{c}#{k}' for c in ('cat', 'dog')
+                                      for k in range(3)])
+    proc, heavy = gpt4image(tmp_path, 'analyze', desc, '--per-class',
+                            '--store', tmp_path / 'store', '--out',
+                            tmp_path / 'report', '--no-figures',
+                            '--no-progress')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['descriptions']['store_rows'] == 6
+    assert 'torch' in heavy
+
+
+def test_a_command_with_a_config_under_the_light_start(tmp_path):
+    """caption --config builds its dataset through mmpretrain's registry,
+    from a config whose custom_imports name the (lightly imported)
+    package; --cfg-options (mmengine's DictAction, imported when given)
+    points it at the real folder."""
+    root = tmp_path / 'imgs'
+    make_image_folder(root, per_class=1, size=8)
+    config = tmp_path / 'cfg.py'
+    config.write_text(
+        "custom_imports = dict(imports=['gpt4image_mm'], "
+        'allow_failed_imports=False)\n'
+        "default_scope = 'mmpretrain'\n"
+        'train_dataloader = dict(dataset=dict(\n'
+        "    type='DescriptionDataset', descriptions='d.jsonl',\n"
+        "    dataset=dict(type='CustomDataset', data_root='nowhere',\n"
+        '                 pipeline=[])))\n', encoding='utf-8')
+    proc, heavy = gpt4image(tmp_path, 'caption', '--config', config,
+                            '--cfg-options',
+                            f'train_dataloader.dataset.dataset.data_root={root}',
+                            '--model', 'gpt-4o-mini', '--out',
+                            tmp_path / 'd.jsonl', '--dry-run',
+                            '--no-progress')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)['requests'] == 3
+    assert 'mmpretrain' in heavy
+
+
+def test_other_commands_register_first(tmp_path):
+    """strip runs after the package's registration, which allow-lists
+    MMEngine's ``HistoryBuffer`` for safe loading: a real training
+    checkpoint (message hub included) strips under the light start."""
+    ckpt = tmp_path / 'epoch_1.pth'
+    make = f'''
+import torch, gpt4image_mm
+from mmengine.logging import HistoryBuffer
+torch.save({{'meta': {{}}, 'state_dict': {{'backbone.w': torch.ones(2),
+            'align_neck.fc.weight': torch.ones(2)}},
+            'message_hub': {{'log_scalars': {{'loss': HistoryBuffer([1.0], [1])}}}}}},
+           {str(ckpt)!r})
+'''
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    made = subprocess.run([sys.executable, '-c', make], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    proc, heavy = gpt4image(tmp_path, 'strip', ckpt, tmp_path / 'deploy.pth')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'removed 1 training-only tensors' in proc.stdout
+    assert {'torch', 'mmpretrain'} <= set(heavy)
+
+
+def test_custom_imports_register_every_component(tmp_path):
+    """``import gpt4image_mm`` (a config's custom_imports) registers every
+    component, as before the light start."""
+    config = tmp_path / 'cfg.py'
+    config.write_text("custom_imports = dict(imports=['gpt4image_mm'], "
+                      'allow_failed_imports=False)\n', encoding='utf-8')
+    code = f'''
+from mmengine.config import Config
+Config.fromfile({str(config)!r})
+from mmpretrain.registry import DATASETS, MODELS
+for registry, name in [(DATASETS, 'DescriptionDataset'),
+                       (MODELS, 'TextAlignedClassifier'),
+                       (MODELS, 'TextAlignedDataPreprocessor'),
+                       (MODELS, 'AlignmentNeck'),
+                       (MODELS, 'ContrastiveAlignLoss'),
+                       (MODELS, 'TextEmbeddingTeacher')]:
+    assert name in registry.module_dict, name
+print('registered')
+'''
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop('GPT4IMAGE_MM_DEFER_REGISTRATION', None)
+    proc = subprocess.run([sys.executable, '-c', code], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == 'registered', proc.stderr[-3000:]
+
+
+def test_light_start_leaves_no_flag_to_children():
+    """The deferral is for the command's own import of the package only:
+    the environment a command hands to its children is the user's."""
+    code = ('import os; from gpt4image_cli import _import_cli_light\n'
+            '_import_cli_light()\n'
+            "print(os.environ.get('GPT4IMAGE_MM_DEFER_REGISTRATION'))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, '-c', code], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == 'None', out.stderr
