@@ -13,6 +13,7 @@ Runner loads the checkpoint, before any iteration.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -238,7 +239,9 @@ class StoreIdentityHook(Hook):
 
     def __init__(self, store: Optional[Dict[str, Any]] = None,
                  allow_change: bool = False):
-        self.store = dict(store) if store else None
+        # plain JSON data (the manifest's own), not the config's ConfigDicts:
+        # checkpoints load with weights_only=True
+        self.store = json.loads(json.dumps(store)) if store else None
         self.allow_change = allow_change
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:

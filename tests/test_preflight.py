@@ -86,13 +86,15 @@ def test_config_mistake_stops_before_training(tmp_path, mistake):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    """One epoch of two iterations on the tiny project, its store recorded
-    with a descriptions checksum as embed.py writes it."""
+    """One epoch of two iterations on the tiny project, its store's
+    manifest with a descriptions checksum and encoder settings as embed.py
+    writes them."""
     tmp = tmp_path_factory.mktemp('trained')
     write_tiny_project(tmp)
     keys = sorted(f'{c}/{i}.png' for c in CLASSES for i in range(4))
     random_store(tmp / 'store', keys, overwrite=True,
-                 source_checksum='sha256:first-texts')
+                 source_checksum='sha256:first-texts',
+                 encoder_settings={'max_length': 77, 'pooling': 'mean'})
     rc, out, _ = run('train.py', 'align.py', '--work-dir', tmp / 'work',
                      '--cfg-options', 'train_cfg.max_epochs=1', cwd=tmp)
     assert rc == 0, out[-3000:]
@@ -112,6 +114,8 @@ def test_checkpoint_records_its_store(trained):
     meta = torch.load(tmp / 'work' / 'epoch_1.pth', weights_only=True)['meta']
     assert meta['gpt4image_store']['source_checksum'] == 'sha256:first-texts'
     assert meta['gpt4image_store']['path'] == str(tmp / 'store')
+    # plain data: tools/test.py loads it with weights_only=True
+    assert type(meta['gpt4image_store']['encoder_settings']) is dict
 
 
 def test_test_refuses_a_checkpoint_of_another_head_size(trained, tmp_path):
