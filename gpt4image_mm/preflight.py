@@ -17,6 +17,7 @@ import json
 import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmpretrain.registry import HOOKS
@@ -185,7 +186,7 @@ def _check_labels(cfg: Any, dataset: Any, field: str) -> None:
                    if hasattr(d, 'get_gt_labels')), None)
     if labels is None or not len(labels):
         return
-    top = int(max(labels))
+    top = int(np.max(labels))
     if top >= int(num):
         raise PreflightError(
             f'{field}.dataset{named} has labels up to {top} but model.head.'
