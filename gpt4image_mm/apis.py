@@ -16,6 +16,7 @@ from typing import List, Optional
 from mmengine.config import Config, ConfigDict, DictAction
 
 import gpt4image_mm  # noqa: F401  (registers components, safe loading)
+from gpt4image_mm.cli_errors import exit_on_tool_error
 
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
 
@@ -40,6 +41,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--amp', action='store_true', help='mixed precision')
     p.add_argument('--no-validate', action='store_true')
     p.add_argument('--auto-scale-lr', action='store_true')
+    p.add_argument('--allow-store-change', action='store_true',
+                   help='resume even if the checkpoint was trained against '
+                   'another embedding store (it is logged)')
     _common_args(p)
     return p
 
@@ -194,9 +198,14 @@ def sync_schedule_to_epochs(cfg: Config, old_epochs: Optional[int]) -> None:
                 '--cfg-options to choose yourself)', logger='current')
 
 
+@exit_on_tool_error
 def train(argv: Optional[List[str]] = None) -> None:
     """``tools/train.py``: build a Runner from the config and train."""
-    cfg = train_config(train_parser().parse_args(argv))
+    from gpt4image_mm import preflight
+
+    args = train_parser().parse_args(argv)
+    cfg = train_config(args)
+    preflight.train_checks(cfg, args.allow_store_change)
     _cpu_distributed(cfg)
     try:
         build_runner(cfg).train()
@@ -204,8 +213,11 @@ def train(argv: Optional[List[str]] = None) -> None:
         raise _refused_checkpoint(e) from None
 
 
+@exit_on_tool_error
 def test(argv: Optional[List[str]] = None) -> dict:
     """``tools/test.py``: evaluate a checkpoint; returns the metrics."""
+    from gpt4image_mm import preflight
+
     args = test_parser().parse_args(argv)
     cfg = _load(args)
     cfg.load_from = args.checkpoint
@@ -213,6 +225,7 @@ def test(argv: Optional[List[str]] = None) -> dict:
         cfg.test_cfg = dict(cfg.get('test_cfg') or {}, fp16=True)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    preflight.test_checks(cfg)
     _cpu_distributed(cfg)
     try:
         metrics = build_runner(cfg).test()

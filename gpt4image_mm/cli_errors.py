@@ -18,11 +18,12 @@ Exit codes (docs/captioning.md and docs/embedding.md list them):
 """
 from __future__ import annotations
 
+import functools
 import pickle
 import signal
 import sys
 import traceback
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional, TypeVar
 
 from .security import scrub
 
@@ -31,6 +32,7 @@ EXIT_NOT_DONE = 1
 EXIT_FIX_INPUT = 2
 EXIT_SERVER = 3
 EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
+T = TypeVar('T')
 
 
 class ToolError(RuntimeError):
@@ -68,3 +70,17 @@ def run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
     except Exception:  # noqa: BLE001 - a bug: show where, keys removed
         print(scrub(traceback.format_exc()), file=sys.stderr, flush=True)
         return EXIT_NOT_DONE
+
+
+def exit_on_tool_error(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a command-line entry point that returns its own result (such as
+    ``tools/train.py``'s): a :class:`ToolError` ends the process with its
+    one line and code; anything else propagates untouched."""
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return main(*args, **kwargs)
+        except ToolError as e:
+            print_error(e)
+            raise SystemExit(e.exit_code) from None
+    return wrapper

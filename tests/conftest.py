@@ -36,13 +36,14 @@ def make_image_folder(root: Path, per_class: int = 4, size: int = 16,
 
 
 def random_store(path: Path, keys: List[str], dim: int = 8,
-                 seed: int = 0) -> Dict[str, np.ndarray]:
-    """Write a store of random unit vectors; returns key -> vector."""
+                 seed: int = 0, **manifest) -> Dict[str, np.ndarray]:
+    """Write a store of random unit vectors (``manifest``: more fields for
+    ``write_store``, e.g. ``source_checksum``); returns key -> vector."""
     from gpt4image_mm.datasets.store import write_store
     rng = np.random.default_rng(seed)
     vecs = rng.standard_normal((len(keys), dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    write_store(str(path), keys, vecs, encoder='random-test')
+    write_store(str(path), keys, vecs, encoder='random-test', **manifest)
     stored = vecs.astype(np.float16).astype(np.float32)
     return dict(zip(keys, stored))
 

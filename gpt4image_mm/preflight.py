@@ -1,0 +1,329 @@
+"""Check what training (or testing) is about to do before it starts.
+
+A config mistake the Runner finds surfaces after the model is built and the
+first batch ran, below a config dump and a traceback. What the config, the
+datasets and the store's manifest can tell is checked here first, before the
+Runner exists: one line naming the fix, exit 2, in seconds. What needs the
+built model (a checkpoint's tensor shapes) or the checkpoint being resumed
+(the store it was trained against) is checked by two hooks the moment the
+Runner loads the checkpoint, before any iteration.
+
+``tools/train.py`` and ``tools/test.py`` call :func:`train_checks` and
+:func:`test_checks` (``gpt4image_mm/apis.py``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmpretrain.registry import HOOKS
+
+from .cli_errors import ToolError
+from .datasets.store import StoreError, read_manifest
+
+# Manifest fields that say which vectors a store holds (store.py); the path
+# is not one of them: a copied or moved store is the same store.
+_IDENTITY_FIELDS = ('encoder', 'encoder_revision', 'encoder_settings', 'dim',
+                    'dtype', 'normalized', 'count', 'source_checksum',
+                    'keys_sha256')
+META_KEY = 'gpt4image_store'  # where checkpoints record their store
+# Exceptions a dataset build raises on a bad config or missing files.
+_DATASET_ERRORS = (ValueError, OSError, RuntimeError, KeyError, TypeError,
+                   AssertionError)
+
+
+class PreflightError(ToolError):
+    """Training or testing would go wrong: one line naming the fix, exit 2."""
+
+
+def train_checks(cfg: Any, allow_store_change: bool = False) -> None:
+    """Check a train config before the Runner is built; add the hooks that
+    check checkpoints as they load and keep progress visible."""
+    from .progress import TrainProgressHook  # noqa: F401  (registers it)
+    desc_cfg = _description_cfg((cfg.get('train_dataloader') or {}).get(
+        'dataset'))
+    _check_alignment(cfg, desc_cfg)
+    train_set = _check_dataset(cfg, 'train_dataloader')
+    if cfg.get('val_cfg') is not None and cfg.get('val_dataloader'):
+        _check_dataset(cfg, 'val_dataloader')
+    store = next((d.store for d in _walk(train_set)
+                  if getattr(d, 'store', None) is not None), None)
+    _add_hooks(cfg, [
+        dict(type='StoreIdentityHook',
+             store=store_identity(store.path, store.manifest)
+             if store is not None else None,
+             allow_change=allow_store_change),
+        dict(type='CheckpointShapeHook', evaluated_only=False),
+        dict(type='TrainProgressHook')])
+
+
+def test_checks(cfg: Any) -> None:
+    """Check a test config before the Runner is built; add the hook that
+    refuses a checkpoint whose evaluated tensors do not fit the model."""
+    _check_dataset(cfg, 'test_dataloader')
+    _add_hooks(cfg, [dict(type='CheckpointShapeHook', evaluated_only=True)])
+
+
+def _add_hooks(cfg: Any, hooks: List[dict]) -> None:
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + hooks
+
+
+# -- the config, the datasets and the store's manifest -----------------------
+
+def _type_name(node: Any) -> str:
+    kind = node.get('type') if isinstance(node, dict) else None
+    return kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+
+
+def _description_cfg(ds_cfg: Any) -> Optional[dict]:
+    """The ``DescriptionDataset`` config inside a dataset config (through
+    wrappers such as ``RepeatDataset``), or None."""
+    while isinstance(ds_cfg, dict):
+        if _type_name(ds_cfg).split('.')[-1] == 'DescriptionDataset':
+            return ds_cfg
+        ds_cfg = ds_cfg.get('dataset')
+    return None
+
+
+def _check_alignment(cfg: Any, desc_cfg: Optional[dict]) -> None:
+    """The model aligns to text the train set provides, at the store's
+    width (read from the manifest: no store row is touched)."""
+    neck = (cfg.get('model') or {}).get('align_neck')
+    if not neck:
+        return
+    if desc_cfg is None:
+        raise PreflightError(
+            'the model has an align_neck but train_dataloader.dataset is not '
+            'a DescriptionDataset, so no sample carries a text embedding -- '
+            "wrap it: dataset=dict(type='DescriptionDataset', dataset=..., "
+            "store='path/to/store')")
+    if not desc_cfg.get('store'):
+        return  # raw descriptions: the teacher's width is the model's own
+    try:
+        manifest = read_manifest(desc_cfg['store'])
+    except StoreError as e:
+        raise PreflightError(f'train_dataloader.dataset.store: {e}') from None
+    width = neck.get('out_channels')
+    if width is not None and int(width) != int(manifest['dim']):
+        raise PreflightError(
+            f'{desc_cfg["store"]}: the store holds {manifest["dim"]}-d '
+            f'vectors (encoder {manifest["encoder"]!r}) but '
+            f'model.align_neck.out_channels is {width} -- set '
+            f'align_neck=dict(type=\'AlignmentNeck\', out_channels='
+            f'{manifest["dim"]}) or use a store of a {width}-d encoder')
+
+
+def _check_dataset(cfg: Any, field: str) -> Any:
+    """Build ``field``'s dataset as the Runner will (no sample is loaded)
+    and check it has samples whose labels the head can hold."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+
+    loader = cfg.get(field)
+    if not loader or not loader.get('dataset'):
+        return None
+    init_default_scope(cfg.get('default_scope') or 'mmpretrain')
+    ds_cfg = loader['dataset']
+    try:
+        dataset = DATASETS.build(ds_cfg)
+    except StoreError as e:  # the wrapper's own messages name the fix
+        raise PreflightError(f'{field}.dataset: {_first_line(e)}') from None
+    except _DATASET_ERRORS as e:
+        raise PreflightError(
+            f'{field}.dataset ({_type_name(ds_cfg)}): {_first_line(e)} -- '
+            f'fix {field}.dataset in the config ({_where(ds_cfg)})') from None
+    if not len(dataset):
+        raise PreflightError(
+            f'{field}.dataset ({_type_name(ds_cfg)}) has no samples -- '
+            f'check its data_root/ann_file ({_where(ds_cfg)})')
+    _check_labels(cfg, dataset, field)
+    return dataset
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _where(ds_cfg: Any) -> str:
+    """The data location fields of the innermost dataset config."""
+    while isinstance(ds_cfg, dict) and isinstance(ds_cfg.get('dataset'),
+                                                  dict):
+        ds_cfg = ds_cfg['dataset']
+    fields = [f'{k}={ds_cfg[k]!r}' for k in ('data_root', 'data_prefix',
+                                             'ann_file')
+              if isinstance(ds_cfg, dict) and ds_cfg.get(k)]
+    return ', '.join(fields) or 'no data_root set'
+
+
+def _walk(dataset: Any) -> Iterator[Any]:
+    """A dataset and every dataset it wraps."""
+    while dataset is not None:
+        yield dataset
+        for inner in getattr(dataset, 'datasets', None) or []:
+            yield from _walk(inner)
+        dataset = getattr(dataset, 'dataset', None)
+
+
+def _check_labels(cfg: Any, dataset: Any, field: str) -> None:
+    """``model.head.num_classes`` must be positive and hold every label."""
+    head = (cfg.get('model') or {}).get('head') or {}
+    num = head.get('num_classes')
+    if num is None:
+        return
+    classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
+    named = f' ({len(classes)} classes)' if classes else ''
+    if int(num) < 1:
+        raise PreflightError(
+            f'model.head.num_classes is {num} but {field}.dataset'
+            f'{named} has {len(dataset)} samples -- set model.head.'
+            f'num_classes to the number of classes'
+            + (f' ({len(classes)})' if classes else ''))
+    labels = next((d.get_gt_labels() for d in _walk(dataset)
+                   if hasattr(d, 'get_gt_labels')), None)
+    if labels is None or not len(labels):
+        return
+    top = int(np.max(labels))
+    if top >= int(num):
+        raise PreflightError(
+            f'{field}.dataset{named} has labels up to {top} but model.head.'
+            f'num_classes is {num} -- set model.head.num_classes='
+            f'{len(classes) if classes else top + 1}')
+
+
+# -- the store a checkpoint was trained against ------------------------------
+
+def store_identity(path: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """What a checkpoint records of its store: the manifest's identifying
+    fields, plus the path (to name it) and its creation time (compared only
+    when the manifest has no checksum of its descriptions)."""
+    ident = {k: manifest.get(k) for k in _IDENTITY_FIELDS}
+    ident.update(path=path, created=manifest.get('created'))
+    return ident
+
+
+def identity_changes(old: Dict[str, Any],
+                     new: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """The identifying fields in which two store identities differ."""
+    fields = list(_IDENTITY_FIELDS)
+    if old.get('source_checksum') is None or new.get('source_checksum') is None:
+        fields.append('created')
+    return [(k, old.get(k), new.get(k)) for k in fields
+            if old.get(k) != new.get(k)]
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] + '...' if len(text) > 15 else text
+
+
+def _checkpoint_name(runner: Any) -> str:
+    return str(runner.cfg.get('load_from') or
+               f'the latest checkpoint in {runner.work_dir}')
+
+
+@HOOKS.register_module()
+class StoreIdentityHook(Hook):
+    """Record the store in every checkpoint; refuse to resume against
+    another one.
+
+    Resuming with a store rebuilt from other texts would go on training
+    towards different targets with nothing said. ``allow_change`` (the
+    ``--allow-store-change`` option of ``tools/train.py``) resumes anyway
+    and logs both stores.
+    """
+
+    priority = 'LOW'  # after hooks that rewrite the loaded checkpoint (EMA)
+
+    def __init__(self, store: Optional[Dict[str, Any]] = None,
+                 allow_change: bool = False):
+        # plain JSON data (the manifest's own), not the config's ConfigDicts:
+        # checkpoints load with weights_only=True
+        self.store = json.loads(json.dumps(store)) if store else None
+        self.allow_change = allow_change
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        if self.store is not None:
+            checkpoint.setdefault('meta', {})[META_KEY] = dict(self.store)
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        if not runner.cfg.get('resume') or self.store is None:
+            return
+        old = (checkpoint.get('meta') or {}).get(META_KEY)
+        name = _checkpoint_name(runner)
+        if not old:
+            runner.logger.warning(
+                f'{name} records no embedding store (saved before stores '
+                'were recorded): cannot check it was trained against '
+                f'{self.store["path"]}')
+            return
+        changes = identity_changes(old, self.store)
+        if not changes:
+            return
+        diff = ', '.join(f'{k} {_short(a)} -> {_short(b)}'
+                         for k, a, b in changes)
+        msg = (f'{name} was trained against the store {old.get("path")}, '
+               f'but the config trains against {self.store["path"]} '
+               f'({diff})')
+        if self.allow_change:
+            runner.logger.warning(f'{msg}; resuming anyway '
+                                  '(--allow-store-change)')
+            return
+        raise PreflightError(
+            f'{msg} -- resuming would train towards other targets: point '
+            'store= at the store it was trained with, or pass '
+            '--allow-store-change to resume against the new one')
+
+
+@HOOKS.register_module()
+class CheckpointShapeHook(Hook):
+    """Refuse a checkpoint whose tensors do not fit the model.
+
+    MMEngine loads with ``strict=False`` and only warns on a size mismatch,
+    so a checkpoint of a 10-class head tested with a 7-class config reports
+    a random head's accuracy. ``evaluated_only`` (``tools/test.py``) ignores
+    the training-only parts (alignment neck, loss, teacher), which testing
+    never runs.
+    """
+
+    priority = 'LOW'  # after hooks that rewrite the loaded checkpoint (EMA)
+
+    def __init__(self, evaluated_only: bool = False):
+        self.evaluated_only = evaluated_only
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        from .checkpoint import TRAINING_ONLY_PREFIXES
+        state = checkpoint.get('state_dict', checkpoint)
+        model = runner.model.module if is_model_wrapper(runner.model) \
+            else runner.model
+        own = model.state_dict()
+        bad = []
+        for key, value in state.items():
+            key = re.sub(r'^module\.', '', key)  # as MMEngine's loader
+            if self.evaluated_only and key.startswith(TRAINING_ONLY_PREFIXES):
+                continue
+            if (key in own and hasattr(value, 'shape')
+                    and tuple(value.shape) != tuple(own[key].shape)):
+                bad.append((key, tuple(value.shape), tuple(own[key].shape)))
+        if not bad:
+            return
+        key, theirs, ours = bad[0]
+        more = f' (and {len(bad) - 1} more tensors)' if len(bad) > 1 else ''
+        raise PreflightError(
+            f'{_checkpoint_name(runner)}: {key} is {theirs} in the checkpoint '
+            f'but {ours} in the model{more} -- '
+            f'{_shape_fix(model, key, theirs, ours)}')
+
+
+def _shape_fix(model: Any, key: str, theirs: Tuple[int, ...],
+               ours: Tuple[int, ...]) -> str:
+    num_classes = getattr(getattr(model, 'head', None), 'num_classes', None)
+    if key.startswith('head.') and theirs and ours and ours[0] == num_classes:
+        return (f'the checkpoint was trained for {theirs[0]} classes: set '
+                f'model.head.num_classes={theirs[0]}, or load only the '
+                "backbone (model.backbone.init_cfg=dict(type='Pretrained', "
+                "checkpoint=..., prefix='backbone.'))")
+    return 'use the config the checkpoint was trained with'
