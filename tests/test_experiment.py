@@ -149,10 +149,17 @@ def test_experiment_end_to_end(project):
     assert 'store_random' in cfg and 'seed=1' in cfg
 
 
-def test_config_mistake_is_one_line_before_any_run(project, tmp_path):
-    bad = project / 'bad_align.py'  # beside base.py, its _base_
-    bad.write_text((project / 'align.py').read_text().replace(
-        str(project / 'store'), str(tmp_path / 'nowhere')))
+@pytest.mark.parametrize('mistake,named', [
+    ('store', 'nowhere'),  # a store that does not exist
+    ('width', 'out_channels'),  # a neck narrower than the store's vectors
+])
+def test_config_mistake_is_one_line_before_any_run(project, tmp_path,
+                                                   mistake, named):
+    bad = project / f'bad_{mistake}.py'  # beside base.py, its _base_
+    text = (project / 'align.py').read_text()
+    bad.write_text(text.replace(str(project / 'store'), str(
+        tmp_path / 'nowhere')) if mistake == 'store' else text.replace(
+            'out_channels=384', 'out_channels=16'))
     proc = subprocess.run(
         [sys.executable, str(ROOT / 'tools' / 'experiment.py'), '--config',
          str(project / 'base.py'), '--gpt4image-config', str(bad),
@@ -160,8 +167,8 @@ def test_config_mistake_is_one_line_before_any_run(project, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert 'Traceback' not in proc.stderr
-    assert 'nowhere' in proc.stderr and len(proc.stderr.strip().splitlines()
-                                            ) == 1
+    assert named in proc.stderr and len(proc.stderr.strip().splitlines()
+                                        ) == 1, proc.stderr
     assert not (tmp_path / 'w' / 'runs').exists()
 
 

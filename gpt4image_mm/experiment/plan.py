@@ -109,16 +109,15 @@ def is_class_level(store: str) -> bool:
         store).keys())
 
 
-def _preflight(cfg_path: str) -> None:
-    """The checks ``tools/train.py`` runs before training, where the shared
-    pre-flight module exists (the lead wires its entry point here)."""
-    try:
-        from .. import preflight  # noqa: F401
-    except ImportError:
-        return
-    check = getattr(preflight, 'check_config', None)
-    if check is not None:
-        check(cfg_path)
+def _preflight(s: ExperimentSettings, cfg_path: str) -> None:
+    """The checks ``tools/train.py`` runs before training (store width, key
+    kind, missing descriptions, empty data...), on the config with the
+    experiment's options: a mistake stops the experiment before any run."""
+    from .. import preflight
+    from ..apis import train_config, train_parser
+    argv = [cfg_path] + (['--cfg-options', *s.cfg_options]
+                         if s.cfg_options else [])
+    preflight.train_checks(train_config(train_parser().parse_args(argv)))
 
 
 def base_store(s: ExperimentSettings, cfg: Any) -> str:
@@ -215,7 +214,7 @@ def plan_runs(s: ExperimentSettings) -> List[Run]:
     from ..apis import load_config
     s.work_dir = osp.abspath(s.work_dir)
     for path in (s.config, s.gpt4image_config):
-        _preflight(path)
+        _preflight(s, path)
     cfgs = {'plain': load_config(s.config),
             'aligned': load_config(s.gpt4image_config)}
     stores = build_stores(s, cfgs['aligned']) if any(
