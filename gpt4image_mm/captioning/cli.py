@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Union
 from mmengine.config import DictAction
 
 from ..cli_errors import ToolError, run_tool
+from ..files import real_path
 from ..registry import CAPTION_BACKENDS
 from .base import CaptionBackend, CaptionOptions
 from .local_hf import local_model_path  # noqa: F401  (its former home)
@@ -339,7 +340,9 @@ def run_caption(opts: CaptionOptions) -> Dict[str, Any]:
                        limit=opts.limit, system=opts.system)
         return dict(est, backend=opts.backend)
     backend: CaptionBackend = cls.from_options(opts, plan)
-    return asyncio.run(backend.run(plan, opts.out, control)).as_dict()
+    # one output, one identity: a link to it shares its lock and sidecars
+    out = real_path(opts.out)
+    return asyncio.run(backend.run(plan, out, control)).as_dict()
 
 
 def run_from_args(args: argparse.Namespace) -> int:
