@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..cli_errors import ToolError
 from ..datasets.store import (
     EmbeddingStore,
     StoreError,
@@ -43,7 +44,6 @@ from ..descriptions import (
     read_source,
     texts_checksum,
 )
-from ..cli_errors import ToolError
 from ..files import (
     LockHeld,
     OutputLock,
