@@ -463,3 +463,32 @@ def test_deeply_nested_description_line_is_one_line_from_embed(tmp_path,
     desc.write_text('{"key": "ok", "text": "fine"}\n')
     assert tool('embed', *embed_args(str(desc), str(tmp_path / 's'),
                                      url)).returncode == 0
+
+
+def test_a_local_encoder_that_turns_nan_is_stopped_at_its_batch(tmp_path):
+    """A model that starts producing NaN (fp16 overflow, here: weights
+    poisoned after two batches) is named at the batch, before any NaN row is
+    written; the rerun resumes after the good batches."""
+    from helpers import make_tiny_clip
+
+    from gpt4image_mm.datasets.store import StoreError
+    from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
+    make_tiny_clip(tmp_path / 'clip')
+    enc = build_text_encoder(str(tmp_path / 'clip'))
+    desc = str(tmp_path / 'd.jsonl')
+    write_descriptions(desc, 20)
+    out = str(tmp_path / 'store')
+
+    def poison(done):
+        if done == 8:
+            for p in enc.modules()[0].parameters():
+                p.data.fill_(float('nan'))
+    with pytest.raises(StoreError, match=r"batch 3 of 5 \(texts 8-11 .*"
+                       r"NaN/inf or all zero"):
+        embed_descriptions(desc, enc, out, batch_size=4, progress=False,
+                           flush_every=1000, on_batch=poison)
+    assert progress_done(out) == 8
+    fresh = build_text_encoder(str(tmp_path / 'clip'))
+    res = embed_descriptions(desc, fresh, out, batch_size=4, progress=False)
+    assert res.resumed_rows == 8
+    EmbeddingStore(out).verify()
