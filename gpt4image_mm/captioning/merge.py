@@ -33,16 +33,11 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
     duplicate successes dropped)."""
     if not parts:
         raise ValueError('merge: no input files')
-    seen: Dict[str, str] = {}
     for p in parts:
         if not os.path.isfile(p):
             raise ValueError(f'merge: no such file {p}')
         if same_path(p, out):
             raise ValueError(f'merge: {out} is also an input ({p})')
-        if real_path(p) in seen:
-            raise ValueError(f'merge: {p} and {seen[real_path(p)]} are the '
-                             'same file; give each part once')
-        seen[real_path(p)] = p
     out = real_path(out)  # written through a link, its sidecar beside it
     if os.path.exists(out) and not overwrite:
         raise ValueError(f'merge: {out} exists (pass --overwrite)')
