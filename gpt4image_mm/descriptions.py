@@ -47,10 +47,23 @@ def _parse_line(path: str, lineno: int, raw: bytes) -> Dict[str, Any]:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
         raise DescriptionFileError(f'{where}not a JSON record ({e.msg})') from None
+    except RecursionError:  # [[[[... a million deep
+        raise DescriptionFileError(f'{where}not a usable JSON record (nested '
+                                   'too deeply)') from None
+    except ValueError as e:  # a 5000-digit number
+        raise DescriptionFileError(f'{where}not a usable JSON record '
+                                   f'({str(e).split(";")[0]})') from None
     if not isinstance(rec, dict):
         raise DescriptionFileError(f'{where}a record must be a JSON object')
     try:
         check_key(rec.get('key'))
+        for field in ('key', 'text'):  # a lone "\ud800" escape
+            if isinstance(rec.get(field), str):
+                rec[field].encode('utf-8')
+    except UnicodeEncodeError:
+        raise DescriptionFileError(
+            f'{where}record {rec["key"]!r}: its {field} holds a lone '
+            'surrogate escape (not Unicode text)') from None
     except ValueError as e:
         raise DescriptionFileError(f'{where}{e}') from None
     if 'error' not in rec:

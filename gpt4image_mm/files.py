@@ -1,12 +1,15 @@
-"""Output files: the one home of atomic writes, output locks and the rule
-for what ``--force`` may replace.
+"""Output files: the one home of atomic writes, output locks, the rule
+for what ``--force`` may replace, what a path's identity is, and what a
+full disk looks like to the user.
 
 Why one home: every tool writes outputs that a crash must not tear, that two
-processes must not write at once, and that a careless ``--force`` must not
-confuse with somebody's data. Each rule lives here once.
+processes must not write at once, that a careless ``--force`` must not
+confuse with somebody's data, and that a full disk must not turn into a bus
+error or a torn file. Each rule lives here once.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -21,6 +24,65 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX: no locking
     fcntl = None  # type: ignore[assignment]
+
+
+# errnos that mean "the disk (or the user's quota) is full"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(ToolError):
+    """A write found no space left: one line naming the path, exit 2."""
+
+
+def real_path(path: str) -> str:
+    """The identity of an output: its absolute path with every symlink
+    resolved (a missing tail is kept as named). Two names of one file --
+    ``d.jsonl`` and a link to it -- are one output for locks, ``--force``
+    and merges."""
+    return os.path.realpath(os.path.abspath(path))
+
+
+def same_path(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one file (by real path)."""
+    return real_path(a) == real_path(b)
+
+
+@contextmanager
+def no_space_names(path: str) -> Iterator[None]:
+    """Turn "no space left on device" inside the block into :class:`DiskFull`
+    naming ``path`` (the kernel's error names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _NO_SPACE:
+            raise
+        raise DiskFull(f'{path}: no space left on device ({e.strerror}) -- '
+                       'free space there or write elsewhere, then rerun the '
+                       'same command') from None
+
+
+def allocate(path: str) -> None:
+    """Reserve the disk blocks of ``path``'s whole length now.
+
+    A file written through a memory map gets its blocks only when a page is
+    first written back; on a full disk that is a SIGBUS that kills the
+    process without a word. Allocated up front, a full disk is an ENOSPC
+    here, at the start (:class:`DiskFull` naming the path). Filesystems
+    that cannot allocate ahead (copy-on-write ones) are left as they are.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        with no_space_names(path):
+            try:
+                if size:
+                    os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP,
+                                   errno.ENOSYS):
+                    raise
+    finally:
+        os.close(fd)
 
 
 def temp_sibling(path: str) -> str:
@@ -62,14 +124,18 @@ def atomic_path(path: str) -> Iterator[str]:
     error remove it and leave ``path`` untouched.
 
     The one write-to-temp-then-rename of the project: a crash at any point
-    leaves either the old file or the new one, never a torn one.
+    leaves either the old file or the new one, never a torn one; a full disk
+    is :class:`DiskFull` naming ``path``. A symlink is written through: its
+    target is replaced, the link stays.
     """
+    path = real_path(path)
     tmp = temp_sibling(path)
     try:
-        yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, path)
-        fsync_dir(os.path.dirname(os.path.abspath(path)))
+        with no_space_names(path):
+            yield tmp
+            fsync_file(tmp)
+            os.replace(tmp, path)
+            fsync_dir(os.path.dirname(path))
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
@@ -97,8 +163,9 @@ class LockHeld(ToolError):
 
 
 def lock_path(out: str) -> str:
-    """The lock file next to an output file or directory."""
-    return os.path.abspath(out).rstrip(os.sep) + '.lock'
+    """The lock file next to an output file or directory -- next to its
+    real path, so every name of one output shares one lock."""
+    return real_path(out).rstrip(os.sep) + '.lock'
 
 
 class OutputLock:
@@ -131,12 +198,18 @@ class OutputLock:
                 raise LockHeld(
                     f'{self.what} is being written by another run ({holder});'
                     f' wait for it to finish (lock file {self.path})') from None
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
-                            'tool': self.tool,
-                            'since': time.strftime('%Y-%m-%dT%H:%M:%S%z')}))
-        f.flush()
+        try:
+            with no_space_names(self.path):
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps({
+                    'pid': os.getpid(), 'host': socket.gethostname(),
+                    'tool': self.tool,
+                    'since': time.strftime('%Y-%m-%dT%H:%M:%S%z')}))
+                f.flush()
+        except BaseException:
+            f.close()
+            raise
         self._f = f
         return self
 
@@ -160,12 +233,12 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool],
     The rule behind every ``--force``: it may replace a *kind* the tool made
     (a store, a descriptions file), never an unknown file or directory.
     """
-    if not os.path.lexists(path):
+    real = real_path(path)  # a link's target is what would be replaced
+    if not os.path.lexists(real):
         return
-    if os.path.isdir(path) and not os.path.islink(path) \
-            and not os.listdir(path):
+    if os.path.isdir(real) and not os.listdir(real):
         return
-    if not is_ours(path):
+    if not is_ours(real):
         raise error(
             f'{path} exists and is not {kind}; refusing to replace it even '
             'with --force (move it away or choose another --out)')

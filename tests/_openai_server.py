@@ -8,7 +8,10 @@ count), which returns ``None`` (answer normally) or a dict: ``status`` (+
 ``retry_after``, ``message``, ``shape``: how the error body looks --
 ``openai`` ``{"error": {"message"}}``, ``fastapi`` ``{"detail"}`` as
 llama-cpp-python's server answers, ``text``: plain text), ``delay`` (seconds
-before answering), ``empty``, ``refusal``, ``text``.
+before answering), ``empty``, ``refusal``, ``text``; for embeddings also
+``raw`` (a body sent verbatim with status 200 and ``content_type``, e.g. a
+proxy's HTML page) and ``mangle`` (a function that rewrites the JSON answer:
+wrong counts, widths, non-numbers, NaN).
 
 Like real servers it can list its models (``models``; None: no
 ``/v1/models`` route, 404), answer embeddings one vector per token
@@ -131,6 +134,10 @@ class FakeOpenAI:
             time.sleep(fault.get('delay', self.latency))
         if 'status' in fault:
             return error_answer(fault)
+        if 'raw' in fault:
+            return 200, {'Content-Type': fault.get('content_type',
+                                                   'text/html')}, \
+                fault['raw'].encode()
         inputs = body['input']
         inputs = [inputs] if isinstance(inputs, str) else inputs
         dim = body.get('dimensions') or self.dim
@@ -141,9 +148,12 @@ class FakeOpenAI:
                 vec = [raw_vector(f'{text}#{t}', dim).tolist()
                        for t in range(max(1, len(text.split())))]
             data.append({'object': 'embedding', 'index': i, 'embedding': vec})
-        return 200, {}, {'object': 'list', 'data': data[::-1],
-                         'model': body.get('model'),
-                         'usage': {'prompt_tokens': 1, 'total_tokens': 1}}
+        answer = {'object': 'list', 'data': data[::-1],
+                  'model': body.get('model'),
+                  'usage': {'prompt_tokens': 1, 'total_tokens': 1}}
+        if 'mangle' in fault:
+            answer = fault['mangle'](answer)
+        return 200, {}, answer
 
     def model_list(self):
         if self.models is None:
@@ -257,7 +267,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, payload: Any, headers: Optional[dict] = None,
               raw: Optional[bytes] = None) -> None:
         ctype = 'application/json'
-        if isinstance(payload, str):
+        headers = dict(headers or {})
+        if isinstance(payload, bytes):  # verbatim, of the type headers name
+            raw = payload
+            ctype = headers.pop('Content-Type', 'application/octet-stream')
+        elif isinstance(payload, str):
             raw, ctype = payload.encode(), 'text/plain'
         elif raw is not None:
             ctype = 'application/octet-stream'
@@ -269,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header('Content-Type', ctype)
         self.send_header('Content-Length', str(len(data)))
-        for k, v in (headers or {}).items():
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
 from ..cli import DictAction
 from ..cli_errors import ToolError, run_tool
+from ..files import real_path
 from ..registry import CAPTION_BACKENDS
 from .base import CaptionBackend, CaptionOptions
 from .local_hf import local_model_path  # noqa: F401  (its former home)
@@ -355,7 +356,9 @@ def run_caption(opts: CaptionOptions) -> Dict[str, Any]:
                        redo=control.redo)
         return dict(est, backend=opts.backend)
     backend: CaptionBackend = cls.from_options(opts, plan)
-    return asyncio.run(backend.run(plan, opts.out, control)).as_dict()
+    # one output, one identity: a link to it shares its lock and sidecars
+    out = real_path(opts.out)
+    return asyncio.run(backend.run(plan, out, control)).as_dict()
 
 
 def check_redo_keys(plan: Plan, redo: frozenset, path: str,

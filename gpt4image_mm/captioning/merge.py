@@ -18,7 +18,13 @@ from ..descriptions import (
     read_source,
     source_path,
 )
-from ..files import atomic_path, atomic_write_json, check_replaceable
+from ..files import (
+    atomic_path,
+    atomic_write_json,
+    check_replaceable,
+    real_path,
+    same_path,
+)
 
 
 def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
@@ -30,8 +36,9 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
     for p in parts:
         if not os.path.isfile(p):
             raise ValueError(f'merge: no such file {p}')
-        if os.path.abspath(p) == os.path.abspath(out):
-            raise ValueError(f'merge: {out} is also an input')
+        if same_path(p, out):
+            raise ValueError(f'merge: {out} is also an input ({p})')
+    out = real_path(out)  # written through a link, its sidecar beside it
     if os.path.exists(out) and not overwrite:
         raise ValueError(f'merge: {out} exists (pass --overwrite)')
     check_replaceable(out, is_descriptions_file, 'a descriptions file')

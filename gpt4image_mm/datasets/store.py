@@ -23,15 +23,18 @@ import os
 import shutil
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..files import (
+    allocate,
     atomic_write_json,
     check_replaceable,
     fsync_dir,
     fsync_file,
+    no_space_names,
+    real_path,
     temp_sibling,
 )
 from ..keys import check_key
@@ -93,6 +96,38 @@ def is_store(path: str) -> bool:
     return True
 
 
+def create_rows(path: str, shape: Tuple[int, int], dtype: str,
+                resume: bool = False) -> np.ndarray:
+    """A ``.npy`` array at ``path`` memory-mapped for writing, its disk
+    blocks allocated up front (:func:`~gpt4image_mm.files.allocate`): a
+    full disk is one line naming ``path`` now, never a SIGBUS mid-run.
+
+    ``resume``: reopen an existing file of this shape and dtype (else
+    start a new one).
+    """
+    if resume:
+        try:
+            rows = np.lib.format.open_memmap(path, mode='r+')
+            if rows.shape == tuple(shape) and str(rows.dtype) == dtype:
+                allocate(path)  # a file of an older version may be sparse
+                return rows
+            del rows
+        except (OSError, ValueError):
+            pass
+    try:
+        with no_space_names(path):
+            rows = np.lib.format.open_memmap(
+                path, mode='w+', dtype=np.dtype(dtype), shape=tuple(shape))
+        allocate(path)
+    except BaseException:
+        try:
+            os.remove(path)  # give the space back
+        except OSError:
+            pass
+        raise
+    return rows
+
+
 def bad_rows(array: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Indices of rows that are non-finite or all zero (scanned in chunks)."""
     bad = []
@@ -107,7 +142,9 @@ class StoreWriter:
     """Write a store row block by row block, then :meth:`commit` atomically.
 
     ``rows`` is a writable memory map, so a store larger than RAM streams to
-    disk. Nothing is visible at ``path`` until :meth:`commit`.
+    disk; its blocks are allocated when it is made, so a full disk fails
+    here, not as a bus error later. Nothing is visible at ``path`` until
+    :meth:`commit`; a symlink ``path`` is committed at its target.
     """
 
     def __init__(self, path: str, count: int, dim: int,
@@ -120,18 +157,29 @@ class StoreWriter:
         if os.path.exists(path):  # fail before the work, not at commit
             check_replaceable(path, is_store, 'an embedding store',
                               StoreError)
-        self.path = os.path.abspath(path)
+        self.path = real_path(path)
         self.count, self.dim, self.dtype = count, dim, dtype
         self.tmp = temp_sibling(self.path)
-        os.makedirs(self.tmp)
-        self.rows = np.lib.format.open_memmap(
-            os.path.join(self.tmp, EMBEDDINGS_FILE), mode='w+',
-            dtype=np.dtype(dtype), shape=(count, dim))
+        with no_space_names(self.path):
+            os.makedirs(self.tmp)
+        try:
+            self.rows = create_rows(os.path.join(self.tmp, EMBEDDINGS_FILE),
+                                    (count, dim), dtype)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     def commit(self, keys: Sequence[str], encoder: str,
                normalized: bool = True, source_checksum: Optional[str] = None,
                check: bool = True, **extra: Any) -> str:
         """Write keys and manifest, then move the store into place."""
+        with no_space_names(self.path):
+            return self._commit(keys, encoder, normalized, source_checksum,
+                                check, **extra)
+
+    def _commit(self, keys: Sequence[str], encoder: str, normalized: bool,
+                source_checksum: Optional[str], check: bool,
+                **extra: Any) -> str:
         if len(keys) != self.count:
             raise StoreError(f'{self.path}: {len(keys)} keys for '
                              f'{self.count} rows')

@@ -28,10 +28,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..cli_errors import ToolError
 from ..datasets.store import (
     EmbeddingStore,
     StoreError,
     StoreWriter,
+    create_rows,
     is_store,
     read_manifest,
 )
@@ -42,7 +44,14 @@ from ..descriptions import (
     read_source,
     texts_checksum,
 )
-from ..files import LockHeld, OutputLock, atomic_write_json, check_replaceable
+from ..files import (
+    LockHeld,
+    OutputLock,
+    atomic_write_json,
+    check_replaceable,
+    no_space_names,
+    real_path,
+)
 from ..sharding import SHARD_RULE, parse_shard, shard_indices, shard_of
 from .encoders import TextEncoder, build_text_encoder
 
@@ -146,7 +155,8 @@ class _WorkDir:
 
     def __init__(self, out: str):
         self.path = out + PARTIAL_SUFFIX
-        os.makedirs(self.path, exist_ok=True)
+        with no_space_names(self.path):
+            os.makedirs(self.path, exist_ok=True)
         self._lock = OutputLock(os.path.join(self.path, 'lock'),
                                 f'store {out}', 'embed.py')
         try:
@@ -165,16 +175,8 @@ class _WorkDir:
 
     def open_rows(self, shape: Tuple[int, int], dtype: str,
                   resume: bool) -> np.ndarray:
-        fpath = os.path.join(self.path, ROWS_FILE)
-        if resume:
-            try:
-                rows = np.lib.format.open_memmap(fpath, mode='r+')
-                if rows.shape == shape and str(rows.dtype) == dtype:
-                    return rows
-            except (OSError, ValueError):
-                pass
-        return np.lib.format.open_memmap(fpath, mode='w+',
-                                         dtype=np.dtype(dtype), shape=shape)
+        return create_rows(os.path.join(self.path, ROWS_FILE), shape, dtype,
+                           resume)
 
     def save_progress(self, state: Dict[str, Any]) -> None:
         atomic_write_json(os.path.join(self.path, PROGRESS_FILE), state)
@@ -238,7 +240,7 @@ def embed_descriptions(descriptions: PathOrPaths,
     ``on_batch(rows_done)`` is called after each batch (progress hooks).
     """
     t0 = time.time()
-    out = os.path.abspath(out_dir)
+    out = real_path(out_dir)  # a link to a store is that store (lock, force)
     shard = parse_shard(shard)
     shard = shard if shard[1] > 1 else None
     src = load_description_texts(descriptions)
@@ -263,7 +265,7 @@ def embed_descriptions(descriptions: PathOrPaths,
 
     def run_batches(order, rows, state, work):
         _run_batches(encoder, texts, order, rows, state, work, batch_size,
-                     progress, flush_every, flush_seconds, on_batch)
+                     progress, flush_every, flush_seconds, on_batch, keys)
     resumed, state = _write_store(out, encoder, src, keys, texts, ident,
                                   store_dtype, resume, run_batches)
     return EmbedResult(out, len(keys), int(encoder.dim), src.failures,
@@ -337,11 +339,14 @@ def _run_batches(encoder: TextEncoder, texts: List[str], order: np.ndarray,
                  rows: np.ndarray, state: Dict[str, Any], work: _WorkDir,
                  batch_size: int, progress: bool, flush_every: int,
                  flush_seconds: float,
-                 on_batch: Optional[Callable[[int], None]]) -> None:
+                 on_batch: Optional[Callable[[int], None]],
+                 keys: Optional[List[str]] = None) -> None:
     """Encode ``texts`` in ``order`` into ``rows`` from ``state['done']``.
 
     Tokenisation of the next batch overlaps the model's forward pass (a
-    helper thread; the tokenizers release the GIL).
+    helper thread; the tokenizers release the GIL). Whatever ends the loop
+    (a bad answer, an interrupt), the rows finished before it are saved as
+    progress first: a rerun starts at the batch that failed.
     """
     from tqdm import tqdm
 
@@ -353,41 +358,81 @@ def _run_batches(encoder: TextEncoder, texts: List[str], order: np.ndarray,
     base_trunc = encoder.truncated
     trunc0 = state['truncated']
     last_flush, flushed_at = start, time.time()
+    done = start
 
     def batch_texts(a: int, b: int) -> List[str]:
         return [texts[j] for j in order[a:b]]
 
-    def flush(done: int) -> None:
+    def flush(upto: int) -> None:
         rows.flush()
-        state['done'] = done
+        state['done'] = upto
         if trunc0 is not None and encoder.truncated is not None:
             state['truncated'] = trunc0 + encoder.truncated - base_trunc
         else:
             state['truncated'] = None
         work.save_progress(state)
 
-    with ThreadPoolExecutor(1) as pool, torch.inference_mode():
-        nxt = pool.submit(encoder.prepare, batch_texts(*spans[0])) \
-            if spans else None
-        for idx, (a, b) in enumerate(spans):
-            prepared = nxt.result()
-            if idx + 1 < len(spans):
-                nxt = pool.submit(encoder.prepare,
-                                  batch_texts(*spans[idx + 1]))
-            vec = encoder.run(prepared)
-            if vec.shape != (b - a, rows.shape[1]):
-                raise StoreError(f'{encoder.name}: got {tuple(vec.shape)} '
-                                 f'for a batch of {b - a}')
-            rows[a:b] = vec.cpu().numpy()
-            bar.update(b - a)
-            if on_batch is not None:
-                on_batch(b)
-            if (b - last_flush >= flush_every
-                    or time.time() - flushed_at >= flush_seconds):
-                flush(b)
-                last_flush, flushed_at = b, time.time()
+    try:
+        with ThreadPoolExecutor(1) as pool, torch.inference_mode():
+            nxt = pool.submit(encoder.prepare, batch_texts(*spans[0])) \
+                if spans else None
+            for idx, (a, b) in enumerate(spans):
+                prepared = nxt.result()
+                if idx + 1 < len(spans):
+                    nxt = pool.submit(encoder.prepare,
+                                      batch_texts(*spans[idx + 1]))
+                where = _batch_name(idx, len(spans), a, b, order, keys)
+                rows[a:b] = _encode_batch(encoder, prepared, b - a,
+                                          rows.shape[1], where)
+                done = b
+                bar.update(b - a)
+                if on_batch is not None:
+                    on_batch(b)
+                if (b - last_flush >= flush_every
+                        or time.time() - flushed_at >= flush_seconds):
+                    flush(b)
+                    last_flush, flushed_at = b, time.time()
+    except BaseException:
+        if done > last_flush:
+            try:
+                flush(done)  # keep what is finished
+            except Exception:  # noqa: BLE001 - the first error is the news
+                pass
+        raise
+    finally:
+        bar.close()
     flush(n)
-    bar.close()
+
+
+def _batch_name(idx: int, count: int, a: int, b: int, order: np.ndarray,
+                keys: Optional[List[str]]) -> str:
+    """How an error names a batch: its number, rows and first key."""
+    first = f', first key {keys[order[a]]!r}' if keys else ''
+    return f'batch {idx + 1} of {count} (texts {a}-{b - 1} in processing ' \
+           f'order{first})'
+
+
+def _encode_batch(encoder: TextEncoder, prepared: Any, size: int, dim: int,
+                  where: str) -> np.ndarray:
+    """One batch's vectors, checked before they are written: the right
+    shape, finite and non-zero (a NaN row written now would only be found
+    when the store is committed, and a resumed run would keep it)."""
+    try:
+        vec = encoder.run(prepared)
+    except ToolError as e:  # an answer or a model that failed: say where
+        raise ToolError(f'{where}: {e}', e.exit_code) from None
+    if tuple(vec.shape) != (size, dim):
+        raise StoreError(f'{encoder.name}: {where}: got vectors of shape '
+                         f'{tuple(vec.shape)} for {size} texts of {dim}-d')
+    arr = vec.float().cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(arr).all(1) | ~arr.any(1))
+    if len(bad):
+        raise StoreError(f'{encoder.name}: {where}: {len(bad)} vectors are '
+                         f'NaN/inf or all zero (text {int(bad[0])} of the '
+                         'batch first); nothing of this batch was kept -- '
+                         'check the encoder (fp16 overflow? try --dtype '
+                         'float32) and rerun to resume')
+    return arr
 
 
 def _commit(out: str, rows: np.ndarray, order: np.ndarray, keys: List[str],
@@ -481,9 +526,13 @@ def merge_stores(parts: Sequence[str], out_dir: str, force: bool = False
     All parts must come from the same descriptions (checksum), encoder and
     store dtype, and together hold shards 0..n-1 exactly once.
     """
-    out = os.path.abspath(out_dir)
+    out = real_path(out_dir)
     if not parts:
         raise StoreError('merge: no parts given')
+    for p in parts:
+        if real_path(p) == out:
+            raise StoreError(f'merge: {out_dir} is also a part ({p}); '
+                             'choose another --out')
     mans = [read_manifest(p) for p in parts]
     by_index: Dict[int, Tuple[str, Dict[str, Any]]] = {}
     first = mans[0]

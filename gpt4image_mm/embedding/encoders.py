@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cli_errors import ToolError
+from ..cli_errors import EXIT_FIX_INPUT, EXIT_SERVER, ToolError
 from ..devices import resolve_device, resolve_dtype
 from ..openai_client import (
     DEFAULT_MAX_RETRIES,
@@ -594,6 +594,7 @@ class OpenAIEncoder(TextEncoder):
         self.concurrency = max(1, int(concurrency))
         self.truncated = None  # the API rejects, it does not truncate
         self.max_length = None
+        self._dim: Optional[int] = None  # known once the probe is answered
         check_model(self.endpoint, model)
         probe = self._request(['dimension probe'], PREFLIGHT_RETRIES,
                               'first embedding request')
@@ -624,49 +625,108 @@ class OpenAIEncoder(TextEncoder):
         except openai.APIError as e:
             raise api_error(e, self.endpoint, self.model_name,
                             what) from None
-        data = sorted(resp.data, key=lambda d: d.index)
-        if len(data) != len(texts):
-            raise ToolError(f'{self.endpoint.url}: {len(data)} embeddings '
-                            f'for {len(texts)} inputs -- not an '
-                            'OpenAI-compatible embeddings answer')
-        return self._matrix([d.embedding for d in data])
+        except json.JSONDecodeError as e:  # said JSON, was not
+            raise self._bad(what, f'a body that is not JSON ({e.msg})') \
+                from None
+        return self._vectors(resp, len(texts), what)
 
-    def _matrix(self, vectors: List[Any]) -> np.ndarray:
-        """The answer as ``n x dim``, or a one-line error that says what
+    def _bad(self, what: str, problem: str,
+             fix: Optional[str] = None) -> ToolError:
+        """The one line of an answer of the wrong type, size or values.
+
+        Before any answer was right the server is not set up for this
+        (exit 2); a server that answered well before misbehaves now (exit
+        3): the rows finished so far are kept, a rerun resumes.
+        """
+        if fix is None:
+            fix = ('is --api-base an OpenAI-compatible embeddings endpoint '
+                   '(its URL ending in /v1)?') if self._dim is None else \
+                'the server misbehaves: check its log; rerun the same ' \
+                'command to resume'
+        code = EXIT_FIX_INPUT if self._dim is None else EXIT_SERVER
+        return ToolError(self.endpoint.scrub(
+            f'{self.endpoint.url} answered the {what} with {problem} -- '
+            f'{fix}'), code)
+
+    def _vectors(self, resp: Any, n: int, what: str) -> np.ndarray:
+        """The answer to ``n`` texts as ``n x dim`` float32, in input
+        order, or the one line that says what is wrong with it."""
+        if isinstance(resp, (str, bytes)):  # the SDK hands back non-JSON
+            head = ' '.join(str(resp)[:80].split())
+            raise self._bad(what, f'a body that is not JSON ({head!r})')
+        data = _field(resp, 'data')
+        if not isinstance(data, list):
+            raise self._bad(what, 'JSON without a "data" list of embeddings')
+        if len(data) != n:
+            raise self._bad(what, f'{len(data)} embeddings for {n} texts')
+        index = [_field(d, 'index') for d in data]
+        if sorted(i for i in index if _is_int(i)) != list(range(n)):
+            raise self._bad(what, f'embedding indices {index[:8]}, not 0..'
+                            f'{n - 1} once each')
+        ordered = [_field(d, 'embedding') for _, d in sorted(
+            zip(index, data), key=lambda t: t[0])]
+        return self._matrix(ordered, what)
+
+    def _matrix(self, vectors: List[Any], what: str) -> np.ndarray:
+        """The vectors as ``n x dim``, or a one-line error that says what
         the server did wrong (vectors per token: it does not pool)."""
         for v in vectors:
             if isinstance(v, list) and v and isinstance(v[0], list):
-                raise ToolError(
-                    f'{self.endpoint.url} answered {len(v)} vectors for one '
-                    f'text (one per token): the server does not pool -- '
-                    'start it with a pooling type (llama.cpp: --pooling '
-                    'mean)')
-            if not isinstance(v, list) or not v or not all(
-                    isinstance(x, (int, float)) for x in v):
-                raise ToolError(f'{self.endpoint.url} answered an embedding '
-                                'that is not a list of numbers -- not an '
-                                'OpenAI-compatible embeddings server?')
+                raise self._bad(
+                    what, f'{len(v)} vectors for one text (one per token)',
+                    'the server does not pool: start it with a pooling type'
+                    ' (llama.cpp: --pooling mean)')
+            if not isinstance(v, list) or not v or not all(map(_is_number,
+                                                               v)):
+                raise self._bad(what, 'an embedding that is not a list of '
+                                'numbers')
         sizes = sorted({len(v) for v in vectors})
         if len(sizes) > 1:
-            raise ToolError(f'{self.endpoint.url} answered vectors of '
-                            f'different sizes {sizes} in one batch')
-        return np.asarray(vectors, dtype=np.float32)
+            raise self._bad(what, f'vectors of different sizes {sizes}')
+        if self._dim is not None and sizes[0] != self._dim:
+            raise self._bad(what, f'{sizes[0]}-d vectors, not the '
+                            f'{self._dim}-d of its first answer (did the '
+                            'server change models?)')
+        with np.errstate(over='ignore'):  # 1e300 -> inf, refused below
+            arr = np.asarray(vectors, dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(arr).all(1) | ~arr.any(1))
+        if len(bad):
+            raise self._bad(what, f'a NaN/inf or all-zero vector (text '
+                            f'{int(bad[0])} of the request)')
+        return arr
 
     def run(self, prepared: Any) -> torch.Tensor:
         texts = list(prepared)
         chunks = [texts[i:i + self.request_size]
                   for i in range(0, len(texts), self.request_size)]
+        names = ['embedding request' if len(chunks) == 1 else
+                 f'embedding request {i + 1} of {len(chunks)} (texts '
+                 f'{i * self.request_size}-{i * self.request_size + len(c) - 1}'
+                 ' of the batch)' for i, c in enumerate(chunks)]
         if len(chunks) == 1 or self.concurrency == 1:
-            parts = [self._request(c) for c in chunks]
+            parts = [self._request(c, what=w) for c, w in zip(chunks, names)]
         else:
             with ThreadPoolExecutor(min(self.concurrency, len(chunks))) as ex:
-                parts = list(ex.map(self._request, chunks))
-        vec = torch.from_numpy(np.concatenate(parts))
-        if vec.shape[1] != self._dim:
-            raise ToolError(f'{self.endpoint.url}: got {vec.shape[1]}-d '
-                            f'vectors, expected {self._dim} (the first '
-                            'answer\'s size); did the server change models?')
-        return F.normalize(vec, dim=-1)
+                parts = list(ex.map(
+                    lambda cw: self._request(cw[0], what=cw[1]),
+                    zip(chunks, names)))
+        return F.normalize(torch.from_numpy(np.concatenate(parts)), dim=-1)
+
+
+def _field(obj: Any, name: str) -> Any:
+    """A field of an SDK model or a plain dict (the SDK builds answers
+    without validating them: any shape can arrive)."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 # ------------------------------------------------------------------ open_clip
