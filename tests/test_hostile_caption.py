@@ -244,3 +244,24 @@ def test_a_name_that_is_not_utf8_is_a_failure_that_names_it(tmp_path,
                                  if 'error' not in r)
         assert sorted(ok) == keys and set(ok.values()) == {1}
     assert summary(run)['attempted'] == 2
+
+
+# -- rate and ETA: a batch's answers are counted together ----------------
+def test_a_batch_is_reported_after_its_last_answer():
+    """A local model answers B rows at once: a line after the first row
+    would charge the whole batch's time to one request (rate and ETA x B)."""
+    import io
+
+    from gpt4image_mm.captioning.pricing import CostMeter
+    from gpt4image_mm.captioning.runner import Progress
+    stream = io.StringIO()
+    bar = Progress(16, None, CostMeter('m'), stream=stream)
+    bar.holding = True  # as the runner records one batch
+    for _ in range(8):
+        bar.update(True)
+    bar.holding = False
+    bar.report()
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert [ln.split(',')[0] for ln in lines] == ['caption: 16 requests to do',
+                                                  'caption: 8/16 done']

@@ -24,6 +24,7 @@ import asyncio
 import importlib
 import json
 import sys
+import time
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
@@ -338,7 +339,11 @@ def run_caption(opts: CaptionOptions) -> Dict[str, Any]:
                        detail=opts.detail, max_tokens=opts.max_tokens,
                        limit=opts.limit, system=opts.system)
         return dict(est, backend=opts.backend)
+    t = time.monotonic()
     backend: CaptionBackend = cls.from_options(opts, plan)
+    if getattr(backend, 'loads_model', False):  # apart from the req/s
+        print(f'caption: model loaded in {time.monotonic() - t:.1f} s',
+              file=sys.stderr, flush=True)
     return asyncio.run(backend.run(plan, opts.out, control)).as_dict()
 
 

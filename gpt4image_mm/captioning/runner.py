@@ -254,6 +254,8 @@ class Progress:
         self._last_line: Optional[float] = None
         self._unreported = False
         self._last_postfix = 0.0
+        self.holding = False  # inside a batch's answers: line after it
+        self._reported_any = False
         isatty = getattr(self.stream, 'isatty', lambda: False)()
         self.lines = enabled is not False and not isatty
         self.bar = tqdm(total=total, unit='req', dynamic_ncols=True,
@@ -268,10 +270,9 @@ class Progress:
         self.truncated += bool(truncated)
         self.bar.update(1)
         self._unreported = True
+        if not self.holding:
+            self.report()
         t = time.monotonic()
-        if self.lines and (self.done == 1 or self._last_line is None
-                           or t - self._last_line >= self.interval):
-            self._print(self.line())
         if not self.bar.disable and t - self._last_postfix > 0.5:
             self._last_postfix = t
             m = self.meter
@@ -279,6 +280,18 @@ class Progress:
                 failed=self.failed, truncated=self.truncated,
                 tok=f'{m.prompt_tokens}+{m.completion_tokens}',
                 usd=f'{m.cost:.4f}', **self.extra, refresh=False)
+
+    def report(self) -> None:
+        """A progress line if one is due (the first answers, then every
+        ``interval``). Called after a whole batch is recorded: a batch's
+        answers arrive together, so a line after its first row would
+        charge the whole batch's time to one request (rate and ETA x B)."""
+        t = time.monotonic()
+        if self.lines and self._unreported and (
+                not self._reported_any or self._last_line is None
+                or t - self._last_line >= self.interval):
+            self._reported_any = True
+            self._print(self.line())
 
     def set_postfix(self, **fields: Any) -> None:
         """Extra fields (e.g. batches in flight) for the bar and lines."""
@@ -483,6 +496,7 @@ class _RequestRun:
                latency: float) -> None:
         """Write each result; correct the tokens/min bucket by the usage."""
         used = 0
+        self.bar.holding = True
         for req, res in zip(reqs, results):
             if isinstance(res, Answer):
                 self.meter.add(res.usage)
@@ -491,6 +505,8 @@ class _RequestRun:
                 self.record_answer(req, res, latency)
             else:
                 self.record_failure(req.key, str(res), req.prompt_id)
+        self.bar.holding = False
+        self.bar.report()
         if self.tpm and used:
             self.tpm.adjust(used - self.est_tokens(reqs))
 
