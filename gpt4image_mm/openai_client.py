@@ -181,6 +181,11 @@ def server_reason(e: BaseException) -> str:
     return ' '.join(str(reason).split())[:_REASON_CHARS]
 
 
+def body_reason(body: Any) -> str:
+    """The server's words in a decoded error body (one line, short)."""
+    return ' '.join(str(_reason_of(body) or '').split())[:_REASON_CHARS]
+
+
 def _reason_of(body: Any) -> Optional[str]:
     if isinstance(body, str):
         return body.strip() or None

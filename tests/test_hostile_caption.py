@@ -174,11 +174,26 @@ def test_fifos_and_dot_files_are_skipped_and_named(tmp_path, hostile):
 
 
 def test_an_image_that_turns_into_a_fifo_is_a_failure(tmp_path):
-    from gpt4image_mm.captioning.images import ImageError, open_rgb
+    """Listed as a file, then replaced by a FIFO: the read must not block
+    (run in a thread, so a blocking open fails the test, not the suite)."""
+    import threading
+
+    from gpt4image_mm.captioning.images import open_rgb
     path = str(tmp_path / 'x.png')
     os.mkfifo(path)
-    with pytest.raises(ImageError, match='x.png: not a regular file'):
-        open_rgb(path)
+    raised = []
+
+    def read():
+        try:
+            open_rgb(path)
+        except Exception as e:  # noqa: BLE001 (what it raises is checked)
+            raised.append(e)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), 'reading a FIFO blocked'
+    assert type(raised[0]).__name__ == 'ImageError'
+    assert 'x.png: not a regular file' in str(raised[0])
 
 
 # -- a malformed answer is its key's failure; the run goes on ------------
@@ -265,3 +280,12 @@ def test_a_batch_is_reported_after_its_last_answer():
     lines = stream.getvalue().splitlines()
     assert [ln.split(',')[0] for ln in lines] == ['caption: 16 requests to do',
                                                   'caption: 8/16 done']
+
+
+def test_a_bad_batch_state_line_is_named_by_file_and_line(tmp_path):
+    from gpt4image_mm.captioning.batch_api import _read_keys
+    from gpt4image_mm.cli_errors import ToolError
+    path = tmp_path / 'chunk.keys.jsonl'
+    path.write_text('["cat/0.jpg", "generic-v1"]\n{"torn": \n')
+    with pytest.raises(ToolError, match=r'chunk.keys.jsonl:2: not a \[key'):
+        _read_keys(str(path))

@@ -17,8 +17,8 @@ from ..openai_client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     AnswerTooLarge,
-    _reason_of,
     api_error,
+    body_reason,
     check_served_model,
     server_reason,
 )
@@ -123,7 +123,7 @@ def parse_completion(data: Any, fallback_model: str) -> Answer:
     choices = data.get('choices')
     if not choices and data.get('error'):
         raise CaptionError('server error in a 200 answer: '
-                           f'{(_reason_of(data) or "")[:300]}')
+                           f'{body_reason(data)}')
     if not choices:
         raise CaptionError('empty answer (no choices)')
     choice = choices[0] if isinstance(choices, list) else None
