@@ -22,7 +22,8 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Set, Tuple
 from .keys import check_key
 
 # A description longer than this is almost surely garbage (the paper's are
-# ~100 words); text encoders truncate to 77-512 tokens anyway.
+# ~100 words); text encoders truncate to 77-512 tokens anyway. The one limit
+# of writer (:func:`clip_text`), reader and embedder.
 MAX_TEXT_CHARS = 100_000
 
 
@@ -30,6 +31,14 @@ def supersedes(rec: Dict[str, Any]) -> bool:
     """Whether a success record replaces its key's earlier success: the
     answers of a repair pass (``caption.py --redo-keys``) do."""
     return 'error' not in rec and rec.get('redo') is True
+
+
+def clip_text(text: str) -> Tuple[str, bool]:
+    """``(text cut to MAX_TEXT_CHARS, whether it was cut)``: what a writer
+    does with an over-long answer so no reader rejects its record."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return text, False
+    return text[:MAX_TEXT_CHARS].rstrip(), True
 
 
 class DescriptionFileError(ValueError):
@@ -55,6 +64,13 @@ def _parse_line(path: str, lineno: int, raw: bytes) -> Dict[str, Any]:
                                    f'({str(e).split(";")[0]})') from None
     if not isinstance(rec, dict):
         raise DescriptionFileError(f'{where}a record must be a JSON object')
+    check_record(rec, where)
+    return rec
+
+
+def check_record(rec: Dict[str, Any], where: str = '') -> None:
+    """What every record must hold (reader and writer: one rule), else
+    :class:`DescriptionFileError` prefixed by ``where``."""
     try:
         check_key(rec.get('key'))
         for field in ('key', 'text'):  # a lone "\ud800" escape
@@ -76,7 +92,6 @@ def _parse_line(path: str, lineno: int, raw: bytes) -> Dict[str, Any]:
             raise DescriptionFileError(
                 f'{where}record {rec["key"]!r}: text of {len(text)} characters '
                 f'exceeds {MAX_TEXT_CHARS}')
-    return rec
 
 
 def iter_records(path: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
@@ -300,9 +315,17 @@ class DescriptionWriter:
             os.fsync(f.fileno())
 
     def write(self, record: Dict[str, Any]) -> None:
-        check_key(record.get('key'))
+        """Append one record; :class:`DescriptionFileError` (nothing
+        written) for one a reader would reject or UTF-8 cannot hold."""
+        check_record(record, f'{self.path}: ')
         line = json.dumps(record, ensure_ascii=False) + '\n'
-        self._f.write(line.encode('utf-8'))
+        try:
+            data = line.encode('utf-8')
+        except UnicodeEncodeError as e:
+            raise DescriptionFileError(
+                f'{self.path}: record {record["key"]!r} is not valid Unicode '
+                f'({e.reason} at character {e.start})') from None
+        self._f.write(data)
         self._f.flush()
         self._pending += 1
         if self._pending >= self.fsync_every:

@@ -3,13 +3,16 @@
 Two walks, one list: :func:`list_images` (``caption.py --images``) lists a
 tree in sorted path order and survives link loops; :func:`image_folder_keys`
 reproduces torchvision ``ImageFolder``'s order exactly, because the official
-GPT4Image embeddings are rows in that order. They differ in ORDER only: both
-take the files :data:`IMAGE_EXTENSIONS` names, so a file is captioned iff it
-gets an imported row.
+GPT4Image embeddings are rows in that order. Both take the files
+:data:`IMAGE_EXTENSIONS` names; :func:`list_images` also skips what the
+training dataset (mmengine's ``CustomDataset``) never loads -- names
+starting with a dot, FIFOs, sockets, devices -- which ImageFolder lists.
 """
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from typing import List
 
 # torchvision.datasets.folder.IMG_EXTENSIONS (torchvision 0.29.1, the pinned one;
@@ -27,11 +30,16 @@ def is_image_file(name: str) -> bool:
 
 
 def list_images(root: str) -> List[str]:
-    """Every image file below ``root``, sorted (a stable order).
+    """Every image file below ``root`` that mmengine's ``CustomDataset``
+    would load, sorted (a stable order).
 
     Links are followed, but a directory is walked once (a link loop such as
     ``cls/up -> ..`` would list every image again and again) and nothing
-    outside ``root`` is listed (a link out of the tree is skipped).
+    outside ``root`` is listed (a link out of the tree is skipped). Only
+    regular files are taken (reading a FIFO or a device blocks for ever)
+    and no name starting with a dot (``CustomDataset`` never loads one, so
+    its description would be paid for and never used); each skipped file
+    is named once on stderr.
     """
     if not os.path.isdir(root):
         raise ValueError(f'--images {root!r} is not a directory')
@@ -42,11 +50,32 @@ def list_images(root: str) -> List[str]:
         subdirs[:] = sorted(s for s in subdirs
                             if _first_visit(os.path.join(d, s), real_root,
                                             seen))
-        out.extend(os.path.join(d, f) for f in sorted(files)
-                   if is_image_file(f)
-                   and _inside(os.path.realpath(os.path.join(d, f)),
-                               real_root))
+        for f in sorted(files):
+            path = os.path.join(d, f)
+            if (is_image_file(f)
+                    and _inside(os.path.realpath(path), real_root)
+                    and _usable(path, f)):
+                out.append(path)
     return out
+
+
+def _usable(path: str, name: str) -> bool:
+    """Whether the dataset would load this image file; says why not."""
+    if name.startswith('.'):
+        why = 'its name starts with a dot (mmengine never lists it)'
+    else:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as e:
+            why = f'cannot stat it ({e.strerror})'
+        else:
+            if stat.S_ISREG(mode):
+                return True
+            why = 'not a regular file (a FIFO, socket or device)'
+    shown = path.encode('utf-8', 'surrogateescape').decode(
+        'utf-8', 'backslashreplace')
+    print(f'skipped {shown}: {why}', file=sys.stderr, flush=True)
+    return False
 
 
 def _inside(real: str, real_root: str) -> bool:

@@ -10,8 +10,9 @@ sockets (llama.cpp, vLLM) stops generating the abandoned answer.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, AsyncIterator, List, Optional
 
 from .cli_errors import EXIT_FIX_INPUT, EXIT_SERVER, ToolError
 from .security import (
@@ -43,21 +44,122 @@ class Endpoint:
     scrub: Scrubber
 
 
+class AnswerTooLarge(Exception):
+    """A response body over the byte cap: read no further (not an
+    ``httpx`` error, so the SDK does not retry it; the caller records it)."""
+
+
 def make_client(base_url: Optional[str], api_key_env: Optional[str] = None,
                 *, timeout: float = DEFAULT_TIMEOUT,
                 max_retries: int = DEFAULT_MAX_RETRIES,
-                asynchronous: bool = True) -> Endpoint:
+                asynchronous: bool = True, deadline: bool = False,
+                max_response_bytes: Optional[int] = None) -> Endpoint:
     """A sync or async ``openai`` client for ``base_url`` (None: OpenAI),
-    holding only the key :func:`~.security.api_key_for` allows."""
+    holding only the key :func:`~.security.api_key_for` allows.
+
+    ``deadline`` (async only) makes ``timeout`` a limit on each whole
+    attempt, connect to last byte: httpx's timeout bounds each read, so a
+    server dripping one byte at a time would hold a request forever. An
+    attempt past it is a timeout the SDK retries like any other.
+    ``max_response_bytes`` (async only) stops reading a larger body with
+    :class:`AnswerTooLarge`. Neither suits a Batch API file download.
+    """
     import openai
     url = resolve_endpoint(base_url)
     key = api_key_for(url, api_key_env)
     cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    extra = {}
+    if asynchronous and (deadline or max_response_bytes):
+        extra['http_client'] = openai.DefaultAsyncHttpxClient(
+            timeout=timeout, transport=BoundedTransport(
+                timeout if deadline else None, max_response_bytes))
     # admin_api_key='' keeps the SDK from picking up OPENAI_ADMIN_KEY.
     client = cls(api_key=key or NO_KEY, admin_api_key='', base_url=url,
-                 max_retries=max(0, int(max_retries)), timeout=timeout)
+                 max_retries=max(0, int(max_retries)), timeout=timeout,
+                 **extra)
     return Endpoint(client, url, is_openai(url), api_key_env,
                     Scrubber([key] if key else []))
+
+
+def _bounded_transport_class() -> type:
+    """:class:`BoundedTransport`, built on first use: ``httpx2`` is the
+    SDK's, imported only where a client is made."""
+    import anyio
+    import httpx2
+    from openai import DEFAULT_CONNECTION_LIMITS
+
+    class _BoundedStream(httpx2.AsyncByteStream):
+        def __init__(self, inner: Any, request: Any, end: Optional[float],
+                     max_bytes: Optional[int]):
+            self.inner, self.request = inner, request
+            self.end, self.max_bytes = end, max_bytes
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            got, chunks = 0, self.inner.__aiter__()
+            while True:
+                chunk = await _within(self.end, chunks.__anext__(),
+                                      self.request)
+                if chunk is None:
+                    return
+                got += len(chunk)
+                if self.max_bytes is not None and got > self.max_bytes:
+                    raise AnswerTooLarge(
+                        f'answer body over {self.max_bytes} bytes')
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async def _within(end: Optional[float], step: Any, request: Any) -> Any:
+        """``await step`` (None at the end of a stream) by ``end``."""
+        try:
+            if end is None:
+                return await step
+            with anyio.fail_after(max(0.0, end - time.monotonic())):
+                return await step
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise httpx2.ReadTimeout('request deadline passed',
+                                     request=request) from None
+
+    class BoundedTransport(httpx2.AsyncBaseTransport):
+        """A deadline per attempt and a cap on the body's bytes, around
+        the SDK's own transport (see :func:`make_client`)."""
+
+        def __init__(self, deadline_s: Optional[float],
+                     max_bytes: Optional[int]):
+            self.deadline_s, self.max_bytes = deadline_s, max_bytes
+            self.inner = httpx2.AsyncHTTPTransport(
+                limits=DEFAULT_CONNECTION_LIMITS)
+
+        async def handle_async_request(self, request: Any) -> Any:
+            end = (None if self.deadline_s is None
+                   else time.monotonic() + self.deadline_s)
+            resp = await _within(end, self.inner.handle_async_request(
+                request), request)
+            return httpx2.Response(
+                resp.status_code, headers=resp.headers,
+                stream=_BoundedStream(resp.stream, request, end,
+                                      self.max_bytes),
+                extensions=resp.extensions)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    return BoundedTransport
+
+
+def BoundedTransport(deadline_s: Optional[float],  # noqa: N802 (a class)
+                     max_bytes: Optional[int]) -> Any:
+    """An ``httpx2`` transport that bounds each attempt's time and bytes."""
+    global _BOUNDED
+    if _BOUNDED is None:
+        _BOUNDED = _bounded_transport_class()
+    return _BOUNDED(deadline_s, max_bytes)
+
+
+_BOUNDED: Optional[type] = None
 
 
 def server_reason(e: BaseException) -> str:
@@ -77,6 +179,11 @@ def server_reason(e: BaseException) -> str:
                 else None
     reason = reason or getattr(e, 'message', None) or str(e)
     return ' '.join(str(reason).split())[:_REASON_CHARS]
+
+
+def body_reason(body: Any) -> str:
+    """The server's words in a decoded error body (one line, short)."""
+    return ' '.join(str(_reason_of(body) or '').split())[:_REASON_CHARS]
 
 
 def _reason_of(body: Any) -> Optional[str]:

@@ -8,10 +8,14 @@ count), which returns ``None`` (answer normally) or a dict: ``status`` (+
 ``retry_after``, ``message``, ``shape``: how the error body looks --
 ``openai`` ``{"error": {"message"}}``, ``fastapi`` ``{"detail"}`` as
 llama-cpp-python's server answers, ``text``: plain text), ``delay`` (seconds
-before answering), ``empty``, ``refusal``, ``text``; for embeddings also
-``raw`` (a body sent verbatim with status 200 and ``content_type``, e.g. a
-proxy's HTML page) and ``mangle`` (a function that rewrites the JSON answer:
-wrong counts, widths, non-numbers, NaN).
+before answering), ``empty``, ``refusal``, ``text``. A hostile server:
+``content`` (any JSON value as the message's content), ``body`` (any JSON
+value as the whole 200 answer), ``raw`` (bytes sent as the 200 body, with
+``ctype``; for embeddings a text with ``content_type``, e.g. a proxy's HTML
+page), ``drip`` (seconds between the answer's bytes, sent one at a time;
+headers too), ``huge`` (a text of that many characters, whatever
+``max_tokens`` asked); for embeddings also ``mangle`` (a function that
+rewrites the JSON answer: wrong counts, widths, non-numbers, NaN).
 
 Like real servers it can list its models (``models``; None: no
 ``/v1/models`` route, 404), answer embeddings one vector per token
@@ -105,18 +109,26 @@ class FakeOpenAI:
             time.sleep(delay)
         if 'status' in fault:
             return error_answer(fault)
+        if 'raw' in fault:
+            return 200, {'Content-Type': fault.get('ctype',
+                                                   'application/json'),
+                         **_drip(fault)}, fault['raw']
+        if 'body' in fault:
+            return 200, _drip(fault), fault['body']
         cid = content_id(body)
         if fault.get('empty'):
             text = ''
+        elif fault.get('huge'):
+            text = 'x' * int(fault['huge'])
         else:
             text = fault.get('text') or (
                 f'Image {cid} shows a detailed scene. Prompt was: '
                 f'{prompt_text(body)}')
         with self.lock:
             self.answered[cid] += 1
-        msg = {'role': 'assistant', 'content': text,
+        msg = {'role': 'assistant', 'content': fault.get('content', text),
                'refusal': fault.get('refusal')}
-        return 200, {}, {
+        return 200, _drip(fault), {
             'id': f'chatcmpl-{cid}-{n}', 'object': 'chat.completion',
             'created': int(time.time()), 'model': body.get('model', 'fake'),
             'choices': [{'index': 0, 'message': msg, 'logprobs': None,
@@ -235,6 +247,10 @@ def raw_vector(text: str, dim: int):
     return np.random.default_rng(seed).standard_normal(dim) * 3.0
 
 
+def _drip(fault: Dict[str, Any]) -> Dict[str, Any]:
+    return {'_drip': fault['drip']} if fault.get('drip') else {}
+
+
 def error_answer(fault: Dict[str, Any]):
     """(status, headers, body) of an injected error, in the body shape
     ``fault['shape']`` names (see the module doc)."""
@@ -268,6 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
               raw: Optional[bytes] = None) -> None:
         ctype = 'application/json'
         headers = dict(headers or {})
+        drip = headers.pop('_drip', 0)
         if isinstance(payload, bytes):  # verbatim, of the type headers name
             raw = payload
             ctype = headers.pop('Content-Type', 'application/octet-stream')
@@ -280,6 +297,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.abandoned += 1  # the client timed out and hung up
             self.close_connection = True
             return
+        if drip:
+            return self._drip(status, ctype, data, headers, drip)
         self.send_response(status)
         self.send_header('Content-Type', ctype)
         self.send_header('Content-Length', str(len(data)))
@@ -287,6 +306,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+
+    def _drip(self, status: int, ctype: str, data: bytes, headers: dict,
+              every: float) -> None:
+        """The whole answer, status line included, one byte per ``every``
+        seconds: each read is quick, the request never ends."""
+        head = (f'HTTP/1.1 {status} OK\r\nContent-Type: {ctype}\r\n'
+                f'Content-Length: {len(data)}\r\n'
+                + ''.join(f'{k}: {v}\r\n' for k, v in headers.items())
+                + '\r\n').encode()
+        self.close_connection = True
+        try:
+            for i in range(len(head + data)):
+                self.wfile.write((head + data)[i:i + 1])
+                self.wfile.flush()
+                time.sleep(every)
+        except OSError:  # the client gave up: as a real server sees it
+            self.fake.abandoned += 1
 
     def _authorised(self) -> bool:
         fake = self.fake

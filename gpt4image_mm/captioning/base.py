@@ -231,9 +231,35 @@ def check_answer(text: Optional[str], finish_reason: Optional[str] = None,
     text = (text or '').strip()
     if not text:
         raise CaptionError(f'empty answer (finish_reason={finish_reason})')
+    bad = unencodable_at(text)
+    if bad is not None:
+        raise CaptionError('answer text is not valid Unicode (a lone '
+                           f'surrogate at character {bad})')
     if _REFUSAL.match(text):
         raise CaptionError(f'refusal: {text[:200]}')
     return text
+
+
+def unencodable_at(text: str) -> Optional[int]:
+    """Where ``text`` stops being writable as UTF-8 (a lone surrogate, as a
+    ``\\ud800`` JSON escape or a non-UTF-8 file name brings), or None."""
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold shown as escapes: a non-UTF-8
+    file name (``bad\\xffname.png``) named so a person can find it."""
+    if unencodable_at(text) is None:
+        return text
+    try:  # a file name's undecodable bytes: show the bytes
+        raw = text.encode('utf-8', 'surrogateescape')
+        return raw.decode('utf-8', 'backslashreplace')
+    except UnicodeEncodeError:  # any other lone surrogate
+        return text.encode('utf-8', 'backslashreplace').decode('utf-8')
 
 
 def now_iso() -> str:

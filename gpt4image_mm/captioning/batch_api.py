@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+from ..cli_errors import ToolError
 from ..descriptions import DescriptionWriter, KeyStates, record_source
 from ..files import atomic_write_json
 from ..registry import CAPTION_BACKENDS
@@ -115,8 +116,18 @@ class BatchState:
 
 def _read_keys(path: str) -> List[Tuple[str, str]]:
     """``(key, prompt id)`` of each line of a chunk."""
+    out = []
     with open(path, encoding='utf-8') as f:
-        return [tuple(json.loads(ln)) for ln in f if ln.strip()]
+        for lineno, ln in enumerate(f, 1):
+            if not ln.strip():
+                continue
+            try:
+                key, prompt_id = json.loads(ln)
+            except (TypeError, ValueError) as e:  # a hand-edited state file
+                raise ToolError(f'{path}:{lineno}: not a [key, prompt id] '
+                                f'record ({e})') from None
+            out.append((key, prompt_id))
+    return out
 
 
 def line_index(custom_id: Any, chunk: str, n_lines: int) -> int:

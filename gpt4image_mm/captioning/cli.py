@@ -24,6 +24,7 @@ import asyncio
 import importlib
 import json
 import sys
+import time
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
@@ -355,7 +356,11 @@ def run_caption(opts: CaptionOptions) -> Dict[str, Any]:
                        limit=opts.limit, system=opts.system,
                        redo=control.redo)
         return dict(est, backend=opts.backend)
+    t = time.monotonic()
     backend: CaptionBackend = cls.from_options(opts, plan)
+    if getattr(backend, 'loads_model', False):  # apart from the req/s
+        print(f'caption: model loaded in {time.monotonic() - t:.1f} s',
+              file=sys.stderr, flush=True)
     # one output, one identity: a link to it shares its lock and sidecars
     out = real_path(opts.out)
     return asyncio.run(backend.run(plan, out, control)).as_dict()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import os
+import stat
 from typing import Any, Iterator, Tuple, Union
 
 from PIL import Image
@@ -42,9 +44,31 @@ def image_errors(label: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def open_image(path: str, name: str = '') -> Iterator[Image.Image]:
-    """``Image.open`` with every decoding failure as :class:`ImageError`."""
-    with image_errors(name or path), Image.open(path) as im:
+    """``Image.open`` with every decoding failure as :class:`ImageError`;
+    only a regular file is read (a FIFO or device would block for ever)."""
+    with image_errors(name or path), _regular_file(path, name or path) as f, \
+            Image.open(f) as im:
         yield im
+
+
+@contextlib.contextmanager
+def _regular_file(path: str, label: str) -> Iterator[Any]:
+    """``path`` opened for reading, refused unless a regular file. The open
+    itself does not block (``O_NONBLOCK``: opening a FIFO waits for a
+    writer) and the check is on the opened file, not on a name that could
+    be swapped in between."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f'{label}: not a regular file (a FIFO, socket '
+                             'or device)')
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
 
 
 def open_rgb(source: Union[str, Any], name: str = '') -> Image.Image:

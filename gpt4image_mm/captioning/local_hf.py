@@ -140,6 +140,8 @@ class TransformersBackend(Backend):
                    system=options.system if plan.text_only else None,
                    repetition_penalty=a.repetition_penalty)
 
+    loads_model = True  # its load time is reported on its own line
+
     def __init__(self, model: str, *, device: str = 'auto',
                  dtype: str = 'auto', batch_size: int = 8,
                  max_tokens: int = 300, temperature: Optional[float] = None,

@@ -10,12 +10,15 @@ message; other errors are recorded for this image and retried on a rerun.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..openai_client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
+    AnswerTooLarge,
     api_error,
+    body_reason,
     check_served_model,
     server_reason,
 )
@@ -44,7 +47,8 @@ def add_endpoint_arguments(group: Any) -> None:
                        '--base-url (default: OPENAI_API_KEY, sent only to '
                        'api.openai.com; other endpoints get no key)')
     group.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
-                       help='seconds per API request')
+                       help='seconds per API request, connect to last byte '
+                       '(each retry gets its own)')
     group.add_argument('--max-retries', type=int,
                        default=DEFAULT_MAX_RETRIES,
                        help='API retries per request (rate limits, 5xx)')
@@ -101,24 +105,74 @@ def chat_body(model: str, req: Request, *, max_tokens: int,
     return body
 
 
+# The most bytes read of one chat answer: a description at the longest the
+# descriptions file takes (MAX_TEXT_CHARS) is ~1.2 MB of JSON even with every
+# character \u-escaped; a larger body is a misbehaving server.
+MAX_ANSWER_BYTES = 4 << 20
+
+
 def parse_completion(data: Any, fallback_model: str) -> Answer:
-    """An :class:`Answer` from a completion (SDK object or plain dict);
-    raises :class:`CaptionError` for empty answers and refusals."""
-    if not isinstance(data, dict):
+    """An :class:`Answer` from a completion (SDK object or decoded JSON);
+    raises :class:`CaptionError` for empty, refused or malformed answers
+    (a server is hostile: any shape may come back)."""
+    if hasattr(data, 'model_dump'):
         data = data.model_dump()
-    choices = data.get('choices') or []
+    if not isinstance(data, dict):
+        raise CaptionError(f'malformed answer: a JSON {type(data).__name__}'
+                           ', not an object')
+    choices = data.get('choices')
+    if not choices and data.get('error'):
+        raise CaptionError('server error in a 200 answer: '
+                           f'{body_reason(data)}')
     if not choices:
         raise CaptionError('empty answer (no choices)')
-    choice = choices[0]
+    choice = choices[0] if isinstance(choices, list) else None
+    if not isinstance(choice, dict) or not isinstance(
+            choice.get('message') or {}, dict):
+        raise CaptionError('malformed answer: choices[0] holds no message')
     msg = choice.get('message') or {}
-    text = check_answer(msg.get('content'), choice.get('finish_reason'),
-                        msg.get('refusal'))
-    usage = data.get('usage') or {}
-    return Answer(text=text, model=data.get('model') or fallback_model,
-                  usage={'prompt_tokens': usage.get('prompt_tokens') or 0,
-                         'completion_tokens':
-                         usage.get('completion_tokens') or 0},
-                  truncated=choice.get('finish_reason') == 'length')
+    finish = choice.get('finish_reason')
+    finish = finish if isinstance(finish, str) else None
+    refusal = msg.get('refusal')
+    text = check_answer(message_text(msg.get('content')), finish,
+                        refusal if isinstance(refusal, str) else None)
+    usage = data.get('usage') if isinstance(data.get('usage'), dict) else {}
+    model = data.get('model')
+    return Answer(text=text,
+                  model=model if isinstance(model, str) and model
+                  else fallback_model,
+                  usage={k: _count(usage.get(k)) for k in
+                         ('prompt_tokens', 'completion_tokens')},
+                  truncated=finish == 'length')
+
+
+def message_text(content: Any) -> Optional[str]:
+    """A message's text: a string, or the text parts of a list of content
+    parts (some servers answer so); anything else is a malformed answer."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict)
+                                         for p in content):
+        return ''.join(p['text'] for p in content
+                       if isinstance(p.get('text'), str))
+    raise CaptionError(f'malformed answer: content is a JSON '
+                       f'{type(content).__name__}, not text')
+
+
+def _count(v: Any) -> int:
+    """A token count from a server: a non-negative int, else 0."""
+    return int(v) if isinstance(v, (int, float)) and v >= 0 else 0
+
+
+def decode_body(raw: bytes) -> Any:
+    """The JSON of a 200 answer, or :class:`CaptionError` quoting its
+    start (an HTML error page, a truncated body)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        head = raw[:80].decode('utf-8', 'backslashreplace')
+        raise CaptionError('malformed answer: not JSON '
+                           f'({" ".join(head.split())!r})') from None
 
 
 def error_message(e: Exception) -> str:
@@ -185,7 +239,8 @@ class OpenAIBackend(Backend):
         self.extra_body = extra_body
         self.max_retries = max_retries
         self.endpoint = make_endpoint(base_url, api_key_env, timeout=timeout,
-                                      max_retries=max_retries)
+                                      max_retries=max_retries, deadline=True,
+                                      max_response_bytes=MAX_ANSWER_BYTES)
         self.client = self.endpoint.client
         self.scrub = self.endpoint.scrub
         self.openai_params = self.endpoint.is_openai
@@ -200,7 +255,10 @@ class OpenAIBackend(Backend):
         import openai
         body = self.body(req)
         try:
-            resp = await self.client.chat.completions.create(**body)
+            resp = await self.client.chat.completions.with_raw_response \
+                .create(**body)
+        except AnswerTooLarge as e:
+            return CaptionError(str(e))
         except (openai.AuthenticationError, openai.PermissionDeniedError,
                 openai.NotFoundError) as e:
             raise FatalError(str(api_error(e, self.endpoint, self.model))
@@ -213,7 +271,8 @@ class OpenAIBackend(Backend):
             note = ' (after retries)' if retried else ''
             return CaptionError(self.scrub(error_message(e) + note))
         try:
-            return parse_completion(resp, self.model)
+            return parse_completion(decode_body(resp.http_response.content),
+                                    self.model)
         except CaptionError as e:
             return CaptionError(self.scrub(e))
 

@@ -24,7 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import DescriptionWriter, KeyStates, record_source
+from ..descriptions import (
+    DescriptionFileError,
+    DescriptionWriter,
+    KeyStates,
+    clip_text,
+    record_source,
+)
 from ..files import OutputLock, lock_path
 from ..sharding import in_shard
 from .base import (
@@ -37,6 +43,8 @@ from .base import (
     RunControl,
     Scrubber,
     now_iso,
+    printable,
+    unencodable_at,
 )
 from .images import ImageError, downscale, open_rgb, prepare_image
 from .pricing import CostMeter, image_tokens, request_text_tokens
@@ -139,8 +147,10 @@ class TokenBucket:
 def success_record(req: Request, ans: Answer, backend: str,
                    latency: Optional[float]) -> Dict[str, Any]:
     """The record of an answer; ``latency`` is that request's own time
-    (None where unknown, e.g. the Batch API)."""
-    rec = {'key': req.key, 'text': ans.text, 'model': ans.model,
+    (None where unknown, e.g. the Batch API). A text over the file's limit
+    is cut to it and marked ``truncated``, as a ``--max-tokens`` stop is."""
+    text, cut = clip_text(ans.text)
+    rec = {'key': req.key, 'text': text, 'model': ans.model,
            'prompt_id': req.prompt_id,
            'usage': {'prompt_tokens': int(ans.usage.get('prompt_tokens', 0)),
                      'completion_tokens': int(
@@ -148,15 +158,22 @@ def success_record(req: Request, ans: Answer, backend: str,
            'time': now_iso(), 'backend': backend}
     if latency is not None:
         rec['latency_s'] = round(latency, 3)
-    if ans.truncated:
+    if ans.truncated or cut:
         rec['truncated'] = True
     return rec
 
 
 def failure_record(key: str, error: str, model: str = '',
                    prompt_id: str = '', backend: str = '') -> Dict[str, Any]:
-    return {'key': key, 'error': error, 'model': model,
+    """A failure; key and message printable whatever bytes a file name or
+    a server brought (a record UTF-8 cannot hold would end the run)."""
+    return {'key': shown_key(key), 'error': printable(error), 'model': model,
             'prompt_id': prompt_id, 'time': now_iso(), 'backend': backend}
+
+
+def shown_key(key: str) -> str:
+    """A key as a failure record can hold it: printable, one line."""
+    return printable(key).replace('\n', '\\n').replace('\r', '\\r')
 
 
 def build_request(item: Item, image_format: str, max_side: int,
@@ -209,6 +226,11 @@ def format_rate(n: float, seconds: float, unit: str = 'req') -> str:
     return f'{rate:.1f} {unit}/s' if rate >= 1 else f'{seconds / n:.1f} s/{unit}'
 
 
+# Seconds requests in flight get to finish after SIGINT/SIGTERM: a stop
+# must come in seconds (a dripping server would hold a request for the
+# whole --timeout), yet an answer about to arrive is still kept.
+SIGNAL_GRACE_S = 3.0
+
 # Seconds between progress lines when stderr is not a terminal: at least
 # every 10 s or every request, whichever is later (a log file stays short
 # and still shows a stalled run).
@@ -236,6 +258,8 @@ class Progress:
         self._last_line: Optional[float] = None
         self._unreported = False
         self._last_postfix = 0.0
+        self.holding = False  # inside a batch's answers: line after it
+        self._reported_any = False
         isatty = getattr(self.stream, 'isatty', lambda: False)()
         self.lines = enabled is not False and not isatty
         self.bar = tqdm(total=total, unit='req', dynamic_ncols=True,
@@ -250,10 +274,9 @@ class Progress:
         self.truncated += bool(truncated)
         self.bar.update(1)
         self._unreported = True
+        if not self.holding:
+            self.report()
         t = time.monotonic()
-        if self.lines and (self.done == 1 or self._last_line is None
-                           or t - self._last_line >= self.interval):
-            self._print(self.line())
         if not self.bar.disable and t - self._last_postfix > 0.5:
             self._last_postfix = t
             m = self.meter
@@ -261,6 +284,18 @@ class Progress:
                 failed=self.failed, truncated=self.truncated,
                 tok=f'{m.prompt_tokens}+{m.completion_tokens}',
                 usd=f'{m.cost:.4f}', **self.extra, refresh=False)
+
+    def report(self) -> None:
+        """A progress line if one is due (the first answers, then every
+        ``interval``). Called after a whole batch is recorded: a batch's
+        answers arrive together, so a line after its first row would
+        charge the whole batch's time to one request (rate and ETA x B)."""
+        t = time.monotonic()
+        if self.lines and self._unreported and (
+                not self._reported_any or self._last_line is None
+                or t - self._last_line >= self.interval):
+            self._reported_any = True
+            self._print(self.line())
 
     def set_postfix(self, **fields: Any) -> None:
         """Extra fields (e.g. batches in flight) for the bar and lines."""
@@ -370,8 +405,14 @@ class _RequestRun:
         rec = success_record(req, ans, self.backend.name, own)
         if redo:  # supersedes the key's earlier answer (descriptions.py)
             rec['redo'] = True
+        try:
+            self.writer.write(rec)
+        except DescriptionFileError as e:  # a record no reader would take
+            self.record_failure(req.key, f'unusable answer: {e}',
+                                req.prompt_id)
+            return
+        if redo:
             self.redo_open.discard(req.key)
-        self.writer.write(rec)
         self.state.succeed(req.key)
         self.summary.succeeded += 1
         self.summary.truncated += ans.truncated
@@ -394,6 +435,12 @@ class _RequestRun:
         c, prepared = self.control, []
         for j in batch:
             key = self.plan.keys[j]
+            if unencodable_at(key) is not None or '\n' in key \
+                    or '\r' in key:  # never a success record's key
+                prepared.append((key, f'{shown_key(key)}: the file name '
+                                 'is not UTF-8 or holds a line break; '
+                                 'rename the file'))
+                continue
             try:
                 prepared.append(build_request(
                     self.plan.item(j), self.backend.image_format, c.max_side,
@@ -442,6 +489,12 @@ class _RequestRun:
                 self.summary.fatal = self.summary.fatal or self.scrub(e)
                 self.summary.attempted -= len(reqs)
                 return None
+            except asyncio.CancelledError:  # a stop: left for a rerun
+                self.summary.attempted -= len(reqs)
+                raise
+            except Exception as e:  # noqa: BLE001 (a server's fault is one key's)
+                err = CaptionError(f'{type(e).__name__}: {e}')
+                results = [err] * len(reqs)
             return results, time.monotonic() - t
         finally:
             self.reserved -= worst
@@ -454,6 +507,7 @@ class _RequestRun:
                latency: float) -> None:
         """Write each result; correct the tokens/min bucket by the usage."""
         used = 0
+        self.bar.holding = True
         for req, res in zip(reqs, results):
             if isinstance(res, Answer):
                 self.meter.add(res.usage)
@@ -462,6 +516,8 @@ class _RequestRun:
                 self.record_answer(req, res, latency)
             else:
                 self.record_failure(req.key, str(res), req.prompt_id)
+        self.bar.holding = False
+        self.bar.report()
         if self.tpm and used:
             self.tpm.adjust(used - self.est_tokens(reqs))
 
@@ -482,17 +538,25 @@ class _RequestRun:
             self.record(reqs, *sent)
 
     def on_signal(self, signame: str) -> None:
-        """First signal: stop scheduling; second: abort requests in
-        flight."""
+        """First signal: stop scheduling, give requests in flight
+        :data:`SIGNAL_GRACE_S` to finish, then cancel them (left for a
+        rerun); a second signal cancels them now."""
         first = self.summary.signal is None
         self.summary.signal = self.summary.signal or int(
             signal.Signals[signame])
         self.stop = self.stop or f'{signame}: finishing requests in flight'
-        print(f'\n{signame}: stopping after requests in flight finish '
-              '(again to abort them)', file=sys.stderr)
-        if not first:
-            for t in self.tasks:
-                t.cancel()
+        if first:
+            print(f'\n{signame}: stopping; requests in flight get '
+                  f'{SIGNAL_GRACE_S:.0f} s to finish (again to abort them '
+                  'now)', file=sys.stderr, flush=True)
+            asyncio.get_running_loop().call_later(SIGNAL_GRACE_S,
+                                                  self.cancel_all)
+        else:
+            self.cancel_all()
+
+    def cancel_all(self) -> None:
+        for t in self.tasks:
+            t.cancel()
 
     def install_signals(self) -> List[signal.Signals]:
         """SIGINT/SIGTERM handlers, where the loop can have them."""
@@ -523,7 +587,9 @@ class _RequestRun:
                 t.cancel()
             self.writer.close()
             self.bar.close()
-            pool.shutdown(wait=True)
+            # a stop does not wait for an image read still running
+            pool.shutdown(wait=self.summary.signal is None,
+                          cancel_futures=True)
             await self.backend.aclose()
         return self.finish()
 
