@@ -1,6 +1,7 @@
 """Dataset-config keys, the local transformers backends (a tiny random VLM
 built here, the real SmolLM2 GGUF) and the DescriptionDataset join."""
 import os
+import re
 import sys
 
 import pytest
@@ -208,9 +209,12 @@ def test_cli_smollm2_progress_lines_and_truncation_count(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines()
              if ln.startswith('caption: ')]
-    assert lines[0] == 'caption: 2 requests to do'
+    # the model's load time on its own line, before the clock of the rate
+    # and ETA starts (a first request that loads the model inflated both)
+    assert re.fullmatch(r'caption: model loaded in [0-9.]+ s', lines[0])
+    assert lines[1] == 'caption: 2 requests to do'
     assert lines[-1].startswith('caption: 2/2 done, 0 failed, 2 truncated')
-    assert len(lines) >= 3  # start, first answer, last answer
+    assert len(lines) >= 4  # load, start, first answer, last answer
     assert 'truncated at --max-tokens: 2 of 2 answers' in proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary['truncated'] == 2 and summary['succeeded'] == 2
