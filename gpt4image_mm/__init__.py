@@ -42,7 +42,9 @@ def register_all_modules() -> None:
     allow_mmengine_checkpoints()
     enforce_safe_mmengine_loading()
     _import_mmcv_lite_quietly()
-    from . import datasets, models  # noqa: F401  (register components)
+    # the hooks tools/train.py adds: a config MMEngine dumped into a work
+    # dir names them, and tools/test.py on that config must find them
+    from . import datasets, models, preflight, progress  # noqa: F401  (register components)  # noqa: F401
 
 
 if os.environ.get(DEFER_REGISTRATION) != '1':

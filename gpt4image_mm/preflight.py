@@ -69,7 +69,13 @@ def test_checks(cfg: Any) -> None:
 
 
 def _add_hooks(cfg: Any, hooks: List[dict]) -> None:
-    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + hooks
+    """Add this run's check hooks, replacing any of the same type: a config
+    MMEngine dumped into a work dir (what users resume or test from) holds
+    the previous run's, whose recorded store may no longer be this one."""
+    ours = {h['type'] for h in hooks}
+    kept = [h for h in cfg.get('custom_hooks') or []
+            if _type_name(h) not in ours]
+    cfg.custom_hooks = kept + hooks
 
 
 # -- the config, the datasets and the store's manifest -----------------------

@@ -158,3 +158,25 @@ def test_resume_against_a_rebuilt_store_is_refused(trained, tmp_path):
     assert rc == 0, out[-3000:]
     assert 'resuming anyway (--allow-store-change)' in out
     assert 'Epoch(train) [2][2/2]' in out
+
+
+def test_config_dumped_in_the_work_dir_tests_and_checks_again(
+        trained, tmp_path, monkeypatch):
+    """MMEngine dumps the resolved config (with the hooks train.py added)
+    into the work dir; users test and resume from it."""
+    tmp, _, _ = trained
+    dumped = tmp / 'work' / 'align.py'
+    assert 'TrainProgressHook' in dumped.read_text()
+    rc, out, _ = run('test.py', dumped, tmp / 'work' / 'epoch_1.pth',
+                     '--work-dir', tmp_path, cwd=tmp)
+    assert rc == 0 and 'accuracy/top1' in out, out[-3000:]
+    # the checks replace the dumped run's hooks (its recorded store may be
+    # another one), never stack a second copy
+    from mmengine.config import Config
+
+    from gpt4image_mm import preflight
+    monkeypatch.chdir(tmp)
+    cfg = Config.fromfile(str(dumped))
+    preflight.train_checks(cfg)
+    types = [h['type'] for h in cfg.custom_hooks]
+    assert len(types) == len(set(types)) and 'StoreIdentityHook' in types
