@@ -8,11 +8,21 @@ The ``gpt4image`` command (``gpt4image_cli.py``) alone imports this package
 with :data:`DEFER_REGISTRATION` set: its text-only commands need none of
 torch, mmengine or mmpretrain (seconds of start-up, ~900 MB), and the ones
 that do call :func:`register_all_modules` first.
+
+The package reports through :mod:`logging` (one logger per module, under
+``gpt4image_mm``) and prints nothing unless the caller configures logging,
+e.g. ``logging.basicConfig()``; the commands show the records on stderr.
+Training reports through MMEngine's logger, as every OpenMMLab runner does.
 """
+import logging
 import os
 import warnings
 
 from .version import __version__
+
+# A library stays silent until its user configures logging (without a
+# handler, Python's last resort would print every warning on stderr).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 #: Set to ``1`` (by ``gpt4image_cli`` only, during its import of this
 #: package) to import the package without registering; never inherited.

@@ -15,15 +15,21 @@ Exit codes (docs/captioning.md and docs/embedding.md list them):
   resumes where it stopped;
 * 128+N -- stopped by signal N (130 Ctrl-C, 143 SIGTERM): what was finished
   is kept, rerun the same command to continue.
+
+The library reports through :mod:`logging` (loggers under ``gpt4image_mm``,
+silent unless configured); a command shows those records on the terminal
+for its duration (:func:`terminal_logging`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import pickle
 import signal
 import sys
 import traceback
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 from .security import scrub
 
@@ -32,6 +38,7 @@ EXIT_NOT_DONE = 1
 EXIT_FIX_INPUT = 2
 EXIT_SERVER = 3
 EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
+PACKAGE_LOGGER = 'gpt4image_mm'  # every module's logger is below it
 T = TypeVar('T')
 
 
@@ -46,6 +53,54 @@ class ToolError(RuntimeError):
             self.exit_code = exit_code
 
 
+class _TerminalHandler(logging.StreamHandler):
+    """Bare, scrubbed messages on whatever ``sys.<name>`` is at each record
+    (as :data:`logging.lastResort` does), so redirections and test captures
+    made after the command started still see them."""
+
+    def __init__(self, stream_name: str):
+        self._stream_name = stream_name
+        super().__init__()
+        self.setFormatter(logging.Formatter('%(message)s'))
+
+    @property
+    def stream(self) -> Any:
+        return getattr(sys, self._stream_name)
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.<name>
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+@contextlib.contextmanager
+def terminal_logging(name: str = PACKAGE_LOGGER,
+                     stream: str = 'stderr') -> Iterator[None]:
+    """While a command runs, show what logger ``name`` reports (INFO and
+    up) on ``sys.<stream>`` as the bare message, the lines users read
+    before the library logged; restore the logger afterwards, so a Python
+    caller's own configuration (or none: silence) holds again. A logger
+    below the package routed to its own stream stops propagating
+    meanwhile, or its lines would show twice."""
+    logger = logging.getLogger(name)
+    if any(isinstance(h, _TerminalHandler) for h in logger.handlers):
+        yield  # a command inside a command: shown once already
+        return
+    handler = _TerminalHandler(stream)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = propagate and name == PACKAGE_LOGGER
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def print_error(message: object) -> None:
     """One scrubbed line on stderr."""
     line = ' '.join(scrub(message).split())
@@ -53,7 +108,13 @@ def print_error(message: object) -> None:
 
 
 def run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
-    """Run ``main(argv)``; turn every exception into its line and code."""
+    """Run ``main(argv)`` with the library's records on stderr; turn every
+    exception into its line and code."""
+    with terminal_logging():
+        return _run_tool(main, argv)
+
+
+def _run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
     try:
         return main(argv)
     except ToolError as e:
@@ -79,7 +140,8 @@ def exit_on_tool_error(main: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return main(*args, **kwargs)
+            with terminal_logging():
+                return main(*args, **kwargs)
         except ToolError as e:
             print_error(e)
             raise SystemExit(e.exit_code) from None

@@ -10,10 +10,12 @@ starting with a dot, FIFOs, sockets, devices -- which ImageFolder lists.
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat
-import sys
 from typing import List
+
+logger = logging.getLogger(__name__)
 
 # torchvision.datasets.folder.IMG_EXTENSIONS (torchvision 0.29.1, the pinned one;
 # tests/test_image_files.py checks it), what ImageFolder and so the official
@@ -39,7 +41,7 @@ def list_images(root: str) -> List[str]:
     regular files are taken (reading a FIFO or a device blocks for ever)
     and no name starting with a dot (``CustomDataset`` never loads one, so
     its description would be paid for and never used); each skipped file
-    is named once on stderr.
+    is named once in a warning (the commands show it on stderr).
     """
     if not os.path.isdir(root):
         raise ValueError(f'--images {root!r} is not a directory')
@@ -74,7 +76,7 @@ def _usable(path: str, name: str) -> bool:
             why = 'not a regular file (a FIFO, socket or device)'
     shown = path.encode('utf-8', 'surrogateescape').decode(
         'utf-8', 'backslashreplace')
-    print(f'skipped {shown}: {why}', file=sys.stderr, flush=True)
+    logger.warning('skipped %s: %s', shown, why)
     return False
 
 

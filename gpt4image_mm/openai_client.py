@@ -9,7 +9,7 @@ sockets (llama.cpp, vLLM) stops generating the abandoned answer.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, List, Optional
@@ -24,6 +24,7 @@ from .security import (
     resolve_endpoint,
 )
 
+logger = logging.getLogger(__name__)
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT = 120.0
 # A request that has never once succeeded against this server gets few
@@ -262,8 +263,8 @@ def check_model(ep: Endpoint, model: str) -> None:
     ``ep`` must hold a synchronous client."""
     ids = served_models(ep)
     if not ids:
-        print(f'warning: {ep.url} lists no models; cannot check --model '
-              f'{model!r}', file=sys.stderr, flush=True)
+        logger.warning('warning: %s lists no models; cannot check --model '
+                       '%r', ep.url, model)
         return
     # Ollama serves "llava" as "llava:latest"
     if model in ids or f'{model}:latest' in ids:

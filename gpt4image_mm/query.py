@@ -20,8 +20,8 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import os
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -36,6 +36,7 @@ from .cli_errors import ToolError
 from .files import atomic_write_bytes
 from .safe_loading import safe_torch_load
 
+logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
@@ -272,7 +273,7 @@ class TextQueryInferencer(BaseInferencer):
                         ) -> Tuple[List[str], torch.Tensor, Dict[str, Any]]:
         """Relative paths, unit vectors and ``{'cached', 'embedded',
         'skipped'}`` of a folder's images; unchanged files come from the
-        cache, unreadable ones are skipped (named on stderr, never cached,
+        cache, unreadable ones are skipped (named in a warning, never cached,
         so a fixed file is embedded next time)."""
         paths = list_images(folder)
         stats = [os.stat(os.path.join(folder, p)) for p in paths]
@@ -301,7 +302,7 @@ class TextQueryInferencer(BaseInferencer):
     def _decode(self, folder: str, paths: List[str]
                 ) -> Tuple[List[np.ndarray], Dict[str, str]]:
         """The readable images of ``folder`` (each decoded once) and
-        ``{path: reason}`` of the others, each named on stderr."""
+        ``{path: reason}`` of the others, each named in a warning."""
         from .captioning.images import ImageError
         arrays, skipped = [], {}
         for rel in paths:
@@ -309,8 +310,7 @@ class TextQueryInferencer(BaseInferencer):
                 arrays.append(self.load_image(os.path.join(folder, rel)))
             except ImageError as e:
                 skipped[rel] = str(e).replace(folder.rstrip('/') + '/', '')
-                print(f'skipped: {skipped[rel]}', file=sys.stderr,
-                      flush=True)
+                logger.warning('skipped: %s', skipped[rel])
         return arrays, skipped
 
     def search(self, query: str, folder: str, topk: int = 8,

@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
 
+from gpt4image_mm.captioning.runner import SIGNAL_GRACE_S  # noqa: E402
 from gpt4image_mm.descriptions import (  # noqa: E402
     MAX_TEXT_CHARS,
     iter_records,
@@ -149,6 +150,9 @@ def test_a_signal_cancels_requests_in_flight(tmp_path, hostile, sig):
             proc.wait()
     assert proc.returncode == 128 + sig, stderr
     assert 'Traceback' not in stderr
+    assert (f'\n{sig.name}: stopping; requests in flight get '
+            f'{SIGNAL_GRACE_S:.0f} s to finish (again to abort them now)\n'
+            ) in stderr  # the runner's record
     res = json.loads(stdout.strip().splitlines()[-1])
     assert res['attempted'] == 0 and res['not_attempted'] == len(keys)
     assert records(out) == []

@@ -19,6 +19,8 @@ warnings.filterwarnings('ignore', message='Fail to import')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpt4image_demo import ARMS, DemoSettings, parse_arms, run_demo  # noqa: E402
+from gpt4image_mm.cli_errors import terminal_logging  # noqa: E402
+from gpt4image_mm.experiment.cli import narration_on_stdout  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +66,9 @@ def main() -> None:
                                **common)
     else:
         s = DemoSettings(work_dir=a.work_dir or 'work_dirs/demo', **common)
-    sys.exit(run_demo(s))
+    with terminal_logging(), narration_on_stdout():
+        rc = run_demo(s)
+    sys.exit(rc)
 
 
 if __name__ == '__main__':

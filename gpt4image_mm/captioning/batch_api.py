@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -60,6 +60,7 @@ from .runner import (
 )
 from .sources import Plan
 
+logger = logging.getLogger(__name__)
 TERMINAL = ('completed', 'failed', 'expired', 'cancelled')
 STATE_VERSION = 1
 
@@ -436,9 +437,9 @@ class _BatchRun:
         why = (f'; {len(foreign)} result line(s) not of this chunk were '
                f'ignored (first: {foreign[0]})' if foreign else '')
         if foreign:
-            print(f'batch {batch.id}: {len(foreign)} result line(s) not of '
-                  f'chunk {chunk["name"]} ignored (first: {foreign[0]})',
-                  file=sys.stderr)
+            logger.warning('batch %s: %d result line(s) not of chunk %s '
+                           'ignored (first: %s)', batch.id, len(foreign),
+                           chunk['name'], foreign[0])
         for idx, (key, pid) in enumerate(keys):
             if idx not in seen:
                 self.record(key, pid, CaptionError(

@@ -16,6 +16,7 @@ long, and will be interrupted. So
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -49,6 +50,8 @@ from .base import (
 from .images import ImageError, downscale, open_rgb, prepare_image
 from .pricing import CostMeter, image_tokens, request_text_tokens
 from .sources import Item, Plan
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -546,9 +549,10 @@ class _RequestRun:
             signal.Signals[signame])
         self.stop = self.stop or f'{signame}: finishing requests in flight'
         if first:
-            print(f'\n{signame}: stopping; requests in flight get '
-                  f'{SIGNAL_GRACE_S:.0f} s to finish (again to abort them '
-                  'now)', file=sys.stderr, flush=True)
+            # the newline ends a progress bar's line on a terminal
+            logger.warning('\n%s: stopping; requests in flight get %.0f s '
+                           'to finish (again to abort them now)', signame,
+                           SIGNAL_GRACE_S)
             asyncio.get_running_loop().call_later(SIGNAL_GRACE_S,
                                                   self.cancel_all)
         else:

@@ -25,6 +25,7 @@ Arms are a registry: a user adds one from their own module (loaded with
 from __future__ import annotations
 
 import json
+import logging
 import os.path as osp
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..class_names import display_name
 
+logger = logging.getLogger(__name__)
 CLASSNAME_PROMPT = 'a photo of a {name}.'  # CLIP's standard prompt
 RANDOM_TARGETS_SEED = 0  # the same vectors for every seed and run
 
@@ -107,7 +109,7 @@ def classname_store(ctx: ArmContext) -> str:
                          settings=manifest.get('encoder_settings')))
     if marker.load() is not None and osp.isfile(
             osp.join(store, 'manifest.json')):
-        print('store_classname: cached')
+        logger.info('store_classname: cached')
         return store
     cmd = [sys.executable, tool('embed.py'), text, '--encoder',
            manifest['encoder'], '--out', store, '--force', '--no-progress']

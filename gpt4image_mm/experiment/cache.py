@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import os.path as osp
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from gpt4image_mm.files import atomic_write_json
 
+logger = logging.getLogger(__name__)
 # The checkout that holds tools/train.py and tools/test.py.
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -24,7 +26,9 @@ def tool(name: str) -> str:
 
 
 def banner(step: str, text: str) -> None:
-    print(f'\n==> [{step}] {text}', flush=True)
+    """A step's heading in the experiment's narration (an INFO record of
+    ``gpt4image_mm.experiment``, which the commands show on stdout)."""
+    logger.info('\n==> [%s] %s', step, text)
 
 
 def digest(obj: Any) -> str:

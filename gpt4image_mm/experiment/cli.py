@@ -3,6 +3,7 @@ config and control arms, on any dataset and config (docs/experiment.md)."""
 from __future__ import annotations
 
 import argparse
+from typing import ContextManager
 
 
 def _ints(text: str) -> list:
@@ -76,5 +77,14 @@ def run(args: argparse.Namespace) -> int:
         cfg_options=list(args.cfg_options), store=args.store,
         shots=args.shots, parallel=args.parallel, threads=args.threads,
         descriptions=args.descriptions, title=args.title)
-    return run_experiment(s, print_commands=args.print_commands,
-                          report_only=args.report_only)
+    with narration_on_stdout():
+        return run_experiment(s, print_commands=args.print_commands,
+                              report_only=args.report_only)
+
+
+def narration_on_stdout() -> ContextManager[None]:
+    """While a command runs: the experiment's narration (step banners, a
+    line per finished run: INFO records of this package's loggers) on
+    stdout, ahead of the report it leads to."""
+    from ..cli_errors import terminal_logging
+    return terminal_logging(__package__, 'stdout')

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import os.path as osp
 import queue
@@ -24,6 +25,7 @@ from typing import Any, Dict, List, Optional
 from .cache import Marker, run_tool, thread_env, tool
 from .plan import Run
 
+logger = logging.getLogger(__name__)
 METRICS = 'test_metrics.json'
 
 
@@ -176,9 +178,9 @@ class Progress:
             if not result.get('cached') and not result.get('failed'):
                 self.seconds.append(took)
             left = self.total - self.done - self.running
-            print(f'[{self.done}/{self.total} done, {self.running} running, '
-                  f'{left} left{self._eta(left)}] {run.name}: '
-                  f'{self._what(result)}', flush=True)
+            logger.info('[%d/%d done, %d running, %d left%s] %s: %s',
+                        self.done, self.total, self.running, left,
+                        self._eta(left), run.name, self._what(result))
 
     def _eta(self, left: int) -> str:
         if not self.seconds or not (left + self.running):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import os.path as osp
 import sys
@@ -38,6 +39,7 @@ from .report import (
     titles,
 )
 
+logger = logging.getLogger(__name__)
 ONE_SEED = ('One seed cannot tell an effect from seed noise: rerun with '
             '`--seeds 5` (only the new seeds train) for paired 95% '
             'intervals.')
@@ -108,7 +110,7 @@ def step_analysis(work_dir: str, descriptions: str, store: str,
         store=file_digest(osp.join(store, 'manifest.json'))))
     cached = marker.load()
     if cached is not None:
-        print('cached')
+        logger.info('cached')
         return cached
     run_tool([sys.executable, tool('analyze_descriptions.py'), descriptions,
               *(['--per-class'] if per_class else []), '--store', store,
@@ -228,8 +230,8 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
         text = write_report(s, runs, results, environment(threads), head,
                             tail, analysis, one_seed)
     print('\n' + text)
-    print(f'experiment finished in {time.time() - start:.0f} s: '
-          f'{s.work_dir}/report.md', flush=True)
+    logger.info('experiment finished in %.0f s: %s/report.md',
+                time.time() - start, s.work_dir)
     return 0 if all(r and not r.get('failed') for r in results) else 1
 
 
