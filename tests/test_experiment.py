@@ -172,6 +172,29 @@ def test_config_mistake_is_one_line_before_any_run(project, tmp_path,
     assert not (tmp_path / 'w' / 'runs').exists()
 
 
+def test_shots_run_end_to_end(project):
+    """--shots K: every arm also trains on K images per class; a shots run
+    is an ordinary generated config that trains and tests by itself."""
+    tmp = project
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools' / 'experiment.py'), '--config',
+         'base.py', '--gpt4image-config', 'align.py', '--arms',
+         'baseline,gpt4image', '--seeds', '1', '--shots', '2',
+         '--work-dir', 'exp_shots', '--print-commands'], cwd=tmp,
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 4  # 2 arms x (full set, 2 shots)
+    run = tmp / 'exp_shots' / 'runs' / 'gpt4image' / 'shots2' / 'seed0'
+    line = next(ln for ln in lines if str(run) in ln)
+    subprocess.run(['bash', '-c', line], check=True, timeout=600,
+                   capture_output=True)
+    assert 'accuracy/top1' in (run / 'test_metrics.json').read_text()
+    # 2 images per class of the 12: one batch of 6 per epoch
+    log = '\n'.join(p.read_text() for p in run.glob('*/*.log'))
+    assert 'Epoch(train) [1][1/1]' in log, log[-3000:]
+
+
 def test_shots_subset_and_plot(project, tmp_path):
     """--shots: K images per class, seeded, the same for every call (every
     arm and seed); the report's points carry the 95% t band."""
