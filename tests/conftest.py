@@ -13,6 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+# One intra-op thread in every test process and the CLIs it starts:
+# pytest-xdist already runs a worker per core, and OpenMP threads spinning
+# on a busy core cost several times the work (measured on the shared 2-core
+# machine: SmolLM2 generating 4 x 24 tokens, 1.7 CPU s with one thread,
+# 11.2 CPU s with two). Read when torch is imported: after this file.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('MKL_NUM_THREADS', '1')
 sys.path.insert(0, str(ROOT))
 
 CLASSES = ('cat', 'dog', 'ship')

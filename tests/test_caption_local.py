@@ -223,8 +223,27 @@ def test_cli_smollm2_progress_lines_and_truncation_count(tmp_path):
                for r in recs.values())
 
 
-def test_per_class_with_real_smollm2(tmp_path, config):
+def _load_once(monkeypatch):
+    """Each model and tokenizer is loaded once in this test: the GGUF file
+    is dequantised at every load (about 15 CPU s), and a second run needs
+    the same weights, not a second copy."""
+    import transformers
+    for cls in (transformers.AutoModelForCausalLM,
+                transformers.AutoTokenizer):
+        loaded = {}
+
+        def once(path, *args, _load=cls.from_pretrained, _loaded=loaded,
+                 **kwargs):
+            key = (path, repr(args), repr(sorted(kwargs.items())))
+            if key not in _loaded:
+                _loaded[key] = _load(path, *args, **kwargs)
+            return _loaded[key]
+        monkeypatch.setattr(cls, 'from_pretrained', once)
+
+
+def test_per_class_with_real_smollm2(tmp_path, config, monkeypatch):
     cfg, _ = config
+    _load_once(monkeypatch)
     out = str(tmp_path / 'classes.jsonl')
     res = caption(out, config=cfg, per_class=2, backend='transformers',
                   model=_smollm2(), device='cpu', batch_size=4,

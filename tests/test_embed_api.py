@@ -198,7 +198,8 @@ def test_bad_descriptions_file_is_one_line(tmp_path, serve):
 def test_server_dies_mid_run_then_resume(tmp_path):
     """13.8: the server killed mid-run -> rc 3 'cannot reach ... rerun';
     the rerun against a new server finishes the store."""
-    texts = [f'text {i} ' + 'x ' * i for i in range(40)]
+    # 20 rows: 10 requests of 0.3 s, the kill lands after 2 of them
+    texts = [f'text {i} ' + 'x ' * i for i in range(20)]
     desc = write_descriptions(tmp_path / 'd.jsonl', texts)
     out = tmp_path / 'store'
 

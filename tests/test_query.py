@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, make_image_folder
-from helpers import ALIGN_CFG, BASE_CFG
+from helpers import ALIGN_CFG, BASE_CFG, load_tool
 
 # make_image_folder gives each class its own colour (cat red, dog green,
 # ship blue): the planted easy case is a query naming class and colour.
@@ -25,7 +25,11 @@ def run_tool(*args, cwd, ok=True):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """Image folder, MiniLM store of per-image descriptions, a checkpoint
-    trained for 24 iterations."""
+    trained for 24 iterations. Built in this process (embed's and train's
+    own ``main``, the code their CLIs run): these tests are about query.py,
+    and the CLIs' subprocess runs are tested in test_embed*.py and
+    test_train_e2e.py; this saves two interpreter starts."""
+    from gpt4image_mm.apis import train
     from gpt4image_mm.embedding import minilm_dir
     tmp = tmp_path_factory.mktemp('query')
     root = tmp / 'imgs'
@@ -34,9 +38,9 @@ def trained(tmp_path_factory):
     desc.write_text(''.join(json.dumps({
         'key': k, 'text': f'A {COLOUR[k.split("/")[0]]} photo of a '
         f'{k.split("/")[0]}, picture {i}.'}) + '\n' for i, k in enumerate(keys)))
-    run_tool(ROOT / 'tools' / 'embed.py', desc, '--encoder', minilm_dir(),
-             '--out', tmp / 'store', '--device', 'cpu', '--no-progress',
-             cwd=tmp)
+    assert load_tool('embed').main([
+        str(desc), '--encoder', minilm_dir(), '--out', str(tmp / 'store'),
+        '--device', 'cpu', '--no-progress']) == 0
     (tmp / 'base.py').write_text(BASE_CFG.format(root=root))
     (tmp / 'align.py').write_text(ALIGN_CFG.format(
         configs=ROOT / 'configs', store=tmp / 'store').replace(
@@ -44,10 +48,12 @@ def trained(tmp_path_factory):
             # official trunc-normal init far enough for a 384-d head (the
             # Fashion-MNIST demo pins init_std=None for the same reason)
             'out_channels=8', 'out_channels=384, init_std=None'))
-    run_tool(ROOT / 'tools' / 'train.py', 'align.py', '--work-dir',
-             tmp / 'work', '--cfg-options', 'train_cfg.max_epochs=6',
-             'train_cfg.val_interval=6', 'default_hooks.checkpoint.interval=6',
-             cwd=tmp)
+    with pytest.MonkeyPatch.context() as mp:  # train() sets LOCAL_RANK
+        mp.setenv('LOCAL_RANK', '0')
+        train([str(tmp / 'align.py'), '--work-dir', str(tmp / 'work'),
+               '--cfg-options', 'train_cfg.max_epochs=6',
+               'train_cfg.val_interval=6',
+               'default_hooks.checkpoint.interval=6'])
     return tmp
 
 
@@ -66,6 +72,7 @@ def test_search_ranks_the_matching_class_first(trained):
     assert res['hits'][0]['path'].startswith('cat/'), proc.stdout
     assert (out / 'search.png').stat().st_size > 500
     assert 'image features: 0 cached, 24 embedded' in proc.stdout
+    assert 'skipped' not in proc.stderr  # the trained folder has none
     # the second query reuses every image vector
     proc = query(trained, '--search', 'A blue photo of a ship.')
     assert 'image features: 24 cached, 0 embedded' in proc.stdout
@@ -137,9 +144,10 @@ def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
 
 
 def test_stripped_checkpoint_is_refused(trained):
-    run_tool(ROOT / 'tools' / 'strip_align.py',
-             trained / 'work' / 'epoch_6.pth', trained / 'deploy.pth',
-             cwd=trained)
+    # strip's own code; its CLI runs as a subprocess in test_train_e2e.py
+    from gpt4image_mm.checkpoint import strip_checkpoint
+    assert strip_checkpoint(str(trained / 'work' / 'epoch_6.pth'),
+                            str(trained / 'deploy.pth')) > 0
     proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',
                     trained / 'deploy.pth', '--images', trained / 'imgs',
                     '--search', 'a cat', cwd=trained, ok=False)
@@ -164,9 +172,8 @@ def test_unreadable_image_is_skipped_and_named(trained, tmp_path):
     hits = json.loads((tmp_path / 'hits' / 'results.json').read_text())
     assert len(hits['hits']) == 24
     assert 'cat/broken.png' not in {h['path'] for h in hits['hits']}
-    # never cached: still named (and retried) on the next query
-    again = query(trained, '--search', 'a cat')
-    assert 'skipped' not in again.stderr  # the trained folder has none
+    # never cached: still named (and retried) on the next query (that the
+    # trained folder's queries name none: test_search_ranks_...)
     proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',
                     trained / 'work' / 'epoch_6.pth', '--images', folder,
                     '--search', 'a cat', '--cache-dir', tmp_path / 'cache',

@@ -18,13 +18,22 @@ def run(*args, cwd):
     return proc.stdout + proc.stderr
 
 
-def test_train_resume_test_strip(tmp_path):
+def test_train_resume_test_strip(tmp_path, monkeypatch):
+    """Resume, strip and the stripped test run as the user runs them
+    (subprocesses); the first training and the full model's test run
+    train's and test's own code in this process (their CLIs' subprocess
+    runs: test_reliability.py, test_docs.py), saving two interpreter
+    starts."""
+    from gpt4image_mm.apis import test as test_main
+    from gpt4image_mm.apis import train as train_main
     write_tiny_project(tmp_path)
     tools = ROOT / 'tools'
     work = tmp_path / 'work'
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('LOCAL_RANK', '0')  # what the tools' parser sets
 
-    log = run(tools / 'train.py', 'align.py', '--work-dir', work,
-              cwd=tmp_path)
+    train_main(['align.py', '--work-dir', str(work)])
+    log = ''.join(p.read_text() for p in work.rglob('*.log'))
     assert 'loss_align' in log and 'align_acc' in log
     assert (work / 'epoch_2.pth').exists()
 
@@ -37,8 +46,8 @@ def test_train_resume_test_strip(tmp_path):
         work2 / 'epoch_1.pth').exists()
 
     full = tmp_path / 'full.json'
-    run(tools / 'test.py', 'align.py', work2 / 'epoch_2.pth', '--out', full,
-        '--work-dir', tmp_path / 't1', cwd=tmp_path)
+    test_main(['align.py', str(work2 / 'epoch_2.pth'), '--out', str(full),
+               '--work-dir', str(tmp_path / 't1')])
     out = run(tools / 'strip_align.py', work2 / 'epoch_2.pth',
               tmp_path / 'deploy.pth', cwd=tmp_path)
     assert 'removed' in out
