@@ -2,7 +2,8 @@
 # GPU check of the speed and memory goals, bounded to 8 minutes on one GPU, no network:
 #   1. AMP training-step ratio GPT4Image / plain for ResNet-50 and DeiT-S
 #      (benchmarks/bench_train_step.py --device cuda --amp);
-#   2. the demo's Fashion-MNIST comparison (configs/fashion_mnist/*) with a
+#   2. the demo's Fashion-MNIST comparison (configs/fashion_mnist/resnet18-w16_fmnist.py and
+#      configs/gpt4image/gpt4image_resnet18-w16_fmnist.py) with a
 #      larger model (ResNet-18, full width 64) and more epochs, both arms
 #      over 3 seeds, class-level descriptions from a store built on the spot.
 #
@@ -142,7 +143,7 @@ run_arm() {  # $1 arm (plain|gpt4image) $2 seed
         cfg=configs/fashion_mnist/resnet18-w16_fmnist.py
         opts=$(common_opts train_dataloader.dataset)
     else
-        cfg=configs/fashion_mnist/resnet18-w16_fmnist_gpt4image.py
+        cfg=configs/gpt4image/gpt4image_resnet18-w16_fmnist.py
         opts="$(common_opts train_dataloader.dataset.dataset) train_dataloader.dataset.store=$STORE"
     fi
     # shellcheck disable=SC2086

@@ -3,5 +3,5 @@
 from gpt4image_mm.experiment.arms import ARMS, parse_arms  # noqa: F401
 
 BASELINE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist.py'
-GPT4IMAGE_CONFIG = 'configs/fashion_mnist/resnet18-w16_fmnist_gpt4image.py'
+GPT4IMAGE_CONFIG = 'configs/gpt4image/gpt4image_resnet18-w16_fmnist.py'
 DEFAULT_ARMS = ('baseline', 'gpt4image')

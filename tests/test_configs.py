@@ -197,12 +197,12 @@ def one_thread():
 
 
 def test_all_families_are_shipped():
-    names = ' '.join(stem(c) for c in CONFIGS)
+    names = ' '.join(stem(c) for c in CONFIGS) + ' '
     for family in ('resnet50_8xb32_in1k', 'deit-small', 'swin-tiny',
                    'resnet18_8xb16_cifar100', 'cub', 'mobilenet', 'fmnist',
                    'official', 'deit-base', 'deit-tiny', 'resnet101',
-                   'resnet18_4xb256', 'resnet18_8xb16_cifar10_',
-                   'resnet50_8xb16_cifar10_', 'resnet50_8xb16_cifar100',
+                   'resnet18_4xb256', 'resnet18_8xb16_cifar10 ',
+                   'resnet50_8xb16_cifar10 ', 'resnet50_8xb16_cifar100',
                    'stanford-cars', 'fgvc-aircraft', 'flowers102'):
         assert family in names, family
 
@@ -300,22 +300,22 @@ OFFICIAL_DEIT = dict(epochs=300, peak=1e-3, warmup=5, warmup_start=1e-6,
 FINE_GRAINED = dict(epochs=100, peak=0.01, warmup=5, warmup_start=1e-4,
                     eta_min=0, warmup_per_iter=True)
 PROMISES = {
-    'resnet50_8xb32_in1k_gpt4image': dict(epochs=120, peak=0.1, eta_min=1e-5),
-    'resnet50_4xb256-cos120e_in1k_gpt4image-official': OFFICIAL_RESNET,
-    'resnet18_4xb256-cos120e_in1k_gpt4image': OFFICIAL_RESNET,
-    'resnet101_4xb256-cos120e_in1k_gpt4image': OFFICIAL_RESNET,
-    'deit-base_8xb128-300e_in1k_gpt4image-official': OFFICIAL_DEIT,
-    'deit-small_8xb128-300e_in1k_gpt4image-official': OFFICIAL_DEIT,
-    'deit-tiny_8xb128-300e_in1k_gpt4image': OFFICIAL_DEIT,
-    'resnet50_8xb8_cub_gpt4image': FINE_GRAINED,
-    'resnet50_8xb8_stanford-cars_gpt4image': FINE_GRAINED,
-    'resnet50_8xb8_fgvc-aircraft_gpt4image': FINE_GRAINED,
-    'resnet50_8xb8_flowers102_gpt4image': FINE_GRAINED,
-    'deit-small_4xb256_in1k_gpt4image': dict(
+    'gpt4image_resnet50_8xb32_in1k': dict(epochs=120, peak=0.1, eta_min=1e-5),
+    'gpt4image-official_resnet50_4xb256-cos120e_in1k': OFFICIAL_RESNET,
+    'gpt4image_resnet18_4xb256-cos120e_in1k': OFFICIAL_RESNET,
+    'gpt4image_resnet101_4xb256-cos120e_in1k': OFFICIAL_RESNET,
+    'gpt4image-official_deit-base_8xb128-300e_in1k': OFFICIAL_DEIT,
+    'gpt4image-official_deit-small_8xb128-300e_in1k': OFFICIAL_DEIT,
+    'gpt4image_deit-tiny_8xb128-300e_in1k': OFFICIAL_DEIT,
+    'gpt4image_resnet50_8xb8_cub': FINE_GRAINED,
+    'gpt4image_resnet50_8xb8_stanford-cars': FINE_GRAINED,
+    'gpt4image_resnet50_8xb8_fgvc-aircraft': FINE_GRAINED,
+    'gpt4image_resnet50_8xb8_flowers102': FINE_GRAINED,
+    'gpt4image_deit-small_4xb256_in1k': dict(
         epochs=300, peak=1e-3, warmup=20, warmup_start=1e-6, eta_min=1e-5,
         warmup_per_iter=True),
     'resnet18-w16_fmnist': dict(epochs=20, peak=0.05, eta_min=0),
-    'resnet18-w16_fmnist_gpt4image': dict(epochs=20, peak=0.05, eta_min=0),
+    'gpt4image_resnet18-w16_fmnist': dict(epochs=20, peak=0.05, eta_min=0),
 }
 
 
@@ -347,15 +347,16 @@ def test_gpt4image_configs_name_a_class_conditioned_prompt(path):
 
 
 def test_official_configs_state_the_effective_alignment_weight():
-    for name, gpus in (('resnet50_4xb256-cos120e_in1k_gpt4image-official', 4),
-                       ('deit-base_8xb128-300e_in1k_gpt4image-official', 8)):
-        cfg = load_config(f'configs/{name}.py')
+    for name, gpus in (('gpt4image-official_resnet50_4xb256-cos120e_in1k', 4),
+                       ('gpt4image-official_deit-base_8xb128-300e_in1k', 8)):
+        cfg = load_config(f'configs/gpt4image/{name}.py')
         assert cfg.model.align_loss.loss_weight == pytest.approx(0.3 / gpus)
-        assert f'0.3 / {gpus}' in (ROOT / 'configs' / f'{name}.py').read_text()
+        assert f'0.3 / {gpus}' in (
+            ROOT / 'configs' / 'gpt4image' / f'{name}.py').read_text()
         world_batch = gpus * cfg.train_dataloader.batch_size
         assert world_batch == cfg.auto_scale_lr.base_batch_size == 1024
     cfg = load_config(
-        'configs/resnet50_4xb256-cos120e_in1k_gpt4image-official.py')
+        'configs/gpt4image/gpt4image-official_resnet50_4xb256-cos120e_in1k.py')
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(0.4)
     assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
     assert not cfg.optim_wrapper.get('paramwise_cfg')  # wd on all params

@@ -1,6 +1,6 @@
 """Train any mmpretrain config, GPT4Image configs included.
 
-    python tools/train.py configs/resnet18_8xb16_cifar100_gpt4image.py
+    python tools/train.py configs/gpt4image/gpt4image_resnet18_8xb16_cifar100.py
     python tools/train.py CONFIG --resume            # latest in the work dir
     bash tools/dist_train.sh CONFIG 8                # 8 GPUs, torchrun
 """

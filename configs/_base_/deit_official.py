@@ -1,6 +1,6 @@
 # The official GPT4Image DeiT recipe (huawei-noah/Efficient-Computing
 # GPT4Image/deit/main.py defaults; values and differences: docs/reproduce.md),
-# shared by the deit-*-official configs, which set the arch and GPU count.
+# shared by the gpt4image-official_deit-* configs, which set the arch and GPU count.
 # Inherit after mmpretrain's DeiT config and _base_/gpt4image.py.
 
 # timm create_transform (deit/datasets.py:86-95): RandomResizedCrop bicubic

@@ -5,8 +5,8 @@ custom_imports = dict(imports=['gpt4image_mm'], allow_failed_imports=False)
 # The paper's loss (arXiv 2306.00693): total = CE + 0.3 * L_align, symmetric
 # InfoNCE over the global batch; tau 0.2 for CNNs, 0.05 for ViTs. Our loss
 # has exact DDP gradients, so 0.3 here is the paper's lambda, not the official
-# runs' effective weight 0.3/W on W GPUs (docs/reproduce.md; the *-official
-# configs set that).
+# runs' effective weight 0.3/W on W GPUs (docs/reproduce.md; the
+# gpt4image-official_* configs set that).
 # out_channels is the text encoder's width: 1024 = CLIP RN50 text tower, the
 # official default. align_neck.in_channels is read off the head. Neck
 # arguments are named as mmpretrain's NonLinearNeck's: the CNN head is

@@ -12,7 +12,7 @@
 # Store from the official embedding file: tools/embed.py
 #   import-gpt4image-embeddings imagenet_clip_text_emb_0_1281166.pth
 #   --images data/imagenet/train --out data/imagenet/gpt4image_store
-_base_ = ['mmpretrain::resnet/resnet50_8xb32_in1k.py', '_base_/gpt4image.py']
+_base_ = ['mmpretrain::resnet/resnet50_8xb32_in1k.py', '../_base_/gpt4image.py']
 
 num_gpus = 4  # README.md:47 --nproc_per_node=4
 model = dict(

@@ -1,25 +1,28 @@
-# ResNet-50 on FGVC-Aircraft (100 variants) with GPT4Image:
+# ResNet-50 on Oxford Flowers-102 with GPT4Image:
 # mmpretrain's fine-grained recipe
 # (resnet50_8xb8_cub.py: ImageNet-21k-pretrained ResNet-50 fine-tuned at 448 px,
-# SGD 0.01 nesterov, 5 warm-up + 95 cosine epochs) on mmpretrain's FGVCAircraft
+# SGD 0.01 nesterov, 5 warm-up + 95 cosine epochs) on mmpretrain's Flowers102
 # dataset class, plus the alignment loss. Captions: tools/caption.py
-#   --config THIS_CONFIG --prompt configs/prompts/fgvc_aircraft.txt (class-conditioned).
-_base_ = ['mmpretrain::resnet/resnet50_8xb8_cub.py', '_base_/gpt4image.py']
+#   --config THIS_CONFIG --prompt configs/prompts/flowers102.txt (class-conditioned).
+_base_ = ['mmpretrain::resnet/resnet50_8xb8_cub.py', '../_base_/gpt4image.py',
+          '../_base_/flowers102_classes.py']
 
-data_root = 'data/fgvc-aircraft-2013b'
-num_classes = 100
+data_root = 'data/Flowers102'
+num_classes = 102
 model = dict(_base_.gpt4image_cnn, head=dict(num_classes=num_classes))
 data_preprocessor = dict(num_classes=num_classes)
 train_dataloader = dict(dataset=dict(
     _delete_=True, type='DescriptionDataset',
-    dataset=dict(type='FGVCAircraft', data_root=data_root, split='trainval',
+    dataset=dict(type='Flowers102', data_root=data_root, split='trainval',
+                 metainfo=dict(classes=_base_.flowers102_classes),
                  pipeline=_base_.train_pipeline),
     store=data_root + '/gpt4image_store'))
 val_dataloader = dict(dataset=dict(
-    _delete_=True, type='FGVCAircraft', data_root=data_root, split='test',
+    _delete_=True, type='Flowers102', data_root=data_root, split='test',
+    metainfo=dict(classes=_base_.flowers102_classes),
     pipeline=_base_.test_pipeline))
 test_dataloader = val_dataloader
 default_hooks = dict(checkpoint=dict(
     type='CheckpointHook', interval=1, max_keep_ckpts=2,
     save_best='accuracy/top1', rule='greater'))
-caption_prompt = 'configs/prompts/fgvc_aircraft.txt'
+caption_prompt = 'configs/prompts/flowers102.txt'

@@ -2,8 +2,8 @@
 # (global batch 256, lr 0.1) with the official schedule: 120 epochs, cosine
 # to 1e-5 stepped per epoch, no warm-up. Alignment weight 0.3 with exact DDP
 # gradients; the official 4 x 256 run (lr 0.4, effective weight 0.3/4) is
-# resnet50_4xb256-cos120e_in1k_gpt4image-official.py (docs/reproduce.md).
-_base_ = ['mmpretrain::resnet/resnet50_8xb32_in1k.py', '_base_/gpt4image.py']
+# gpt4image-official_resnet50_4xb256-cos120e_in1k.py (docs/reproduce.md).
+_base_ = ['mmpretrain::resnet/resnet50_8xb32_in1k.py', '../_base_/gpt4image.py']
 
 model = _base_.gpt4image_cnn
 train_dataloader = dict(dataset=dict(

@@ -3,7 +3,7 @@
 # SGD 0.01 nesterov, 5 warm-up + 95 cosine epochs) plus the alignment loss.
 # Captions: tools/caption.py --config THIS_CONFIG
 #   --prompt configs/prompts/cub.txt (class-conditioned), then tools/embed.py.
-_base_ = ['mmpretrain::resnet/resnet50_8xb8_cub.py', '_base_/gpt4image.py']
+_base_ = ['mmpretrain::resnet/resnet50_8xb8_cub.py', '../_base_/gpt4image.py']
 
 model = _base_.gpt4image_cnn
 train_dataloader = dict(dataset=dict(

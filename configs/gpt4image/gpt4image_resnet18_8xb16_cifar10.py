@@ -3,7 +3,7 @@
 # CIFAR stem: 3x3 conv, no max-pool) plus the alignment loss. Arrays are keyed
 # <split>/<index>. Captions: tools/caption.py --config THIS_CONFIG
 #   --prompt configs/prompts/cifar.txt (class-conditioned), then tools/embed.py.
-_base_ = ['mmpretrain::resnet/resnet18_8xb16_cifar10.py', '_base_/gpt4image.py']
+_base_ = ['mmpretrain::resnet/resnet18_8xb16_cifar10.py', '../_base_/gpt4image.py']
 
 model = _base_.gpt4image_cnn
 train_dataloader = dict(dataset=dict(

@@ -1,7 +1,7 @@
 # ResNet-18 on CIFAR-100 with GPT4Image (CIFAR stem; baseline:
-# resnet18_8xb16_cifar100.py). Arrays are keyed <split>/<index>. Captions:
+# ../resnet18_8xb16_cifar100.py). Arrays are keyed <split>/<index>. Captions:
 # tools/caption.py --config THIS_CONFIG --prompt configs/prompts/cifar.txt.
-_base_ = ['resnet18_8xb16_cifar100.py', '_base_/gpt4image.py']
+_base_ = ['../resnet18_8xb16_cifar100.py', '../_base_/gpt4image.py']
 
 model = _base_.gpt4image_cnn
 train_dataloader = dict(dataset=dict(

@@ -8,8 +8,8 @@
 # Mixup/CutMix (official behaviour), and the official EFFECTIVE alignment
 # weight 0.3 / 8 = 0.0375 (DDP averages the official loss over 8 GPUs).
 # Train: bash tools/dist_train.sh THIS_CONFIG 8
-_base_ = ['mmpretrain::deit/deit-base_16xb64_in1k.py', '_base_/gpt4image.py',
-          '_base_/deit_official.py']
+_base_ = ['mmpretrain::deit/deit-base_16xb64_in1k.py', '../_base_/gpt4image.py',
+          '../_base_/deit_official.py']
 
 num_gpus = 8  # README.md:56 --nproc_per_node=8
 batch_per_gpu = 128  # README.md:56 --batch-size=128

@@ -2,7 +2,7 @@
 # uses a linear head, so it takes the CNN-style head; tau as for ViTs (0.05,
 # the official transformer setting).
 _base_ = ['mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py',
-          '_base_/gpt4image.py']
+          '../_base_/gpt4image.py']
 
 model = dict(
     _base_.gpt4image_vit,

@@ -2,7 +2,7 @@
 # descriptions (SmolLM2 writes K per class; all-MiniLM-L6-v2 embeds, 384-d).
 # Same data, epochs, schedule and seed as the baseline; the head is dropped
 # at inference. Tuning runs: docs/demo.md.
-_base_ = ['resnet18-w16_fmnist.py', '../_base_/gpt4image.py']
+_base_ = ['../fashion_mnist/resnet18-w16_fmnist.py', '../_base_/gpt4image.py']
 
 model = dict(
     _base_.gpt4image_cnn,

@@ -6,6 +6,6 @@
 # tau 0.05, unmixed text targets, effective alignment weight 0.3 / 8; values
 # and differences: docs/reproduce.md.
 # Train: bash tools/dist_train.sh THIS_CONFIG 8
-_base_ = ['deit-base_8xb128-300e_in1k_gpt4image-official.py']
+_base_ = ['gpt4image-official_deit-base_8xb128-300e_in1k.py']
 
 model = dict(backbone=dict(arch='deit-small'), head=dict(in_channels=384))
