@@ -109,15 +109,19 @@ def is_class_level(store: str) -> bool:
         store).keys())
 
 
-def _preflight(s: ExperimentSettings, cfg_path: str) -> None:
+def preflight_runs(runs: List[Run]) -> None:
     """The checks ``tools/train.py`` runs before training (store width, key
-    kind, missing descriptions, empty data...), on the config with the
-    experiment's options: a mistake stops the experiment before any run."""
+    kind, missing descriptions, empty data...) on each arm's generated
+    config, as its runs will train it (the arm's store, the experiment's
+    options): a mistake stops the experiment before any run starts."""
     from .. import preflight
     from ..apis import train_config, train_parser
-    argv = [cfg_path] + (['--cfg-options', *s.cfg_options]
-                         if s.cfg_options else [])
-    preflight.train_checks(train_config(train_parser().parse_args(argv)))
+    checked = set()
+    for run in runs:
+        if run.arm not in checked:
+            checked.add(run.arm)
+            preflight.train_checks(train_config(
+                train_parser().parse_args([run.config])))
 
 
 def base_store(s: ExperimentSettings, cfg: Any) -> str:
@@ -213,8 +217,6 @@ def plan_runs(s: ExperimentSettings) -> List[Run]:
 
     from ..apis import load_config
     s.work_dir = osp.abspath(s.work_dir)
-    for path in (s.config, s.gpt4image_config):
-        _preflight(s, path)
     cfgs = {'plain': load_config(s.config),
             'aligned': load_config(s.gpt4image_config)}
     stores = build_stores(s, cfgs['aligned']) if any(
@@ -229,6 +231,7 @@ def plan_runs(s: ExperimentSettings) -> List[Run]:
                 cfg = arm_config(s, cfgs, arm, seed, shots, store, wd,
                                  indices)
                 runs.append(_write_run(arm, seed, shots, cfg, wd, store))
+    preflight_runs(runs)
     return runs
 
 
