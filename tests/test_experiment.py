@@ -199,6 +199,29 @@ def test_shots_run_end_to_end(project):
     assert 'Epoch(train) [1][1/1]' in log, log[-3000:]
 
 
+def test_a_failed_run_is_named_and_the_others_go_on(project):
+    """A run that fails (here: a generated config a user broke by hand) is
+    named in the report with its log's last line; the others finish."""
+    tmp = project
+    cmd = [sys.executable, str(ROOT / 'tools' / 'experiment.py'), '--config',
+           'base.py', '--gpt4image-config', 'align.py', '--arms', 'baseline',
+           '--seeds', '2', '--work-dir', 'exp_fail']
+    proc = subprocess.run(cmd + ['--print-commands'], cwd=tmp,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    broken = tmp / 'exp_fail' / 'runs' / 'baseline' / 'seed1' / 'config.py'
+    broken.write_text(broken.read_text() + '\nthis line is not python\n')
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = tmp / 'exp_fail' / 'runs' / 'baseline'
+    assert (runs / 'seed0' / 'done.json').is_file()
+    assert not (runs / 'seed1' / 'done.json').exists()
+    report = (tmp / 'exp_fail' / 'report.md').read_text()
+    failed = report.split('Failed runs')[1]
+    assert 'baseline seed 1: `' in failed and 'SyntaxError' in failed, report
+
+
 def test_shots_subset_and_plot(project, tmp_path):
     """--shots: K images per class, seeded, the same for every call (every
     arm and seed); the report's points carry the 95% t band."""
