@@ -18,14 +18,21 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['gpt4image_mm', 'gpt4image_mm.*']),
-    # one command with a subcommand per tool (gpt4image_mm/cli.py), started
-    # by a module outside the package so that text-only commands import no
-    # torch/mmengine/mmpretrain (gpt4image_cli.py says how)
-    py_modules=['gpt4image_cli'],
-    entry_points={'console_scripts': ['gpt4image = gpt4image_cli:main']},
+    # The configs, their prompt files and the model index ship inside the
+    # package, where MMEngine resolves ``gpt4image_mm::NAME`` (as mmpretrain's
+    # wheel ships its own): gpt4image_mm/.mim links to the checkout's
+    # configs/ and model-index.yml, and the wheel holds copies.
+    package_data={'gpt4image_mm': [
+        '.mim/model-index.yml', '.mim/configs/*.py', '.mim/configs/*/*.py',
+        '.mim/configs/*/*.txt', '.mim/configs/*/*.md',
+        '.mim/configs/*/*.yml']},
+    # one command with a subcommand per tool (gpt4image_mm/cli/main.py)
+    entry_points={'console_scripts': [
+        'gpt4image = gpt4image_mm.cli.main:main']},
     install_requires=[
-        'torch>=2.1',
-        'torchvision',
+        # torch.accelerator and safe loading by default came with 2.6
+        'torch>=2.6,<3',
+        'torchvision>=0.21',
         'mmengine>=0.10.7,<0.11',
         'mmpretrain>=1.2.0,<1.3',
         # mmpretrain imports mmcv but needs none of its compiled ops.
@@ -35,8 +42,8 @@ setup(
         'numpy',
         'pillow',
         'tqdm',
-        'transformers>=4.45',
-        'openai>=1.40',
+        'transformers>=4.45,<6',
+        'openai>=1.40,<4',
     ],
     extras_require={
         # transformers reads GGUF files with gguf and loads with accelerate

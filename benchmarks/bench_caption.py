@@ -55,7 +55,7 @@ def concurrent_run(url: str, root: str, n: int, concurrency: int) -> dict:
     code = (
         'import json,os,resource,sys,time;'
         f'sys.path.insert(0,{REPO!r});'
-        'from gpt4image_mm.captioning import caption;'
+        'from gpt4image_mm.cli.caption import caption;'
         't=time.monotonic();'
         f'r=caption(sys.argv[1],images={root!r},model="m",base_url={url!r},'
         f'concurrency={concurrency},limit={n},progress=False,'

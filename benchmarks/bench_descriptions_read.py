@@ -4,7 +4,7 @@
 
 Writes ``--n`` records of ~800 characters (ImageNet-style descriptions,
 ~167 MB for 200k) unless the file exists, then, in a fresh process, reads
-it with :func:`gpt4image_mm.descriptions.iter_records` and prints the peak
+it with :func:`gpt4image_mm.utils.descriptions.iter_records` and prints the peak
 RSS growth over the process's peak before the read (after the imports) and
 the peak of Python allocations during the read (tracemalloc). Run it with
 ``PYTHONPATH`` pointing at another checkout to measure that code instead.
@@ -36,7 +36,7 @@ def write_file(path: str, n: int) -> None:
 def measure(path: str) -> None:
     import tracemalloc
 
-    from gpt4image_mm.descriptions import iter_records
+    from gpt4image_mm.utils.descriptions import iter_records
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     n = sum(1 for _ in iter_records(path))

@@ -73,11 +73,9 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from gpt4image_mm.datasets.store import EmbeddingStore
-    from gpt4image_mm.embedding import (
-        build_text_encoder,
-        embed_descriptions,
-        minilm_dir,
-    )
+    from gpt4image_mm.embedding.embed import embed_descriptions
+    from gpt4image_mm.embedding.encoders import build_text_encoder
+    from gpt4image_mm.utils.assets import minilm_dir
 
     model = args.model or minilm_dir()
     texts = synthetic_descriptions(args.n)

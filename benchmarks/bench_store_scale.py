@@ -42,10 +42,12 @@ from mmengine.dataset import default_collate  # noqa: E402
 from mmpretrain.datasets import BaseDataset  # noqa: E402
 from mmpretrain.structures import DataSample  # noqa: E402
 
-import gpt4image_mm  # noqa: E402,F401
+from gpt4image_mm.utils import register_all_modules  # noqa: E402
+
+register_all_modules()
 from gpt4image_mm.datasets import DescriptionDataset, EmbeddingStore  # noqa
 from gpt4image_mm.datasets.store import MANIFEST_FILE, StoreWriter, read_manifest  # noqa
-from gpt4image_mm.keys import dataset_keys  # noqa: E402
+from gpt4image_mm.utils.keys import dataset_keys  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 MB = 1024 * 1024

@@ -37,7 +37,9 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 from mmpretrain.structures import DataSample  # noqa: E402
 
-import gpt4image_mm  # noqa: E402,F401
+from gpt4image_mm.utils import register_all_modules  # noqa: E402
+
+register_all_modules()
 
 TEXT_DIM = 1024  # CLIP RN50 text tower, the official default
 IMAGENET_PRE = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])

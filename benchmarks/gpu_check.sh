@@ -81,8 +81,8 @@ from mmpretrain.datasets import FashionMNIST
 from sentence_transformers import SentenceTransformer
 
 from gpt4image_mm.datasets.store import write_store
-from gpt4image_mm.embedding.assets import minilm_dir
-from gpt4image_mm.keys import class_key, description_key
+from gpt4image_mm.utils.assets import minilm_dir
+from gpt4image_mm.utils.keys import class_key, description_key
 
 TEMPLATES = [
     'A grayscale photo of a {}.',

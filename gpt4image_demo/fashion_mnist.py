@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from typing import Callable, Dict, Optional
 
-from gpt4image_mm.files import atomic_path
+from gpt4image_mm.utils.files import atomic_path
 
 SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
 DEBIAN_PACKAGE = 'dataset-fashion-mnist'

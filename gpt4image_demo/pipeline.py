@@ -28,7 +28,7 @@ from typing import Any, List, Optional
 from gpt4image_mm.experiment.cache import banner
 from gpt4image_mm.experiment.pipeline import run_experiment
 from gpt4image_mm.experiment.plan import ExperimentSettings
-from gpt4image_mm.files import atomic_write_json
+from gpt4image_mm.utils.files import atomic_write_json
 
 from .arms import BASELINE_CONFIG, DEFAULT_ARMS, GPT4IMAGE_CONFIG
 from .report import ONE_SEED, report_head, report_tail

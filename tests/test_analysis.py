@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import ROOT, make_image_folder
 
-from gpt4image_mm.analysis import main as analyze_main
 from gpt4image_mm.analysis.records import ClassNames, is_refusal
+from gpt4image_mm.cli.analyze import main as analyze_main
 
 CLEAN = {
     'cat': ['A small grey cat sleeps curled up on a red sofa.',
@@ -91,11 +91,9 @@ def write_jsonl(path, recs):
 def planted(tmp_path_factory):
     """The planted set and a clean one, each embedded into a MiniLM store
     by the project's own embed step."""
-    from gpt4image_mm.embedding import (
-        build_text_encoder,
-        embed_descriptions,
-        minilm_dir,
-    )
+    from gpt4image_mm.embedding.embed import embed_descriptions
+    from gpt4image_mm.embedding.encoders import build_text_encoder
+    from gpt4image_mm.utils.assets import minilm_dir
     tmp = tmp_path_factory.mktemp('analysis')
     encoder = build_text_encoder(minilm_dir(), device='cpu')
     dirty = write_jsonl(tmp / 'dirty.jsonl', planted_records())

@@ -10,10 +10,12 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import make_images  # noqa: E402
 
-from gpt4image_mm.captioning import caption  # noqa: E402
-from gpt4image_mm.captioning.cli import main  # noqa: E402
 from gpt4image_mm.captioning.runner import TokenBucket  # noqa: E402
-from gpt4image_mm.descriptions import iter_records, read_descriptions  # noqa: E402
+from gpt4image_mm.cli.caption import (
+    caption,  # noqa: E402
+    main,  # noqa: E402
+)
+from gpt4image_mm.utils.descriptions import iter_records, read_descriptions  # noqa: E402
 
 KEY = 'sk-test-SECRET-0123456789abcdef'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +161,7 @@ def test_openai_key_stays_with_openai(tmp_path, images, serve):
 ])
 def test_key_policy(monkeypatch, url, env, sent):
     """14.4: the one policy every client set-up goes through."""
-    from gpt4image_mm.security import CredentialError, api_key_for
+    from gpt4image_mm.utils.security import CredentialError, api_key_for
     monkeypatch.setenv('OPENAI_API_KEY', 'sk-openai')
     monkeypatch.setenv('MY_KEY', 'sk-mine')
     if sent == 'refused':
@@ -266,9 +268,9 @@ def test_class_level_token_estimate_counts_the_system_prompt(tmp_path):
     """13.11: the estimate is made on the exact messages sent: system +
     user, 3 tokens each + 3 for the reply (OpenAI's chat format), 4
     characters a token."""
-    from gpt4image_mm.captioning.cli import build_plan
     from gpt4image_mm.captioning.prompts import TEXT_SYSTEM
     from gpt4image_mm.captioning.runner import build_request
+    from gpt4image_mm.cli.caption import build_plan
     classes = tmp_path / 'classes.txt'
     classes.write_text('bag\n')
     est = caption(str(tmp_path / 'c.jsonl'), model='m', classes=str(classes),

@@ -14,10 +14,10 @@ import pytest
 from conftest import ROOT, make_image_folder
 from PIL import Image
 
-from gpt4image_mm.captioning import Answer, Backend, caption
-from gpt4image_mm.captioning.cli import _run_parser, backend_class, main
-from gpt4image_mm.descriptions import iter_records
-from gpt4image_mm.registry import CAPTION_BACKENDS
+from gpt4image_mm.captioning import Answer, Backend
+from gpt4image_mm.captioning.registry import CAPTION_BACKENDS
+from gpt4image_mm.cli.caption import _run_parser, backend_class, caption, main
+from gpt4image_mm.utils.descriptions import iter_records
 
 RECORD_KEYS = {'key', 'text', 'model', 'prompt_id', 'usage', 'time',
                'backend', 'latency_s'}
@@ -123,7 +123,7 @@ def write_plugin(tmp_path):
     """This file's backend as a module of its own (no test imports)."""
     code = ('import numpy as np\n\n'
             'from gpt4image_mm.captioning import Answer, Backend\n'
-            'from gpt4image_mm.registry import CAPTION_BACKENDS\n\n\n'
+            'from gpt4image_mm.captioning.registry import CAPTION_BACKENDS\n\n\n'
             + inspect.getsource(MeanColourBackend) + '\n\n'
             + inspect.getsource(mean_colour) + '\n\n'
             "CAPTION_BACKENDS.register_module('mean_colour', "
@@ -169,7 +169,7 @@ def test_cli_protocol_subcommands_shard_and_merge(tmp_path, capsys):
     entry point (the shared CLI protocol): two shards, then their merge."""
     import argparse
 
-    from gpt4image_mm.captioning import (
+    from gpt4image_mm.cli.caption import (
         configure_merge_parser,
         configure_parser,
     )

@@ -8,9 +8,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import FakeOpenAI, content_id, make_images, start_server  # noqa: E402
 
-from gpt4image_mm.captioning import caption  # noqa: E402
 from gpt4image_mm.captioning.batch_api import state_path  # noqa: E402
-from gpt4image_mm.descriptions import iter_records  # noqa: E402
+from gpt4image_mm.cli.caption import caption  # noqa: E402
+from gpt4image_mm.utils.descriptions import iter_records  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

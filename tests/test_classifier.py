@@ -5,7 +5,7 @@ from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-import gpt4image_mm  # noqa: F401
+import gpt4image_mm.engine  # noqa: F401  (registers the plugin)
 from gpt4image_mm.models import AlignmentNeck
 
 BACKBONE = dict(type='ResNet_CIFAR', depth=18, stem_channels=8,

@@ -50,7 +50,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
 
-import gpt4image_mm  # noqa: F401
+import gpt4image_mm.engine  # noqa: F401  (registers the plugin)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob('configs/**/*.py')
@@ -111,7 +111,7 @@ def write_config_store(cfg, store_dir):
     from mmpretrain.registry import DATASETS
 
     from gpt4image_mm.datasets.store import write_store
-    from gpt4image_mm.keys import class_key, class_names, dataset_keys
+    from gpt4image_mm.utils.keys import class_key, class_names, dataset_keys
     wrapper = cfg.train_dataloader.dataset
     inner = copy.deepcopy(innermost(wrapper))
     inner['pipeline'] = []
@@ -218,7 +218,7 @@ def test_config_trains_through_runner(path, tmp_path, monkeypatch):
     aligned = cfg.model.type == 'TextAlignedClassifier'
     if aligned:
         assert cfg.train_dataloader.dataset.type == 'DescriptionDataset'
-        assert cfg.custom_imports['imports'] == ['gpt4image_mm']
+        assert cfg.custom_imports['imports'] == ['gpt4image_mm.engine']
         write_config_store(cfg, tmp_path / 'store')
     overrides_for_cpu(cfg, tmp_path / 'work')
     shrink_inputs(cfg)
@@ -364,7 +364,7 @@ def test_official_configs_state_the_effective_alignment_weight():
 
 
 def test_tools_accept_packaged_mmpretrain_configs():
-    from gpt4image_mm.apis import load_config
+    from gpt4image_mm.engine.runner import load_config
     cfg = load_config('mmpretrain::resnet/resnet50_8xb32_in1k.py')
     assert cfg.model.type == 'ImageClassifier'
     with pytest.raises(FileNotFoundError, match='nope.py'):

@@ -6,9 +6,9 @@ from conftest import CLASSES, random_store
 from mmengine.dataset import DefaultSampler, default_collate
 from torch.utils.data import DataLoader
 
-import gpt4image_mm  # noqa: F401
+import gpt4image_mm.engine  # noqa: F401  (registers the plugin)
 from gpt4image_mm.datasets import DescriptionDataset, StoreError
-from gpt4image_mm.keys import class_key, description_key
+from gpt4image_mm.utils.keys import class_key, description_key
 
 
 def folder_cfg(root, **kw):
@@ -84,7 +84,7 @@ def test_per_class_and_multi_description(image_folder, tmp_path):
 
 
 def test_online_text_mode(image_folder, tmp_path):
-    from gpt4image_mm.descriptions import DescriptionWriter
+    from gpt4image_mm.utils.descriptions import DescriptionWriter
     root, keys = image_folder
     with DescriptionWriter(str(tmp_path / 'd.jsonl')) as w:
         for k in keys:
@@ -97,7 +97,7 @@ def test_online_text_mode(image_folder, tmp_path):
 
 def test_array_dataset_keys(tmp_path):
     """Fashion-MNIST style arrays are keyed <split>/<index>."""
-    from gpt4image_mm.keys import dataset_keys
+    from gpt4image_mm.utils.keys import dataset_keys
 
     class Arrays(torch.utils.data.Dataset):
         split = 'train'

@@ -1,8 +1,8 @@
-"""gpt4image_mm/devices.py: one answer for device and dtype ``auto``."""
+"""gpt4image_mm/utils/devices.py: one answer for device and dtype ``auto``."""
 import pytest
 import torch
 
-from gpt4image_mm.devices import resolve_device, resolve_dtype
+from gpt4image_mm.utils.devices import resolve_device, resolve_dtype
 
 
 def test_device_auto_follows_cuda_and_names_pass_through():
@@ -45,7 +45,8 @@ def test_local_caption_backend_takes_the_same_aliases():
 def test_text_encoders_follow_the_same_auto_rule(device):
     """embedding/encoders.py had its own table, where ``auto`` on a GPU was
     fp16 while the caption backend chose bf16."""
-    from gpt4image_mm.embedding import build_text_encoder, minilm_dir
+    from gpt4image_mm.embedding.encoders import build_text_encoder
+    from gpt4image_mm.utils.assets import minilm_dir
     enc = build_text_encoder(minilm_dir(), device=device, dtype='auto')
     weight = next(enc.model.parameters())
     assert weight.dtype is resolve_dtype('auto', device)
@@ -56,6 +57,7 @@ def test_text_encoders_follow_the_same_auto_rule(device):
 
 def test_text_encoder_device_auto_is_resolved_once():
     """``device='auto'`` reached ``model.to('auto')`` (an error)."""
-    from gpt4image_mm.embedding import build_text_encoder, minilm_dir
+    from gpt4image_mm.embedding.encoders import build_text_encoder
+    from gpt4image_mm.utils.assets import minilm_dir
     enc = build_text_encoder(minilm_dir(), device='auto')
     assert enc.device.type == torch.device(resolve_device('auto')).type

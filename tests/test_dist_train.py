@@ -36,7 +36,7 @@ def test_torchrun_two_ranks_gloo(tmp_path: Path):
            '--master_port', str(_free_port()),
            str(ROOT / 'tools' / 'train.py'),
            'align.py', '--launcher', 'pytorch', '--work-dir', str(work),
-           # CPU host: gpt4image_mm.apis switches to gloo and CPU DDP itself
+           # CPU host: gpt4image_mm.engine.runner switches to gloo and CPU DDP itself
            '--cfg-options', 'train_dataloader.batch_size=2', 'train_cfg.max_epochs=1',
            'default_hooks.logger.interval=1', 'val_dataloader.batch_size=3']
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True,

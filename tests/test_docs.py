@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from gpt4image_mm.descriptions import read_descriptions
+from gpt4image_mm.utils.descriptions import read_descriptions
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402

@@ -10,14 +10,11 @@ import torch
 from helpers import load_tool
 
 from gpt4image_mm.datasets.store import EmbeddingStore, StoreError
-from gpt4image_mm.descriptions import texts_checksum
-from gpt4image_mm.embedding import (
-    build_text_encoder,
-    embed_descriptions,
-    merge_stores,
-    minilm_dir,
-)
-from gpt4image_mm.sharding import in_shard
+from gpt4image_mm.embedding.embed import embed_descriptions, merge_stores
+from gpt4image_mm.embedding.encoders import build_text_encoder
+from gpt4image_mm.utils.assets import minilm_dir
+from gpt4image_mm.utils.descriptions import texts_checksum
+from gpt4image_mm.utils.sharding import in_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,8 +14,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import raw_vector  # noqa: E402
 
 from gpt4image_mm.datasets.store import EmbeddingStore  # noqa: E402
-from gpt4image_mm.embedding import build_text_encoder, embed_descriptions  # noqa: E402
-from gpt4image_mm.security import CredentialError  # noqa: E402
+from gpt4image_mm.embedding.embed import embed_descriptions
+from gpt4image_mm.embedding.encoders import build_text_encoder  # noqa: E402
+from gpt4image_mm.utils.security import CredentialError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = 'sk-test-secret-1234'

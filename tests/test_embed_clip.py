@@ -8,8 +8,12 @@ import torch
 from helpers import make_tiny_clip
 
 from gpt4image_mm.datasets.store import EmbeddingStore
-from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
-from gpt4image_mm.embedding.encoders import CLIPEncoder, EncoderError
+from gpt4image_mm.embedding.embed import embed_descriptions
+from gpt4image_mm.embedding.encoders import (
+    CLIPEncoder,
+    EncoderError,
+    build_text_encoder,
+)
 
 
 def _reference(model, tok, texts):

@@ -12,8 +12,13 @@ import pytest
 from helpers import make_tiny_clip
 
 from gpt4image_mm.datasets.store import EmbeddingStore, StoreError
-from gpt4image_mm.embedding import build_text_encoder, embed_descriptions, minilm_dir
-from gpt4image_mm.embedding.embed import PARTIAL_SUFFIX, PROGRESS_FILE
+from gpt4image_mm.embedding.embed import (
+    PARTIAL_SUFFIX,
+    PROGRESS_FILE,
+    embed_descriptions,
+)
+from gpt4image_mm.embedding.encoders import build_text_encoder
+from gpt4image_mm.utils.assets import minilm_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ('red blue cat dog boat tree sky grass small large photo near under '

@@ -7,14 +7,14 @@ import pytest
 import torch
 from helpers import load_tool
 
-from gpt4image_mm.descriptions import read_descriptions
 from gpt4image_mm.embedding.importers import (
     ImportSourceError,
     image_folder_keys,
     imagefolder_order,
     import_map,
 )
-from gpt4image_mm.keys import dataset_keys
+from gpt4image_mm.utils.descriptions import read_descriptions
+from gpt4image_mm.utils.keys import dataset_keys
 
 # names where sorting joined paths differs from ImageFolder's order
 FILES = ['a/2.png', 'a/10.png', 'a/sub/0.png', 'a/sub-x/0.png',

@@ -10,10 +10,10 @@ from mmengine.dataset import default_collate
 from mmengine.optim import OptimWrapper
 from mmpretrain.registry import MODELS
 
-import gpt4image_mm  # noqa: F401
+import gpt4image_mm.engine  # noqa: F401  (registers the plugin)
 from gpt4image_mm.datasets import DescriptionDataset
-from gpt4image_mm.embedding import minilm_dir
 from gpt4image_mm.models.teacher import TextEmbeddingTeacher  # noqa: F401
+from gpt4image_mm.utils.assets import minilm_dir
 
 BACKBONE = dict(type='ResNet_CIFAR', depth=18, stem_channels=8,
                 base_channels=8)

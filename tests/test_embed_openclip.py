@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gpt4image_mm.embedding import build_text_encoder
+from gpt4image_mm.embedding.encoders import build_text_encoder
 
 open_clip = pytest.importorskip('open_clip')
 

@@ -16,8 +16,12 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
-from gpt4image_mm.embedding import build_text_encoder
-from gpt4image_mm.embedding.encoders import EncoderError, HFEncoder, TextEncoder
+from gpt4image_mm.embedding.encoders import (
+    EncoderError,
+    HFEncoder,
+    TextEncoder,
+    build_text_encoder,
+)
 from gpt4image_mm.registry import TEXT_ENCODERS
 
 MODULE = os.path.splitext(os.path.basename(__file__))[0]
@@ -121,13 +125,13 @@ def test_toy_encoder_as_a_configs_teacher(tmp_path):
 def test_builtin_kinds_claim_their_specs(tmp_path):
     from helpers import make_tiny_clip
 
-    from gpt4image_mm.embedding import minilm_dir
     from gpt4image_mm.embedding.encoders import (
         CLIPEncoder,
         OpenAIEncoder,
         OpenCLIPEncoder,
         encoder_class,
     )
+    from gpt4image_mm.utils.assets import minilm_dir
     make_tiny_clip(tmp_path / 'clip')
     clip_dir, minilm = str(tmp_path / 'clip'), minilm_dir()
     assert encoder_class(clip_dir, {}) == (CLIPEncoder, clip_dir)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, make_image_folder
 
-from gpt4image_mm.cli import COMMANDS, main
-from gpt4image_mm.embedding import minilm_dir
+from gpt4image_mm.cli.main import COMMANDS, main
+from gpt4image_mm.utils.assets import minilm_dir
 from gpt4image_mm.version import __version__
 
 CLASSES = {'cat': ['A tabby cat asleep on a windowsill.',
@@ -28,7 +28,7 @@ def gpt4image(*args, cwd=ROOT):
     light start included (``python -m``: the shared venv's console script
     points at another checkout)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, '-m', 'gpt4image_cli',
+    return subprocess.run([sys.executable, '-m', 'gpt4image_mm.cli',
                            *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

@@ -36,8 +36,8 @@ TITLES = ('baseline', 'GPT4Image', 'class name', 'random vectors')
 def project(tmp_path_factory):
     pytest.importorskip('all_minilm_l6_v2')
     from gpt4image_mm.datasets.store import write_store
-    from gpt4image_mm.embedding.assets import minilm_dir
-    from gpt4image_mm.keys import class_key
+    from gpt4image_mm.utils.assets import minilm_dir
+    from gpt4image_mm.utils.keys import class_key
     tmp = tmp_path_factory.mktemp('exp')
     make_image_folder(tmp / 'imgs', per_class=4, size=16, classes=CLASSES)
     rng = np.random.default_rng(1)
@@ -85,7 +85,8 @@ def test_experiment_end_to_end(project):
     # the cluster route: the runs as shell lines, two of them run "by the
     # scheduler", the report collects what is there and names the rest
     lines = _run(tmp, '--print-commands').strip().splitlines()
-    assert len(lines) == 8 and all('tools/train.py' in ln for ln in lines)
+    assert len(lines) == 8 and all('-m gpt4image_mm.cli train' in ln
+                                   for ln in lines)
     classname = (work / 'classname.jsonl').read_text()
     assert 'a photo of a sea lion.' in classname
     for line in lines[:2]:  # baseline and gpt4image, seed 0

@@ -110,7 +110,7 @@ def test_a_user_registers_an_arm():
 
 def test_control_targets(tmp_path):
     from gpt4image_mm.datasets.store import EmbeddingStore
-    from gpt4image_mm.descriptions import read_descriptions
+    from gpt4image_mm.utils.descriptions import read_descriptions
     names = ['T-shirt/top', 'Trouser', 'Bag', 'ankle_boot']
     recs = read_descriptions(write_classname_descriptions(
         str(tmp_path / 'c.jsonl'), names))

@@ -48,7 +48,7 @@ def test_encoder_example_through_tools_embed(tmp_path):
 def test_loss_mode_example_in_a_config(tmp_path):
     env = write_plugins(tmp_path)
     (tmp_path / 'my_config.py').write_text(
-        "custom_imports = dict(imports=['gpt4image_mm', 'my_losses'],\n"
+        "custom_imports = dict(imports=['gpt4image_mm.engine', 'my_losses'],\n"
         '                      allow_failed_imports=False)\n'
         "model = dict(type='ContrastiveAlignLoss', mode='sigmoid')\n")
     out = run(['-c', (
@@ -76,7 +76,7 @@ def test_caption_backend_example_through_tools_caption(tmp_path):
     from conftest import make_image_folder
     from PIL import Image
 
-    from gpt4image_mm.descriptions import read_descriptions
+    from gpt4image_mm.utils.descriptions import read_descriptions
     env = write_plugins(tmp_path)
     keys = make_image_folder(tmp_path / 'imgs', per_class=2)
     args = [str(ROOT / 'tools' / 'caption.py'), '--custom-imports',

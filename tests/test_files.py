@@ -1,11 +1,11 @@
-"""The one atomic write (gpt4image_mm/files.py) and the writers built on it."""
+"""The one atomic write (gpt4image_mm/utils/files.py) and the writers built on it."""
 import os
 
 import pytest
 
 from gpt4image_mm.captioning.merge import merge
-from gpt4image_mm.descriptions import DescriptionWriter, iter_records
-from gpt4image_mm.files import atomic_path, atomic_write_json, atomic_write_text
+from gpt4image_mm.utils.descriptions import DescriptionWriter, iter_records
+from gpt4image_mm.utils.files import atomic_path, atomic_write_json, atomic_write_text
 
 
 def _siblings(path):

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
 
-from gpt4image_mm.descriptions import iter_records  # noqa: E402
+from gpt4image_mm.utils.descriptions import iter_records  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY_ENV = 'HOSTILE_TEST_KEY'  # a named variable: never OPENAI_API_KEY to a local URL
@@ -134,10 +134,10 @@ def test_second_caption_run_on_the_same_out_is_refused(tmp_path):
 
 
 def test_lock_of_a_dead_process_is_taken_over(tmp_path):
-    from gpt4image_mm.files import LockHeld, OutputLock
+    from gpt4image_mm.utils.files import LockHeld, OutputLock
     path = str(tmp_path / 'x.lock')
     code = (f'import sys, os; sys.path.insert(0, {REPO!r})\n'
-            'from gpt4image_mm.files import OutputLock\n'
+            'from gpt4image_mm.utils.files import OutputLock\n'
             f'OutputLock({path!r}, "x").acquire(); os._exit(0)')
     subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
     assert 'pid' in open(path).read()  # the dead holder's record is there
@@ -188,7 +188,7 @@ def test_limit_stop_still_exits_zero(tmp_path, server):
 
 # -- 14.2 --force replaces what the tool wrote, nothing else ---------------
 def test_embed_force_never_deletes_a_directory_that_is_not_a_store(tmp_path):
-    from gpt4image_mm.embedding import minilm_dir
+    from gpt4image_mm.utils.assets import minilm_dir
     desc = tmp_path / 'd.jsonl'
     desc.write_text(json.dumps({'key': 'a.png', 'text': 'a red car'}) + '\n')
     out = tmp_path / 'photos'
@@ -240,7 +240,7 @@ def test_store_writer_and_merges_refuse_to_replace_unknown_outputs(tmp_path):
 EVIL_LOAD = '''
 import http.server, os, sys, threading
 sys.path.insert(0, {repo!r})
-import gpt4image_mm, torch
+import gpt4image_mm.engine, torch
 from mmengine.runner import load_checkpoint
 model = torch.nn.Linear(2, 2)
 for src in ({pth!r}, 'http://127.0.0.1:{{}}/evil.pth'):
@@ -290,7 +290,7 @@ def test_evil_checkpoint_cannot_run_code_even_when_torch_is_told_to(tmp_path):
 
 # -- 14.6 a complete last record without newline is kept -------------------
 def test_last_record_without_newline_is_kept_by_reader_and_writer(tmp_path):
-    from gpt4image_mm.descriptions import DescriptionWriter
+    from gpt4image_mm.utils.descriptions import DescriptionWriter
     path = tmp_path / 'd.jsonl'
     first = json.dumps({'key': 'a', 'text': 'one'})
     last = json.dumps({'key': 'b', 'text': 'two'})
@@ -313,7 +313,7 @@ def test_last_record_without_newline_is_kept_by_reader_and_writer(tmp_path):
 def test_reading_descriptions_does_not_hold_the_file(tmp_path):
     import tracemalloc
 
-    from gpt4image_mm.descriptions import iter_records
+    from gpt4image_mm.utils.descriptions import iter_records
     path = tmp_path / 'd.jsonl'
     text = 'a photo of a small dog on a lawn ' * 25
     with open(path, 'w') as f:
@@ -330,7 +330,7 @@ def test_reading_descriptions_does_not_hold_the_file(tmp_path):
 
 # -- 14.9 symlink loops and links out of the root ---------------------------
 def test_symlink_loops_and_escapes_list_each_image_once(tmp_path):
-    from gpt4image_mm.image_files import list_images
+    from gpt4image_mm.utils.image_files import list_images
     root = tmp_path / 'imgs'
     keys = make_images(str(root), classes=('a', 'b'), per_class=1)
     os.symlink('..', root / 'a' / 'up')              # a loop
@@ -403,13 +403,11 @@ def test_store_of_another_image_folder_with_the_same_layout_is_refused(
 
     from conftest import make_image_folder
 
-    from gpt4image_mm.captioning import caption
+    from gpt4image_mm.cli.caption import caption
     from gpt4image_mm.datasets import DescriptionDataset, StoreError
-    from gpt4image_mm.embedding import (
-        build_text_encoder,
-        embed_descriptions,
-        minilm_dir,
-    )
+    from gpt4image_mm.embedding.embed import embed_descriptions
+    from gpt4image_mm.embedding.encoders import build_text_encoder
+    from gpt4image_mm.utils.assets import minilm_dir
     _, url = server
     mine, theirs = tmp_path / 'mine', tmp_path / 'theirs'
     make_image_folder(mine, per_class=2)
@@ -440,7 +438,7 @@ def test_store_of_another_image_folder_with_the_same_layout_is_refused(
 
 def test_merged_descriptions_keep_their_source(tmp_path):
     from gpt4image_mm.captioning.merge import merge
-    from gpt4image_mm.descriptions import read_source, record_source
+    from gpt4image_mm.utils.descriptions import read_source, record_source
     src = {'root': str(tmp_path / 'imgs'), 'split': None}
     parts = []
     for i in range(2):
@@ -459,7 +457,7 @@ def test_strip_align_never_overwrites_a_file_that_is_not_a_checkpoint(
         tmp_path):
     import torch
 
-    from gpt4image_mm.checkpoint import strip_checkpoint
+    from gpt4image_mm.engine.checkpoint import strip_checkpoint
     src = tmp_path / 'train.pth'
     torch.save({'state_dict': {'backbone.w': torch.ones(2),
                                'align_neck.w': torch.ones(2)}}, src)

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _openai_server import FakeOpenAI, make_images, start_server  # noqa: E402
 
 from gpt4image_mm.captioning.runner import SIGNAL_GRACE_S  # noqa: E402
-from gpt4image_mm.descriptions import (  # noqa: E402
+from gpt4image_mm.utils.descriptions import (  # noqa: E402
     MAX_TEXT_CHARS,
     iter_records,
     read_descriptions,
@@ -288,7 +288,7 @@ def test_a_batch_is_reported_after_its_last_answer():
 
 def test_a_bad_batch_state_line_is_named_by_file_and_line(tmp_path):
     from gpt4image_mm.captioning.batch_api import _read_keys
-    from gpt4image_mm.cli_errors import ToolError
+    from gpt4image_mm.utils.errors import ToolError
     path = tmp_path / 'chunk.keys.jsonl'
     path.write_text('["cat/0.jpg", "generic-v1"]\n{"torn": \n')
     with pytest.raises(ToolError, match=r'chunk.keys.jsonl:2: not a \[key'):

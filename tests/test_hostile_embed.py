@@ -24,7 +24,7 @@ from _openai_server import (  # noqa: E402
 )
 
 from gpt4image_mm.datasets.store import EmbeddingStore  # noqa: E402
-from gpt4image_mm.descriptions import iter_records  # noqa: E402
+from gpt4image_mm.utils.descriptions import iter_records  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY_ENV = 'HOSTILE_EMBED_TEST_KEY'
@@ -172,7 +172,8 @@ def test_embed_lock_and_force_follow_a_link_to_the_store(tmp_path):
 
 def test_merges_refuse_an_out_that_is_a_part_by_another_name(tmp_path,
                                                              server):
-    from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
+    from gpt4image_mm.embedding.embed import embed_descriptions
+    from gpt4image_mm.embedding.encoders import build_text_encoder
     _, url = server
     part = tmp_path / 'part.jsonl'
     part.write_text(json.dumps({'key': 'a', 'text': 't'}) + '\n')
@@ -259,7 +260,8 @@ def test_embed_on_a_full_disk_is_one_line_then_the_rerun_finishes(
 
 def test_importer_and_store_merge_on_a_full_disk(tmp_path, server,
                                                  small_disk):
-    from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
+    from gpt4image_mm.embedding.embed import embed_descriptions
+    from gpt4image_mm.embedding.encoders import build_text_encoder
     _, url = server
     disk, grow = small_disk
     csv = tmp_path / 'm.csv'
@@ -365,8 +367,8 @@ def test_every_bad_answer_is_one_line_naming_the_request(serve, name):
     """The whole class in process (the CLI runs below drive part of it end
     to end): after a good probe, request 2 of the batch is bad -> one
     line naming it, exit 3 (rerun); a bad probe -> exit 2 (not set up)."""
-    from gpt4image_mm.cli_errors import ToolError
-    from gpt4image_mm.embedding import build_text_encoder
+    from gpt4image_mm.embedding.encoders import build_text_encoder
+    from gpt4image_mm.utils.errors import ToolError
     fault, words = BAD_ANSWERS[name]
     _, url = serve(policy=lambda body, n: fault if n == 3 else None)
     enc = build_text_encoder('m', api_base=url, request_size=2,
@@ -444,7 +446,7 @@ def test_bad_answers_mid_run_keep_what_is_finished(tmp_path):
 ])
 def test_descriptions_that_are_no_usable_records_name_file_and_line(
         tmp_path, line, words):
-    from gpt4image_mm.descriptions import DescriptionFileError
+    from gpt4image_mm.utils.descriptions import DescriptionFileError
     path = tmp_path / 'd.jsonl'
     path.write_text('{"key": "ok", "text": "fine"}\n' + line + '\n')
     with pytest.raises(DescriptionFileError, match=f'd.jsonl:2: .*{words}'):
@@ -472,7 +474,8 @@ def test_a_local_encoder_that_turns_nan_is_stopped_at_its_batch(tmp_path):
     from helpers import make_tiny_clip
 
     from gpt4image_mm.datasets.store import StoreError
-    from gpt4image_mm.embedding import build_text_encoder, embed_descriptions
+    from gpt4image_mm.embedding.embed import embed_descriptions
+    from gpt4image_mm.embedding.encoders import build_text_encoder
     make_tiny_clip(tmp_path / 'clip')
     enc = build_text_encoder(str(tmp_path / 'clip'))
     desc = str(tmp_path / 'd.jsonl')

@@ -1,10 +1,14 @@
-"""gpt4image_mm/image_files.py: one extension list for both folder walks."""
+"""gpt4image_mm/utils/image_files.py: one extension list for both folder walks."""
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from gpt4image_mm.captioning.prompts import image_prompts
 from gpt4image_mm.captioning.sources import plan_from_images
-from gpt4image_mm.image_files import IMAGE_EXTENSIONS, image_folder_keys, list_images
+from gpt4image_mm.utils.image_files import (
+    IMAGE_EXTENSIONS,
+    image_folder_keys,
+    list_images,
+)
 
 
 def test_the_list_is_torchvisions():

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from conftest import random_store
 
-from gpt4image_mm import keys as K
 from gpt4image_mm.datasets.store import (
     EmbeddingStore,
     StoreError,
     StoreWriter,
     write_store,
 )
-from gpt4image_mm.descriptions import (
+from gpt4image_mm.utils import keys as K
+from gpt4image_mm.utils.descriptions import (
     DescriptionFileError,
     DescriptionWriter,
     KeyStates,

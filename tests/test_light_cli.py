@@ -1,9 +1,10 @@
 """The ``gpt4image`` command starts light: its text-only commands import no
 torch, mmengine, mmpretrain or transformers (seconds and ~900 MB each), and
-a config's ``custom_imports=['gpt4image_mm']`` still registers everything.
+the modules a config's ``custom_imports`` names register everything.
 
-Each command runs as the console script runs it (``from gpt4image_cli
-import main``), in its own process, which reports its ``sys.modules``."""
+Each command runs as the console script runs it (``from
+gpt4image_mm.cli.main import main``), in its own process, which reports its
+``sys.modules``."""
 import json
 import os
 import subprocess
@@ -14,14 +15,14 @@ from conftest import ROOT, make_image_folder, random_store
 
 HEAVY = ('torch', 'mmengine', 'mmpretrain', 'transformers', 'mmcv')
 
-# pip's console script for ``gpt4image = gpt4image_cli:main``, plus a
+# pip's console script for ``gpt4image = gpt4image_mm.cli.main:main``, plus a
 # report of the heavy stacks the process imported, written at exit.
 PROBE = f'''
 import atexit, json, sys
 report, sys.argv = sys.argv[1], ['gpt4image', *sys.argv[2:]]
 atexit.register(lambda: open(report, 'w').write(json.dumps(
     sorted(m for m in {HEAVY!r} if m in sys.modules))))
-from gpt4image_cli import main
+from gpt4image_mm.cli.main import main
 sys.exit(main())
 '''
 
@@ -154,38 +155,42 @@ torch.save({{'meta': {{}}, 'state_dict': {{'backbone.w': torch.ones(2),
 
 
 def test_custom_imports_register_every_component(tmp_path):
-    """``import gpt4image_mm`` (a config's custom_imports) registers every
-    component, as before the light start."""
+    """The modules the base config's ``custom_imports`` names register every
+    component (what MMEngine's own Runner relies on)."""
+    base = (ROOT / 'configs' / '_base_' / 'gpt4image.py').read_text()
+    custom = base[base.index('custom_imports'):base.index(')', base.index(
+        'custom_imports')) + 1]
     config = tmp_path / 'cfg.py'
-    config.write_text("custom_imports = dict(imports=['gpt4image_mm'], "
-                      'allow_failed_imports=False)\n', encoding='utf-8')
+    config.write_text(custom + '\n', encoding='utf-8')
     code = f'''
 from mmengine.config import Config
 Config.fromfile({str(config)!r})
-from mmpretrain.registry import DATASETS, MODELS
+from mmpretrain.registry import DATASETS, HOOKS, MODELS
 for registry, name in [(DATASETS, 'DescriptionDataset'),
                        (MODELS, 'TextAlignedClassifier'),
                        (MODELS, 'TextAlignedDataPreprocessor'),
                        (MODELS, 'AlignmentNeck'),
                        (MODELS, 'ContrastiveAlignLoss'),
-                       (MODELS, 'TextEmbeddingTeacher')]:
+                       (MODELS, 'TextEmbeddingTeacher'),
+                       (HOOKS, 'StoreIdentityHook'),
+                       (HOOKS, 'CheckpointShapeHook'),
+                       (HOOKS, 'TrainProgressHook')]:
     assert name in registry.module_dict, name
 print('registered')
 '''
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop('GPT4IMAGE_MM_DEFER_REGISTRATION', None)
     proc = subprocess.run([sys.executable, '-c', code], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == 'registered', proc.stderr[-3000:]
 
 
-def test_light_start_leaves_no_flag_to_children():
-    """The deferral is for the command's own import of the package only:
-    the environment a command hands to its children is the user's."""
-    code = ('import os; from gpt4image_cli import _import_cli_light\n'
-            '_import_cli_light()\n'
-            "print(os.environ.get('GPT4IMAGE_MM_DEFER_REGISTRATION'))")
+def test_importing_the_package_loads_no_heavy_stack():
+    """``import gpt4image_mm`` and its helpers load no torch, MMEngine or
+    mmpretrain: the package has one job at import, its version."""
+    code = ('import sys, gpt4image_mm, gpt4image_mm.utils.keys, '
+            'gpt4image_mm.utils.descriptions, gpt4image_mm.cli.main\n'
+            f'print(sorted(m for m in {HEAVY!r} if m in sys.modules))')
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, '-c', code], env=env,
                          capture_output=True, text=True, timeout=300)
-    assert out.stdout.strip() == 'None', out.stderr
+    assert out.stdout.strip() == '[]', out.stderr

@@ -8,10 +8,10 @@ import textwrap
 
 from _openai_server import make_images
 
-from gpt4image_mm.cli_errors import run_tool, terminal_logging
-from gpt4image_mm.experiment.cli import narration_on_stdout
-from gpt4image_mm.image_files import list_images
-from gpt4image_mm.openai_client import check_served_model
+from gpt4image_mm.cli.experiment import narration_on_stdout
+from gpt4image_mm.utils.errors import run_tool, terminal_logging
+from gpt4image_mm.utils.image_files import list_images
+from gpt4image_mm.utils.openai_client import check_served_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOT = 'its name starts with a dot (mmengine never lists it)'
@@ -45,9 +45,9 @@ def test_warnings_are_records_of_the_module_loggers(tmp_path, serve, caplog,
         check_served_model(url, None, 'm')
     assert sorted(os.path.relpath(p, root) for p in listed) == keys
     assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
-        ('gpt4image_mm.image_files', logging.WARNING, line)
+        ('gpt4image_mm.utils.image_files', logging.WARNING, line)
         for line in _expected(root, url)[:2]] + [
-        ('gpt4image_mm.openai_client', logging.WARNING,
+        ('gpt4image_mm.utils.openai_client', logging.WARNING,
          _expected(root, url)[2])]
     assert capfd.readouterr() == ('', '')
 
@@ -61,8 +61,8 @@ def test_python_callers_see_nothing_until_they_configure_logging(tmp_path,
     _, url = serve()
     script = textwrap.dedent(f'''
         import logging, sys
-        from gpt4image_mm.image_files import list_images
-        from gpt4image_mm.openai_client import check_served_model
+        from gpt4image_mm.utils.image_files import list_images
+        from gpt4image_mm.utils.openai_client import check_served_model
         def calls():
             list_images({root!r})
             check_served_model({url!r}, None, 'm')
@@ -71,15 +71,14 @@ def test_python_callers_see_nothing_until_they_configure_logging(tmp_path,
         logging.basicConfig()
         calls()
     ''')
-    # deferred registration: the same package __init__, without torch
-    env = dict(os.environ, PYTHONPATH=ROOT,
-               GPT4IMAGE_MM_DEFER_REGISTRATION='1')
+    # the package's __init__ loads no torch
+    env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, '-c', script], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     before, after = proc.stderr.split('CONFIGURED\n')
     assert (proc.stdout, before) == ('', '')
-    loggers = ['image_files'] * 2 + ['openai_client']
+    loggers = ['utils.image_files'] * 2 + ['utils.openai_client']
     assert after.splitlines() == [
         f'WARNING:gpt4image_mm.{name}:{line}'
         for name, line in zip(loggers, _expected(root, url))]
@@ -90,7 +89,7 @@ def test_the_command_shows_the_same_lines_on_stderr(tmp_path, serve):
     fake, url = serve()
     out = str(tmp_path / 'd.jsonl')
     proc = subprocess.run(
-        [sys.executable, '-m', 'gpt4image_cli', 'caption', '--images', root,
+        [sys.executable, '-m', 'gpt4image_mm.cli', 'caption', '--images', root,
          '--out', out, '--model', 'm', '--base-url', url, '--no-progress'],
         env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
         capture_output=True, text=True, timeout=120)
@@ -106,7 +105,7 @@ def test_terminal_logging_routes_and_restores(capsys, monkeypatch):
     stderr (keys scrubbed), the experiment's narration on stdout."""
     secret = 'sk-test-SECRET-0123456789abcdef'
     monkeypatch.setenv('OPENAI_API_KEY', secret)
-    lib = logging.getLogger('gpt4image_mm.query')
+    lib = logging.getLogger('gpt4image_mm.apis.query')
     narration = logging.getLogger('gpt4image_mm.experiment.cache')
 
     def command(argv):

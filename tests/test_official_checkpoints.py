@@ -206,7 +206,7 @@ def _as_numpy1(src: Path, dst: Path) -> None:
 
 
 def test_numpy1_scalars_and_arrays_load(tmp_path):
-    from gpt4image_mm.safe_loading import safe_torch_load
+    from gpt4image_mm.engine.safe_loading import safe_torch_load
     torch.save({'meta': {'best_score': np.float64(0.75),
                          'history': np.arange(3.0)}}, tmp_path / 'np2.pth')
     _as_numpy1(tmp_path / 'np2.pth', tmp_path / 'np1.pth')
@@ -220,7 +220,7 @@ def test_numpy1_scalars_and_arrays_load(tmp_path):
 
 def test_getattr_resolves_history_buffer_statistics_only(tmp_path):
     """``getattr`` is allowed as stock MMEngine uses it, nothing more."""
-    from gpt4image_mm.safe_loading import safe_torch_load
+    from gpt4image_mm.engine.safe_loading import safe_torch_load
 
     class Reach:  # Namespace is allowed; its __init__ must not be reached
         def __reduce__(self):

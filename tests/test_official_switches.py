@@ -7,7 +7,7 @@ from mmengine.registry import init_default_scope
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-import gpt4image_mm  # noqa: F401
+import gpt4image_mm.engine  # noqa: F401  (registers the plugin)
 from gpt4image_mm.models.neck import AlignmentNeck
 
 

@@ -110,7 +110,7 @@ def test_short_epoch_logs_every_iteration(trained):
 
 def test_checkpoint_records_its_store(trained):
     tmp, _, _ = trained
-    import gpt4image_mm  # noqa: F401  (safe loading of MMEngine state)
+    import gpt4image_mm.engine  # noqa: F401  (safe loading of MMEngine state)
     meta = torch.load(tmp / 'work' / 'epoch_1.pth', weights_only=True)['meta']
     assert meta['gpt4image_store']['source_checksum'] == 'sha256:first-texts'
     assert meta['gpt4image_store']['path'] == str(tmp / 'store')
@@ -174,7 +174,7 @@ def test_config_dumped_in_the_work_dir_tests_and_checks_again(
     # another one), never stack a second copy
     from mmengine.config import Config
 
-    from gpt4image_mm import preflight
+    from gpt4image_mm.engine import preflight
     monkeypatch.chdir(tmp)
     cfg = Config.fromfile(str(dumped))
     preflight.train_checks(cfg)

@@ -29,8 +29,8 @@ def trained(tmp_path_factory):
     own ``main``, the code their CLIs run): these tests are about query.py,
     and the CLIs' subprocess runs are tested in test_embed*.py and
     test_train_e2e.py; this saves two interpreter starts."""
-    from gpt4image_mm.apis import train
-    from gpt4image_mm.embedding import minilm_dir
+    from gpt4image_mm.cli.main import parse_and_run
+    from gpt4image_mm.utils.assets import minilm_dir
     tmp = tmp_path_factory.mktemp('query')
     root = tmp / 'imgs'
     keys = make_image_folder(root, per_class=8)
@@ -50,10 +50,11 @@ def trained(tmp_path_factory):
             'out_channels=8', 'out_channels=384, init_std=None'))
     with pytest.MonkeyPatch.context() as mp:  # train() sets LOCAL_RANK
         mp.setenv('LOCAL_RANK', '0')
-        train([str(tmp / 'align.py'), '--work-dir', str(tmp / 'work'),
-               '--cfg-options', 'train_cfg.max_epochs=6',
-               'train_cfg.val_interval=6',
-               'default_hooks.checkpoint.interval=6'])
+        parse_and_run('train', [
+            str(tmp / 'align.py'), '--work-dir', str(tmp / 'work'),
+            '--cfg-options', 'train_cfg.max_epochs=6',
+            'train_cfg.val_interval=6',
+            'default_hooks.checkpoint.interval=6'], 'train')
     return tmp
 
 
@@ -145,7 +146,7 @@ def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
 
 def test_stripped_checkpoint_is_refused(trained):
     # strip's own code; its CLI runs as a subprocess in test_train_e2e.py
-    from gpt4image_mm.checkpoint import strip_checkpoint
+    from gpt4image_mm.engine.checkpoint import strip_checkpoint
     assert strip_checkpoint(str(trained / 'work' / 'epoch_6.pth'),
                             str(trained / 'deploy.pth')) > 0
     proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py',

@@ -21,10 +21,10 @@ import torch
 from conftest import ROOT, random_store
 from helpers import write_tiny_project
 
-import gpt4image_mm  # noqa: F401
+import gpt4image_mm.engine  # noqa: F401  (registers the plugin)
 from gpt4image_mm.datasets import DescriptionDataset, StoreError
 from gpt4image_mm.datasets.description_dataset import SampleLoadError
-from gpt4image_mm.keys import dataset_keys, file_key
+from gpt4image_mm.utils.keys import dataset_keys, file_key
 
 SENTINEL = f'sk-sentinel-{uuid.uuid4().hex}'
 ITERS_PER_EPOCH = 6   # 12 images, batch 2
@@ -114,7 +114,7 @@ def test_final_checkpoint_is_usable(killed_run, tmp_path):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS, MODELS
 
-    from gpt4image_mm.checkpoint import strip_checkpoint
+    from gpt4image_mm.engine.checkpoint import strip_checkpoint
 
     work = killed_run['work']
     name = (work / 'last_checkpoint').read_text().strip()

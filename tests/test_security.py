@@ -1,9 +1,9 @@
-"""The one scrubber and the one CLI error path (gpt4image_mm.security,
-gpt4image_mm.cli_errors)."""
+"""The one scrubber and the one CLI error path (gpt4image_mm.utils.security,
+gpt4image_mm.utils.errors)."""
 import pytest
 
-from gpt4image_mm.cli_errors import EXIT_FIX_INPUT, EXIT_NOT_DONE, ToolError, run_tool
-from gpt4image_mm.security import Scrubber, api_key_for, register_secret, scrub
+from gpt4image_mm.utils.errors import EXIT_FIX_INPUT, EXIT_NOT_DONE, ToolError, run_tool
+from gpt4image_mm.utils.security import Scrubber, api_key_for, register_secret, scrub
 
 KEY = 'sk-proj-abcdefABCDEF0123456789'
 
@@ -49,7 +49,7 @@ def test_run_tool_scrubs_unexpected_tracebacks(capsys):
 
 
 def test_missing_key_names_the_variable(monkeypatch):
-    from gpt4image_mm.security import CredentialError
+    from gpt4image_mm.utils.security import CredentialError
     monkeypatch.delenv('NOPE_KEY', raising=False)
     with pytest.raises(CredentialError, match='NOPE_KEY is not set'):
         api_key_for('https://my-vllm.example/v1', 'NOPE_KEY')

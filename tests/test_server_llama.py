@@ -21,8 +21,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from gpt4image_mm.descriptions import iter_records, read_descriptions
-from gpt4image_mm.embedding.assets import smollm2_gguf
+from gpt4image_mm.utils.assets import smollm2_gguf
+from gpt4image_mm.utils.descriptions import iter_records, read_descriptions
 
 LLAMA_VENV = os.environ.get('GPT4IMAGE_LLAMA_VENV')
 pytestmark = pytest.mark.skipif(

@@ -10,8 +10,9 @@ from helpers import make_tiny_clip
 from mmpretrain.registry import MODELS
 
 from gpt4image_mm.datasets.store import EmbeddingStore
-from gpt4image_mm.embedding import embed_descriptions, minilm_dir
+from gpt4image_mm.embedding.embed import embed_descriptions
 from gpt4image_mm.models.teacher import TextEmbeddingTeacher
+from gpt4image_mm.utils.assets import minilm_dir
 
 TEXTS = ['A tabby cat sleeps on a sunny windowsill.',
          'A dog runs across a grassy field.', 'A cargo ship at dusk.']
@@ -79,7 +80,7 @@ def test_online_vectors_equal_the_store(tmp_path):
 def test_built_on_the_resolved_device_with_its_auto_dtype(clip_dir):
     """The teacher built its encoder on a hard-coded CPU, so ``dtype='auto'``
     was always fp32 and the weights crossed to the GPU only later."""
-    from gpt4image_mm.devices import resolve_device, resolve_dtype
+    from gpt4image_mm.utils.devices import resolve_device, resolve_dtype
     device = resolve_device('auto')
     teacher = TextEmbeddingTeacher(clip_dir, dtype='auto')
     weight = next(teacher.encoder.model.parameters())

@@ -1,5 +1,6 @@
 """tools/train.py's command line: schedules follow an overridden
 max_epochs, and no warning a user cannot act on."""
+import argparse
 import logging
 import os
 import subprocess
@@ -7,7 +8,8 @@ import sys
 
 import torch
 
-from gpt4image_mm.apis import train_config, train_parser
+from gpt4image_mm.cli.train import configure_parser
+from gpt4image_mm.engine.runner import train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +27,8 @@ def _config(tmp_path, schedulers):
 
 def _train_cfg(path, *options):
     argv = [path] + (['--cfg-options', *options] if options else [])
-    return train_config(train_parser().parse_args(argv))
+    parser = configure_parser(argparse.ArgumentParser())
+    return train_config(parser.parse_args(argv))
 
 
 class _Records(logging.Handler):
@@ -80,14 +83,14 @@ def test_no_pin_memory_without_an_accelerator(tmp_path):
 
 def test_import_does_not_print_the_mmcv_lite_warning():
     proc = subprocess.run(
-        [sys.executable, '-W', 'default', '-c', 'import gpt4image_mm'],
+        [sys.executable, '-W', 'default', '-c', 'import gpt4image_mm.engine'],
         capture_output=True, text=True, cwd=REPO, timeout=300,
         env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr
     assert 'MultiScaleDeformableAttention' not in proc.stderr
     # the filter was scoped to that import, not left behind
     proc = subprocess.run(
-        [sys.executable, '-c', 'import warnings, gpt4image_mm; '
+        [sys.executable, '-c', 'import warnings, gpt4image_mm.engine; '
          'print(any("MultiScaleDeformable" in str(f[1]) for f in '
          'warnings.filters))'],
         capture_output=True, text=True, cwd=REPO, timeout=300,

@@ -24,8 +24,13 @@ def test_train_resume_test_strip(tmp_path, monkeypatch):
     train's and test's own code in this process (their CLIs' subprocess
     runs: test_reliability.py, test_docs.py), saving two interpreter
     starts."""
-    from gpt4image_mm.apis import test as test_main
-    from gpt4image_mm.apis import train as train_main
+    from gpt4image_mm.cli.main import parse_and_run
+
+    def train_main(argv):
+        return parse_and_run('train', argv, 'train')
+
+    def test_main(argv):
+        return parse_and_run('test', argv, 'test')
     write_tiny_project(tmp_path)
     tools = ROOT / 'tools'
     work = tmp_path / 'work'

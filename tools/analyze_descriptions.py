@@ -15,6 +15,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':
-    from gpt4image_mm.cli import run_subcommand
+    from gpt4image_mm.cli.main import run_subcommand
     sys.exit(run_subcommand('analyze', sys.argv[1:],
                             prog='analyze_descriptions.py'))

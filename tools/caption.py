@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt4image_mm.captioning.cli import main  # noqa: E402
+from gpt4image_mm.cli.caption import main  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(main())

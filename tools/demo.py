@@ -19,8 +19,8 @@ warnings.filterwarnings('ignore', message='Fail to import')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpt4image_demo import ARMS, DemoSettings, parse_arms, run_demo  # noqa: E402
-from gpt4image_mm.cli_errors import terminal_logging  # noqa: E402
-from gpt4image_mm.experiment.cli import narration_on_stdout  # noqa: E402
+from gpt4image_mm.cli.experiment import narration_on_stdout  # noqa: E402
+from gpt4image_mm.utils.errors import terminal_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

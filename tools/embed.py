@@ -18,8 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt4image_mm.embedding.cli import main  # noqa: E402
+from gpt4image_mm.cli.embed import main  # noqa: E402
 
 if __name__ == '__main__':
-    from gpt4image_mm.cli_errors import run_tool
+    from gpt4image_mm.utils.errors import run_tool
     sys.exit(run_tool(main, sys.argv[1:]))

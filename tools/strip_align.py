@@ -3,7 +3,7 @@
     python tools/strip_align.py work_dirs/x/epoch_120.pth deploy.pth
     python tools/test.py BASE_CONFIG deploy.pth   # the plain mmpretrain config
 
-Same as ``gpt4image strip`` (gpt4image_mm/strip_cli.py).
+Same as ``gpt4image strip`` (gpt4image_mm/cli/strip.py).
 """
 import os
 import sys
@@ -11,5 +11,5 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':
-    from gpt4image_mm.cli import run_subcommand
+    from gpt4image_mm.cli.main import run_subcommand
     sys.exit(run_subcommand('strip', sys.argv[1:], prog='strip_align.py'))

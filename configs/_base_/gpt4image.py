@@ -1,6 +1,13 @@
 # GPT4Image pieces shared by every config: inherit this file next to an
-# mmpretrain config and set `model = _base_.gpt4image_cnn` (or _vit).
-custom_imports = dict(imports=['gpt4image_mm'], allow_failed_imports=False)
+# mmpretrain config and set `model = _base_.gpt4image_cnn` (or _vit):
+#   _base_ = ['mmpretrain::resnet/resnet18_8xb32_in1k.py',
+#             'gpt4image_mm::_base_/gpt4image.py']
+# Importing gpt4image_mm.engine registers the plugin's components in
+# mmpretrain's registries (and enforces safe checkpoint loading), so the
+# configs run in MMEngine's own Runner too. A config that imports its own
+# modules lists it with them: imports=['gpt4image_mm.engine', 'my_module'].
+custom_imports = dict(imports=['gpt4image_mm.engine'],
+                      allow_failed_imports=False)
 
 # The paper's loss (arXiv 2306.00693): total = CE + 0.3 * L_align, symmetric
 # InfoNCE over the global batch; tau 0.2 for CNNs, 0.05 for ViTs. Our loss

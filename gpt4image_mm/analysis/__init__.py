@@ -3,13 +3,12 @@
 ``records`` streams a descriptions JSONL into compact per-record arrays,
 ``metrics`` turns them into figures, ``embeddings`` measures a store
 (near-duplicates, class signal), ``report`` writes report.md and the PNGs,
-``cli`` is the tool. See docs/analysis.md.
+``gpt4image_mm.cli.analyze`` is the tool. See docs/analysis.md.
 """
-from .cli import analyse, main, write_report
-from .embeddings import class_signal, near_duplicates
-from .metrics import text_metrics
-from .records import ClassNames, is_refusal, scan_records
+from gpt4image_mm.analysis.embeddings import class_signal, near_duplicates
+from gpt4image_mm.analysis.metrics import text_metrics
+from gpt4image_mm.analysis.records import ClassNames, is_refusal, scan_records
 
-__all__ = ['analyse', 'main', 'write_report', 'class_signal',
+__all__ = ['class_signal',
            'near_duplicates', 'text_metrics', 'ClassNames', 'is_refusal',
            'scan_records']

@@ -13,10 +13,16 @@ from typing import Dict, Iterator, Optional
 
 import numpy as np
 
-from ..descriptions import iter_records
-from ..keys import write_key_file
-from .metrics import first_per_key
-from .records import CONTENTLESS, OTHER_CLASS, REFUSAL, RecordStats, stable_hash
+from gpt4image_mm.analysis.metrics import first_per_key
+from gpt4image_mm.analysis.records import (
+    CONTENTLESS,
+    OTHER_CLASS,
+    REFUSAL,
+    RecordStats,
+    stable_hash,
+)
+from gpt4image_mm.utils.descriptions import iter_records
+from gpt4image_mm.utils.keys import write_key_file
 
 FLAGGED_KEYS = 'flagged_keys.txt'
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .records import (
+from gpt4image_mm.analysis.records import (
     CONTENTLESS,
     OTHER_CLASS,
     OWN_CLASS,

@@ -6,8 +6,8 @@ leaves a few fixed-size numbers here (key and text hashes, word and token
 counts, class flags: ~30 bytes), so memory stays in the tens of MB and every
 figure (percentiles, duplicates, latest record per key) is still exact.
 
-The record rules are those of :mod:`gpt4image_mm.descriptions`: records come
-from its streaming reader :func:`~gpt4image_mm.descriptions.iter_records`; a
+The record rules are those of :mod:`gpt4image_mm.utils.descriptions`: records come
+from its streaming reader :func:`~gpt4image_mm.utils.descriptions.iter_records`; a
 key whose latest record is a failure is a failure (a later success
 supersedes it); a key's repeated success is counted once, and a repair
 answer (``"redo": true``) replaces the key's earlier success.
@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..descriptions import iter_records, supersedes
-from ..keys import CLASS_PREFIX, base_key
+from gpt4image_mm.utils.descriptions import iter_records, supersedes
+from gpt4image_mm.utils.keys import CLASS_PREFIX, base_key
 
 # Phrases with which chat models decline or fail to describe an image
 # (collected from GPT-4/LLaVA/MiniGPT-4/Qwen-VL refusals); matched at the
@@ -74,7 +74,7 @@ def _words(text: str) -> str:
 class ClassNames:
     """Finds class names in a text, whole words, plural ``s`` allowed.
 
-    Give it display names (:mod:`gpt4image_mm.class_names`): folder names
+    Give it display names (:mod:`gpt4image_mm.utils.class_names`): folder names
     are matched as words too, since a space, ``_`` or ``-`` between the
     words of a name matches any of them ("Saint Bernard", "saint-bernard").
     A class name like ``'tench, Tinca tinca'`` or ``'T-shirt/top'`` yields

@@ -116,7 +116,7 @@ def write_figures(m: Dict[str, Any], names: Sequence[str], out_dir: str,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from ..files import atomic_write_bytes
+    from gpt4image_mm.utils.files import atomic_write_bytes
     paths = []
     sim: Optional[np.ndarray] = m.get('_centroid_similarity')
     if sim is not None and len(sim):

@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from ..cli_errors import ToolError
-from ..keys import read_key_file
-from ..security import Scrubber  # noqa: F401  (re-exported)
-from ..sharding import parse_shard
+from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.keys import read_key_file
+from gpt4image_mm.utils.security import Scrubber  # noqa: F401  (re-exported)
+from gpt4image_mm.utils.sharding import parse_shard
 
 if TYPE_CHECKING:  # the runner imports this module
-    from .runner import Summary
-    from .sources import Plan
+    from gpt4image_mm.captioning.runner import Summary
+    from gpt4image_mm.captioning.sources import Plan
 
 # Answers that are refusals in disguise: recorded as failures, never embedded.
 _REFUSAL = re.compile(
@@ -63,7 +63,7 @@ class CaptionOptions:
     """One caption run, built once from the command line (or from
     :func:`~gpt4image_mm.captioning.caption`'s keywords, which are the same
     options). The defaults live in one place, the parser
-    (:func:`gpt4image_mm.captioning.cli.configure_parser`); ``backend_args``
+    (:func:`gpt4image_mm.cli.caption.configure_parser`); ``backend_args``
     holds the options the backends declared themselves
     (:meth:`CaptionBackend.add_arguments`)."""
 
@@ -214,7 +214,7 @@ class Backend(CaptionBackend):
 
     async def run(self, plan: Plan, out: str,
                   control: RunControl) -> Summary:
-        from .runner import run_requests
+        from gpt4image_mm.captioning.runner import run_requests
         return await run_requests(plan, self, out, control)
 
     async def aclose(self) -> None:

@@ -25,11 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..cli_errors import ToolError
-from ..descriptions import DescriptionWriter, KeyStates, record_source
-from ..files import atomic_write_json
-from ..registry import CAPTION_BACKENDS
-from .base import (
+from gpt4image_mm.captioning.base import (
     Answer,
     CaptionBackend,
     CaptionError,
@@ -38,8 +34,8 @@ from .base import (
     Request,
     RunControl,
 )
-from .images import ImageError
-from .openai_api import (
+from gpt4image_mm.captioning.images import ImageError
+from gpt4image_mm.captioning.openai_api import (
     add_endpoint_arguments,
     chat_body,
     endpoint_kwargs,
@@ -47,8 +43,9 @@ from .openai_api import (
     make_client,
     parse_completion,
 )
-from .pricing import CostMeter
-from .runner import (
+from gpt4image_mm.captioning.pricing import CostMeter
+from gpt4image_mm.captioning.registry import CAPTION_BACKENDS
+from gpt4image_mm.captioning.runner import (
     Progress,
     Summary,
     build_request,
@@ -58,7 +55,10 @@ from .runner import (
     success_record,
     todo_indices,
 )
-from .sources import Plan
+from gpt4image_mm.captioning.sources import Plan
+from gpt4image_mm.utils.descriptions import DescriptionWriter, KeyStates, record_source
+from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 TERMINAL = ('completed', 'failed', 'expired', 'cancelled')

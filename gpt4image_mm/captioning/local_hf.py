@@ -17,9 +17,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..devices import resolve_device, resolve_dtype
-from ..registry import CAPTION_BACKENDS
-from .base import (
+from gpt4image_mm.captioning.base import (
     Answer,
     Backend,
     CaptionError,
@@ -28,14 +26,16 @@ from .base import (
     Request,
     check_answer,
 )
-from .sources import Plan
+from gpt4image_mm.captioning.registry import CAPTION_BACKENDS
+from gpt4image_mm.captioning.sources import Plan
+from gpt4image_mm.utils.devices import resolve_device, resolve_dtype
 
 
 def local_model_path(model: str) -> str:
     """``--model`` for the transformers backend: a short name of a bundled
     model (``smollm2``) becomes its file; a missing one is a fatal error that
     says where the file should be and how to install it."""
-    from ..embedding.assets import resolve_bundled_llm
+    from gpt4image_mm.utils.assets import resolve_bundled_llm
     try:
         return resolve_bundled_llm(model)
     except FileNotFoundError as e:

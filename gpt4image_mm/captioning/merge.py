@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Sequence
 
-from ..descriptions import (
+from gpt4image_mm.utils.descriptions import (
     DescriptionWriter,
     KeyStates,
     is_descriptions_file,
@@ -18,7 +18,7 @@ from ..descriptions import (
     read_source,
     source_path,
 )
-from ..files import (
+from gpt4image_mm.utils.files import (
     atomic_path,
     atomic_write_json,
     check_replaceable,

@@ -13,19 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..openai_client import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-    AnswerTooLarge,
-    api_error,
-    body_reason,
-    check_served_model,
-    server_reason,
-)
-from ..openai_client import make_client as make_endpoint
-from ..registry import CAPTION_BACKENDS
-from ..security import Scrubber
-from .base import (
+from gpt4image_mm.captioning.base import (
     Answer,
     Backend,
     CaptionError,
@@ -34,7 +22,19 @@ from .base import (
     Request,
     check_answer,
 )
-from .sources import Plan
+from gpt4image_mm.captioning.registry import CAPTION_BACKENDS
+from gpt4image_mm.captioning.sources import Plan
+from gpt4image_mm.utils.openai_client import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    AnswerTooLarge,
+    api_error,
+    body_reason,
+    check_served_model,
+    server_reason,
+)
+from gpt4image_mm.utils.openai_client import make_client as make_endpoint
+from gpt4image_mm.utils.security import Scrubber
 
 
 def add_endpoint_arguments(group: Any) -> None:
@@ -57,7 +57,7 @@ def add_endpoint_arguments(group: Any) -> None:
 def make_client(base_url: Optional[str], api_key_env: Optional[str],
                 timeout: float, max_retries: int) -> Tuple[Any, Scrubber, bool]:
     """``(AsyncOpenAI client, key scrubber, talks to OpenAI itself)`` from
-    the one client factory (:mod:`gpt4image_mm.openai_client`), which
+    the one client factory (:mod:`gpt4image_mm.utils.openai_client`), which
     applies the key policy."""
     ep = make_endpoint(base_url, api_key_env, timeout=timeout,
                        max_retries=max_retries)

@@ -128,7 +128,7 @@ def messages_tokens(messages: List[Dict[str, Any]]) -> int:
 def request_text_tokens(prompt: str, system: Optional[str] = None) -> int:
     """Estimated prompt tokens of the text of one request, counted on the
     exact messages the API backends send (:func:`.openai_api.chat_messages`)."""
-    from .openai_api import chat_messages
+    from gpt4image_mm.captioning.openai_api import chat_messages
     return messages_tokens(chat_messages(prompt, None, system))
 
 

@@ -25,16 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..descriptions import (
-    DescriptionFileError,
-    DescriptionWriter,
-    KeyStates,
-    clip_text,
-    record_source,
-)
-from ..files import OutputLock, lock_path
-from ..sharding import in_shard
-from .base import (
+from gpt4image_mm.captioning.base import (
     Answer,
     Backend,
     CaptionBackend,
@@ -47,9 +38,23 @@ from .base import (
     printable,
     unencodable_at,
 )
-from .images import ImageError, downscale, open_rgb, prepare_image
-from .pricing import CostMeter, image_tokens, request_text_tokens
-from .sources import Item, Plan
+from gpt4image_mm.captioning.images import (
+    ImageError,
+    downscale,
+    open_rgb,
+    prepare_image,
+)
+from gpt4image_mm.captioning.pricing import CostMeter, image_tokens, request_text_tokens
+from gpt4image_mm.captioning.sources import Item, Plan
+from gpt4image_mm.utils.descriptions import (
+    DescriptionFileError,
+    DescriptionWriter,
+    KeyStates,
+    clip_text,
+    record_source,
+)
+from gpt4image_mm.utils.files import OutputLock, lock_path
+from gpt4image_mm.utils.sharding import in_shard
 
 logger = logging.getLogger(__name__)
 
@@ -633,7 +638,7 @@ def caption_plan(plan: Plan, backend: Backend, out: str,
 
 
 def expected_output_tokens(max_tokens: int) -> int:
-    from .pricing import EXPECTED_OUTPUT_TOKENS
+    from gpt4image_mm.captioning.pricing import EXPECTED_OUTPUT_TOKENS
     return min(max_tokens, EXPECTED_OUTPUT_TOKENS)
 
 
@@ -656,7 +661,7 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
     step = max(1, n // sample) if n else 1
     picks = [todo[k] for k in range(0, n, step)][:sample]
     prompt_tok, bad = [], 0
-    from .images import image_size
+    from gpt4image_mm.captioning.images import image_size
     for j in picks:
         item = plan.item(j)
         tok = request_text_tokens(item.prompt.render(item.class_name),

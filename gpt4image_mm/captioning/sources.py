@@ -10,9 +10,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
-from ..class_names import class_display_names
-from ..image_files import list_images
-from ..keys import (
+from gpt4image_mm.captioning.prompts import Prompt, pick
+from gpt4image_mm.utils.class_names import class_display_names
+from gpt4image_mm.utils.image_files import list_images
+from gpt4image_mm.utils.keys import (
     class_key,
     class_names,
     dataset_keys,
@@ -20,7 +21,6 @@ from ..keys import (
     description_key,
     file_key,
 )
-from .prompts import Prompt, pick
 
 
 @dataclass
@@ -74,7 +74,7 @@ def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
                       class_names_file: Optional[str] = None) -> Plan:
     """Items of an mmpretrain dataset with :func:`dataset_keys` keys; a
     class prompt names the class by its display name
-    (:mod:`gpt4image_mm.class_names`)."""
+    (:mod:`gpt4image_mm.utils.class_names`)."""
     _check_per_image(per_image)
     base = dataset_keys(dataset)
     names = None

@@ -10,8 +10,9 @@ import torch
 from mmengine.logging import MMLogger
 from mmpretrain.registry import DATASETS
 
-from ..descriptions import read_descriptions, read_source
-from ..keys import (
+from gpt4image_mm.datasets.store import EmbeddingStore, StoreError
+from gpt4image_mm.utils.descriptions import read_descriptions, read_source
+from gpt4image_mm.utils.keys import (
     CLASS_PREFIX,
     base_key,
     class_key,
@@ -20,7 +21,6 @@ from ..keys import (
     dataset_source,
     sample_key,
 )
-from .store import EmbeddingStore, StoreError
 
 _POLICIES = ('error', 'drop', 'zero')
 
@@ -63,7 +63,7 @@ def _group_rows(row_keys: Sequence[str], wanted: Sequence[str]):
 class DescriptionDataset(torch.utils.data.Dataset):
     """Wrap any mmpretrain dataset and attach each sample's description.
 
-    Every sample is joined by its stable key (:mod:`gpt4image_mm.keys`) to an
+    Every sample is joined by its stable key (:mod:`gpt4image_mm.utils.keys`) to an
     embedding store; its vector becomes ``DataSample.text_embedding``. With
     ``descriptions=`` (a JSONL file) instead of ``store=`` the raw text is
     attached as ``DataSample.text`` for a model with an online teacher.

@@ -33,14 +33,14 @@ def dataset_cfg_of(cfg: Any, split: str = 'train') -> dict:
 def build_split_dataset(config: str, split: str = 'train',
                         cfg_options: Optional[dict] = None) -> Any:
     """The raw (pipeline-free) dataset of ``split`` in an mmpretrain config."""
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
 
-    from .. import register_all_modules
+    from gpt4image_mm.utils import register_all_modules
+    from gpt4image_mm.utils.config import load_config
     register_all_modules()  # our components, also under gpt4image's light start
 
-    cfg = Config.fromfile(config)
+    cfg = load_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..files import (
+from gpt4image_mm.utils.files import (
     allocate,
     atomic_write_json,
     check_replaceable,
@@ -37,7 +37,7 @@ from ..files import (
     real_path,
     temp_sibling,
 )
-from ..keys import check_key
+from gpt4image_mm.utils.keys import check_key
 
 FORMAT_NAME = 'gpt4image-mm-embedding-store'
 FORMAT_VERSION = 1
@@ -99,7 +99,7 @@ def is_store(path: str) -> bool:
 def create_rows(path: str, shape: Tuple[int, int], dtype: str,
                 resume: bool = False) -> np.ndarray:
     """A ``.npy`` array at ``path`` memory-mapped for writing, its disk
-    blocks allocated up front (:func:`~gpt4image_mm.files.allocate`): a
+    blocks allocated up front (:func:`~gpt4image_mm.utils.files.allocate`): a
     full disk is one line naming ``path`` now, never a SIGBUS mid-run.
 
     ``resume``: reopen an existing file of this shape and dtype (else

@@ -10,7 +10,7 @@ stopped. Only a finished run becomes a store, through
 dataset wrapper never sees a half-written one.
 
 Sharding: ``shard=(i, n)`` embeds the keys of shard i of n (the one meaning
-of ``--shard``, :mod:`gpt4image_mm.sharding`) into its own store;
+of ``--shard``, :mod:`gpt4image_mm.utils.sharding`) into its own store;
 :func:`merge_stores` joins the n parts into the store an unsharded run would
 have written.
 """
@@ -28,8 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..cli_errors import ToolError
-from ..datasets.store import (
+from gpt4image_mm.datasets.store import (
     EmbeddingStore,
     StoreError,
     StoreWriter,
@@ -37,14 +36,16 @@ from ..datasets.store import (
     is_store,
     read_manifest,
 )
-from ..descriptions import (
+from gpt4image_mm.embedding.encoders import TextEncoder, build_text_encoder
+from gpt4image_mm.utils.descriptions import (
     DescriptionFileError,
     KeyStates,
     iter_records,
     read_source,
     texts_checksum,
 )
-from ..files import (
+from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.files import (
     LockHeld,
     OutputLock,
     atomic_write_json,
@@ -52,8 +53,7 @@ from ..files import (
     no_space_names,
     real_path,
 )
-from ..sharding import SHARD_RULE, parse_shard, shard_indices, shard_of
-from .encoders import TextEncoder, build_text_encoder
+from gpt4image_mm.utils.sharding import SHARD_RULE, parse_shard, shard_indices, shard_of
 
 PARTIAL_SUFFIX = '.partial'
 PROGRESS_FILE = 'progress.json'
@@ -81,7 +81,7 @@ def load_description_texts(paths: PathOrPaths) -> DescriptionTexts:
 
     Failure records are skipped and counted (a key with a success anywhere
     is not a failure); the same key with two different texts is an error,
-    as in :func:`gpt4image_mm.descriptions.read_descriptions`. Keeps only
+    as in :func:`gpt4image_mm.utils.descriptions.read_descriptions`. Keeps only
     key -> text, so 1.3M records fit in a few hundred MB.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)

@@ -41,9 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cli_errors import EXIT_FIX_INPUT, EXIT_SERVER, ToolError
-from ..devices import resolve_device, resolve_dtype
-from ..openai_client import (
+from gpt4image_mm.registry import TEXT_ENCODERS
+from gpt4image_mm.utils.devices import resolve_device, resolve_dtype
+from gpt4image_mm.utils.errors import EXIT_FIX_INPUT, EXIT_SERVER, ToolError
+from gpt4image_mm.utils.openai_client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     PREFLIGHT_RETRIES,
@@ -51,7 +52,6 @@ from ..openai_client import (
     check_model,
     make_client,
 )
-from ..registry import TEXT_ENCODERS
 
 POOLING_MODES = ('mean', 'cls', 'max', 'last', 'mean_sqrt_len',
                  'weightedmean')
@@ -561,7 +561,7 @@ class OpenAIEncoder(TextEncoder):
 
     Requests go out ``request_size`` texts at a time, ``concurrency`` in
     flight; the client comes from the one factory
-    (:func:`gpt4image_mm.openai_client.make_client`: key policy, retries).
+    (:func:`gpt4image_mm.utils.openai_client.make_client`: key policy, retries).
     At start it checks that the server lists the model and sends one probe
     (few retries: a server that fails it is not waited on), so a broken or
     non-pooling server stops the run before anything is written.
@@ -868,7 +868,7 @@ def build_text_encoder(encoder: str, **options: Any) -> TextEncoder:
     ``options`` (device, dtype, pooling, max_length, api_base, dimensions,
     ...) go to the chosen class as far as it declares them; a name no
     registered encoder declares is an error, not silently dropped.
-    ``device`` ``auto``/None is resolved here (:mod:`gpt4image_mm.devices`),
+    ``device`` ``auto``/None is resolved here (:mod:`gpt4image_mm.utils.devices`),
     so every encoder gets a concrete device."""
     if not isinstance(encoder, str) or not encoder:
         raise EncoderError(f'encoder must be a name or directory, got '

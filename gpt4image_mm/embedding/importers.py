@@ -27,10 +27,10 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..descriptions import DescriptionWriter, is_descriptions_file
-from ..files import atomic_path, check_replaceable
-from ..image_files import image_folder_keys
-from ..keys import check_key, class_key, description_key
+from gpt4image_mm.utils.descriptions import DescriptionWriter, is_descriptions_file
+from gpt4image_mm.utils.files import atomic_path, check_replaceable
+from gpt4image_mm.utils.image_files import image_folder_keys
+from gpt4image_mm.utils.keys import check_key, class_key, description_key
 
 # description2embedding.py:48 default --model RN50 (CLIP), as open_clip names
 # it; its text tower is 1024-d. ViT-L/14 (the other choice there) is 768-d.
@@ -148,7 +148,7 @@ def _unit_rows(emb: np.ndarray, keys: Sequence[str], path: str) -> np.ndarray:
 
 def _check_replaceable(out: str, force: bool) -> None:
     """``force`` replaces a store, never another directory or file."""
-    from ..datasets.store import is_store
+    from gpt4image_mm.datasets.store import is_store
     if os.path.exists(out) and not force:
         raise ImportSourceError(f'{out} exists; pass --force to replace it')
     check_replaceable(out, is_store, 'an embedding store', ImportSourceError)
@@ -177,7 +177,7 @@ def import_gpt4image_embeddings(path: str, images_root: str, out: str,
     different tree pairs every image with another image's text. Nothing is
     written unless every check passes. Returns the manifest.
     """
-    from ..datasets.store import read_manifest, write_store
+    from gpt4image_mm.datasets.store import read_manifest, write_store
     _check_replaceable(out, force)
     keys = image_folder_keys(images_root)
     emb = load_gpt4image_embeddings(path)
@@ -196,7 +196,7 @@ def import_gpt4image(path: str, keys: Sequence[str], out: str,
                      model: str = 'gpt4image-release') -> int:
     """Key the paper's description list to ``keys`` and write JSONL.
 
-    ``keys``: the dataset's keys (:func:`gpt4image_mm.keys.dataset_keys` or
+    ``keys``: the dataset's keys (:func:`gpt4image_mm.utils.keys.dataset_keys` or
     :func:`image_folder_keys`). ``order='imagefolder'`` (the release's
     order) re-sorts them as torchvision did; ``'dataset'`` takes them as
     given. The counts must match: a different subset of ImageNet would pair
@@ -227,7 +227,7 @@ def read_map(path: str) -> List[Tuple[str, str]]:
     (``{key: text}``, ``{key: [texts]}`` or a list of records) or JSON Lines
     file (records with ``key``/``image``/``file`` and ``text``/``caption``;
     :mod:`.map_import`). A list of texts gives ``key#k`` keys."""
-    from .map_import import clean_texts, iter_source
+    from gpt4image_mm.embedding.map_import import clean_texts, iter_source
     out: List[Tuple[str, str]] = []
     for key, value in iter_source(path):
         texts = clean_texts(key, value, path)

@@ -3,7 +3,7 @@
 Other projects ship captions keyed their own way: bare file names
 (``{"saint_bernard_148.jpg": "..."}``), paths under another root, JSON
 Lines with ``image``/``caption`` fields, CSVs with a header. Training joins
-on the path relative to the dataset root (:mod:`gpt4image_mm.keys`), so
+on the path relative to the dataset root (:mod:`gpt4image_mm.utils.keys`), so
 :func:`import_onto_dataset` resolves each source name to a dataset key:
 the exact relative path first, else the file name when exactly one dataset
 image has it. Ambiguous names are an error that lists them, and nothing is
@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..keys import check_key, description_key
-from .importers import ImportSourceError, write_records
+from gpt4image_mm.embedding.importers import ImportSourceError, write_records
+from gpt4image_mm.utils.keys import check_key, description_key
 
 # Field names other tools use for the image and for its caption (JSON Lines
 # records and CSV headers), first match wins.
@@ -345,13 +345,13 @@ def import_onto_dataset(path: str, keys: Sequence[str], out: str,
                         source: Optional[Dict[str, Any]] = None
                         ) -> ImportReport:
     """Write the captions of ``path`` as descriptions on ``keys`` (the
-    dataset's keys, :func:`gpt4image_mm.keys.dataset_keys` order).
+    dataset's keys, :func:`gpt4image_mm.utils.keys.dataset_keys` order).
 
     ``source``: the dataset the keys belong to (``root``, ``split``),
     recorded beside ``out`` as caption.py does, so training can check that
     the descriptions describe its dataset.
     """
-    from ..descriptions import record_source, source_path
+    from gpt4image_mm.utils.descriptions import record_source, source_path
     index = KeyIndex(keys)
     report = ImportReport(out, samples=len(keys))
     write_records(_resolved_records(

@@ -4,8 +4,8 @@
 seeds through ``tools/train.py``/``tools/test.py`` and reports paired exact
 Student-t intervals; ``make demo`` is its first user.
 """
-from .arms import ARMS, Arm, ArmContext, parse_arms, register_arm
-from .plan import ExperimentSettings
+from gpt4image_mm.experiment.arms import ARMS, Arm, ArmContext, parse_arms, register_arm
+from gpt4image_mm.experiment.plan import ExperimentSettings
 
 __all__ = ['ARMS', 'Arm', 'ArmContext', 'ExperimentSettings', 'parse_arms',
            'register_arm']

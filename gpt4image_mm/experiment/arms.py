@@ -27,13 +27,12 @@ from __future__ import annotations
 import json
 import logging
 import os.path as osp
-import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..class_names import display_name
+from gpt4image_mm.utils.class_names import display_name
 
 logger = logging.getLogger(__name__)
 CLASSNAME_PROMPT = 'a photo of a {name}.'  # CLIP's standard prompt
@@ -97,7 +96,12 @@ def gpt4image_store(ctx: ArmContext) -> str:
 def classname_store(ctx: ArmContext) -> str:
     """"a photo of a {name}." per class, through ``tools/embed.py`` with the
     encoder (and its pooling / length) of the GPT4Image store."""
-    from .cache import Marker, file_digest, run_tool, tool
+    from gpt4image_mm.experiment.cache import (
+        Marker,
+        command,
+        file_digest,
+        run_tool,
+    )
     text = write_classname_descriptions(
         osp.join(ctx.work_dir, 'classname.jsonl'), ctx.class_names)
     store = osp.join(ctx.work_dir, 'store_classname')
@@ -111,8 +115,8 @@ def classname_store(ctx: ArmContext) -> str:
             osp.join(store, 'manifest.json')):
         logger.info('store_classname: cached')
         return store
-    cmd = [sys.executable, tool('embed.py'), text, '--encoder',
-           manifest['encoder'], '--out', store, '--force', '--no-progress']
+    cmd = command('embed') + [text, '--encoder', manifest['encoder'],
+                              '--out', store, '--force', '--no-progress']
     settings = manifest.get('encoder_settings') or {}
     if settings.get('pooling'):
         cmd += ['--pooling', str(settings['pooling'])]
@@ -141,9 +145,9 @@ def _store_dim(store: str) -> int:
 def write_classname_descriptions(path: str, names: List[str]) -> str:
     """One plain prompt per class, in the descriptions format (so the
     ``classname`` arm goes through the same embed step as real text)."""
-    from ..descriptions import DescriptionWriter
-    from ..files import atomic_path
-    from ..keys import class_key, description_key
+    from gpt4image_mm.utils.descriptions import DescriptionWriter
+    from gpt4image_mm.utils.files import atomic_path
+    from gpt4image_mm.utils.keys import class_key, description_key
     with atomic_path(path) as tmp, DescriptionWriter(tmp) as w:
         for name in names:
             w.write(dict(key=description_key(class_key(name), 0),
@@ -155,8 +159,8 @@ def write_classname_descriptions(path: str, names: List[str]) -> str:
 def write_random_store(path: str, names: List[str], dim: int) -> str:
     """One fixed random unit vector per class (seeded: every run and seed
     of the ``random`` arm aligns to the same vectors)."""
-    from ..datasets.store import write_store
-    from ..keys import class_key
+    from gpt4image_mm.datasets.store import write_store
+    from gpt4image_mm.utils.keys import class_key
     rng = np.random.default_rng(RANDOM_TARGETS_SEED)
     vectors = rng.standard_normal((len(names), dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -11,18 +11,19 @@ import logging
 import os
 import os.path as osp
 import subprocess
-from typing import Any, Dict, Optional, Sequence
+import sys
+from typing import Any, Dict, List, Optional, Sequence
 
-from gpt4image_mm.files import atomic_write_json
+from gpt4image_mm.utils.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
-# The checkout that holds tools/train.py and tools/test.py.
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-def tool(name: str) -> str:
-    """Absolute path of ``tools/<name>``: runs are the user's own tools."""
-    return osp.join(REPO, 'tools', name)
+def command(name: str) -> List[str]:
+    """``gpt4image NAME`` as this interpreter runs it, through the installed
+    package (no checkout needed, e.g. on a cluster node with only the
+    wheel): runs are the user's own commands."""
+    return [sys.executable, '-m', 'gpt4image_mm.cli', name]
 
 
 def banner(step: str, text: str) -> None:
@@ -46,8 +47,8 @@ def file_digest(path: str) -> str:
 
 def config_digest(config: str) -> str:
     """Digest of a config *with its bases*: editing either retrains."""
-    from mmengine.config import Config
-    return digest(Config.fromfile(config).pretty_text)
+    from gpt4image_mm.utils.config import load_config
+    return digest(load_config(config).pretty_text)
 
 
 class Marker:
@@ -93,11 +94,12 @@ class Marker:
 def run_tool(cmd: Sequence[str], log: Optional[str] = None,
              env: Optional[Dict[str, str]] = None,
              cwd: Optional[str] = None) -> None:
-    """Run a tool as a user would (from ``cwd``, default the repo root);
+    """Run a command as a user would (from ``cwd``, default the current
+    directory);
     output to the terminal or to ``log``. A failure names the command and
     the log."""
     full_env = dict(os.environ, PYTHONWARNINGS='ignore', **(env or {}))
-    cwd = cwd or REPO
+    cwd = cwd or os.getcwd()
     if log is None:
         rc = subprocess.run(list(cmd), cwd=cwd, env=full_env).returncode
     else:

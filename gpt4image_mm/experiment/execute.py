@@ -15,15 +15,14 @@ import os
 import os.path as osp
 import queue
 import shlex
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Dict, List, Optional
 
-from .cache import Marker, run_tool, thread_env, tool
-from .plan import Run
+from gpt4image_mm.experiment.cache import Marker, command, run_tool, thread_env
+from gpt4image_mm.experiment.plan import Run
 
 logger = logging.getLogger(__name__)
 METRICS = 'test_metrics.json'
@@ -34,11 +33,12 @@ def _marker(run: Run) -> Marker:
 
 
 def _commands(run: Run, resume: bool) -> List[List[str]]:
-    train = [sys.executable, tool('train.py'), run.config, '--work-dir',
-             run.work_dir] + (['--resume'] if resume else [])
-    test = [sys.executable, tool('test.py'), run.config, '{checkpoint}',
-            '--work-dir', osp.join(run.work_dir, 'test'), '--out',
-            osp.join(run.work_dir, METRICS)]
+    train = command('train') + [run.config, '--work-dir', run.work_dir] + (
+        ['--resume'] if resume else [])
+    test = command('test') + [
+        run.config, '{checkpoint}', '--work-dir',
+        osp.join(run.work_dir, 'test'), '--out',
+        osp.join(run.work_dir, METRICS)]
     return [train, test]
 
 

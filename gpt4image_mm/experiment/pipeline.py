@@ -18,13 +18,18 @@ import time
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
-from ..files import OutputLock, atomic_write_json, atomic_write_text
-from .arms import ARMS, CLASSNAME_PROMPT
-from .cache import Marker, banner, file_digest, run_tool, tool
-from .environment import environment, environment_lines
-from .execute import collect, run_all, shell_line
-from .plan import ExperimentSettings, Run, base_store, parse_options, plan_runs
-from .report import (
+from gpt4image_mm.experiment.arms import ARMS, CLASSNAME_PROMPT
+from gpt4image_mm.experiment.cache import Marker, banner, command, file_digest, run_tool
+from gpt4image_mm.experiment.environment import environment, environment_lines
+from gpt4image_mm.experiment.execute import collect, run_all, shell_line
+from gpt4image_mm.experiment.plan import (
+    ExperimentSettings,
+    Run,
+    base_store,
+    parse_options,
+    plan_runs,
+)
+from gpt4image_mm.experiment.report import (
     analysis_lines,
     arm_table,
     by_arm,
@@ -38,6 +43,7 @@ from .report import (
     shots_table,
     titles,
 )
+from gpt4image_mm.utils.files import OutputLock, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 ONE_SEED = ('One seed cannot tell an effect from seed noise: rerun with '
@@ -68,7 +74,7 @@ def retrieval_top1(config: str, ckpt: str, store: str, encoder: str
     text space the neck maps into) is their own class."""
     import numpy as np
 
-    from ..apis import TextQueryInferencer
+    from gpt4image_mm.apis import TextQueryInferencer
     inferencer = TextQueryInferencer(config, ckpt, device='cpu',
                                      text_encoder=encoder)
     feats, labels, names = inferencer.split_features('test')
@@ -82,8 +88,8 @@ def class_prototypes(store: str, names: List[str]):
     (class-level stores), or of its samples' rows (per-image stores)."""
     import numpy as np
 
-    from ..datasets.store import EmbeddingStore
-    from ..keys import base_key, class_key
+    from gpt4image_mm.datasets.store import EmbeddingStore
+    from gpt4image_mm.utils.keys import base_key, class_key
     st = EmbeddingStore(store)
     rows = np.asarray(st.embeddings, dtype=np.float32)
     bases = [base_key(k) for k in st.keys()]
@@ -112,9 +118,9 @@ def step_analysis(work_dir: str, descriptions: str, store: str,
     if cached is not None:
         logger.info('cached')
         return cached
-    run_tool([sys.executable, tool('analyze_descriptions.py'), descriptions,
-              *(['--per-class'] if per_class else []), '--store', store,
-              '--out', out, '--no-progress'],
+    run_tool(command('analyze') + [
+        descriptions, *(['--per-class'] if per_class else []),
+        '--store', store, '--out', out, '--no-progress'],
              log=osp.join(work_dir, 'analysis.log'), cwd=os.getcwd())
     with open(osp.join(out, 'metrics.json'), encoding='utf-8') as f:
         metrics = json.load(f)['descriptions']
@@ -185,8 +191,8 @@ def write_report(s: ExperimentSettings, runs: List[Run],
 
 def _full_per_class(runs: List[Run]) -> float:
     """Mean training images per class of the full set (the plot's x)."""
-    from ..datasets.from_config import build_split_dataset
-    from ..keys import class_names
+    from gpt4image_mm.datasets.from_config import build_split_dataset
+    from gpt4image_mm.utils.keys import class_names
     full = next(r for r in runs if not r.shots)
     ds = build_split_dataset(full.config, 'train')
     return len(ds) / len(class_names(ds))
@@ -238,7 +244,7 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
 def _add_neck(s: ExperimentSettings, runs: List[Run],
               results: List[Optional[Dict[str, Any]]]) -> None:
 
-    from ..apis import load_config
+    from gpt4image_mm.utils.config import load_config
     encoder = None
     for run, r in zip(runs, results):
         if not run.store or not r or r.get('failed'):
@@ -257,8 +263,8 @@ def _analysis(s: ExperimentSettings) -> Optional[Dict[str, Any]]:
     if not s.descriptions:
         return None
 
-    from ..apis import load_config
-    from .plan import description_dataset
+    from gpt4image_mm.experiment.plan import description_dataset
+    from gpt4image_mm.utils.config import load_config
     cfg = load_config(s.gpt4image_config)
     cfg.merge_from_dict(parse_options(s.cfg_options))
     store = base_store(s, cfg)

@@ -16,10 +16,10 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..cli_errors import ToolError
-from ..files import atomic_write_json, atomic_write_text
-from .arms import ARMS, ArmContext
-from .cache import digest, file_digest
+from gpt4image_mm.experiment.arms import ARMS, ArmContext
+from gpt4image_mm.experiment.cache import digest, file_digest
+from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.files import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -103,8 +103,8 @@ def description_dataset(cfg: Any) -> Optional[Any]:
 
 def is_class_level(store: str) -> bool:
     """Whether every key of the store names a class (``class:...``)."""
-    from ..datasets.store import EmbeddingStore
-    from ..keys import CLASS_PREFIX
+    from gpt4image_mm.datasets.store import EmbeddingStore
+    from gpt4image_mm.utils.keys import CLASS_PREFIX
     return all(k.startswith(CLASS_PREFIX) for k in EmbeddingStore(
         store).keys())
 
@@ -114,19 +114,18 @@ def preflight_runs(runs: List[Run]) -> None:
     kind, missing descriptions, empty data...) on each arm's generated
     config, as its runs will train it (the arm's store, the experiment's
     options): a mistake stops the experiment before any run starts."""
-    from .. import preflight
-    from ..apis import train_config, train_parser
+    from gpt4image_mm.engine import preflight
+    from gpt4image_mm.engine.runner import train_args, train_config
     checked = set()
     for run in runs:
         if run.arm not in checked:
             checked.add(run.arm)
-            preflight.train_checks(train_config(
-                train_parser().parse_args([run.config])))
+            preflight.train_checks(train_config(train_args(run.config)))
 
 
 def base_store(s: ExperimentSettings, cfg: Any) -> str:
     """The GPT4Image config's store (or ``--store``), checked to exist."""
-    from ..datasets.store import StoreError, read_manifest
+    from gpt4image_mm.datasets.store import StoreError, read_manifest
     node = description_dataset(cfg)
     if node is None:
         raise ToolError(f'{s.gpt4image_config}: its train set is no '
@@ -140,8 +139,8 @@ def base_store(s: ExperimentSettings, cfg: Any) -> str:
 
 
 def _class_names(s: ExperimentSettings) -> List[str]:
-    from ..datasets.from_config import build_split_dataset
-    from ..keys import class_names
+    from gpt4image_mm.datasets.from_config import build_split_dataset
+    from gpt4image_mm.utils.keys import class_names
     ds = build_split_dataset(s.config, 'train', parse_options(s.cfg_options))
     return list(class_names(ds))
 
@@ -159,7 +158,7 @@ def shot_indices(s: ExperimentSettings, k: int, seed: int = 0) -> List[int]:
     subset for every arm and every training seed."""
     import numpy as np
 
-    from ..datasets.from_config import build_split_dataset
+    from gpt4image_mm.datasets.from_config import build_split_dataset
     ds = build_split_dataset(s.config, 'train', parse_options(s.cfg_options))
     labels = np.asarray(ds.get_gt_labels())
     given = ds._indices if hasattr(ds, '_indices') else None
@@ -185,7 +184,7 @@ def arm_config(s: ExperimentSettings, cfgs: Dict[str, Any], arm: str,
                work_dir: str, indices: Optional[List[int]]) -> Any:
     """One run's config: the arm's config with the user's options, the
     seed, the store (and the class-level switches it needs), the subset."""
-    from ..apis import sync_schedule_to_epochs
+    from gpt4image_mm.engine.runner import sync_schedule_to_epochs
     cfg = copy.deepcopy(cfgs['aligned' if store else 'plain'])
     options = to_innermost(cfg, parse_options(
         [f'randomness.seed={seed}', *s.cfg_options]))
@@ -215,7 +214,7 @@ def plan_runs(s: ExperimentSettings) -> List[Run]:
     """Write every run's config into its run dir; return the runs,
     full-data first, seed-major (the arms of a seed train side by side)."""
 
-    from ..apis import load_config
+    from gpt4image_mm.utils.config import load_config
     s.work_dir = osp.abspath(s.work_dir)
     cfgs = {'plain': load_config(s.config),
             'aligned': load_config(s.gpt4image_config)}

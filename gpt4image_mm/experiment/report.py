@@ -5,8 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
-from .arms import ARMS
-from .stats import comparisons, headline, last_epochs_spread, mean_std, pm, t95
+from gpt4image_mm.experiment.arms import ARMS
+from gpt4image_mm.experiment.stats import (
+    comparisons,
+    headline,
+    last_epochs_spread,
+    mean_std,
+    pm,
+    t95,
+)
 
 
 def titles() -> Dict[str, str]:
@@ -15,10 +22,11 @@ def titles() -> Dict[str, str]:
 
 def input_shape(config: str) -> tuple:
     """The shape of one test input after the test pipeline (C, H, W)."""
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
-    cfg = Config.fromfile(config)
+
+    from gpt4image_mm.utils.config import load_config
+    cfg = load_config(config)
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     ds = DATASETS.build(cfg.test_dataloader.dataset)
     return tuple(ds[0]['inputs'].shape)
@@ -34,18 +42,18 @@ def deployed_cost(s: Any, arms: List[str],
     """
     import torch
     from mmengine.analysis import get_model_complexity_info
-    from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
 
-    from gpt4image_mm.checkpoint import strip_state_dict
+    from gpt4image_mm.engine.checkpoint import strip_state_dict
+    from gpt4image_mm.utils.config import load_config
 
     init_default_scope('mmpretrain')
     # the newest logger is "current": keep the counter's notes about
     # uncounted ops (batch norm, pooling) off the terminal
     MMLogger.get_instance('gpt4image_experiment_cost', log_level='ERROR')
-    base_cfg = Config.fromfile(s.config).model
+    base_cfg = load_config(s.config).model
     shape = None
     out = {}
     for arm in arms:
@@ -60,7 +68,7 @@ def deployed_cost(s: Any, arms: List[str],
                               strict=True)
         info = get_model_complexity_info(model.eval(), input_shape=shape,
                                          show_table=False, show_arch=False)
-        trained = MODELS.build(Config.fromfile(run['config']).model)
+        trained = MODELS.build(load_config(run['config']).model)
         out[arm] = dict(params=_count(model), flops=float(info['flops']),
                         train_params=_count(trained))
     return out

@@ -1,8 +1,8 @@
-from .classifier import TextAlignedClassifier
-from .data_preprocessor import TextAlignedDataPreprocessor
-from .loss import ContrastiveAlignLoss, retrieval_accuracy
-from .neck import AlignmentNeck
-from .teacher import TextEmbeddingTeacher
+from gpt4image_mm.models.classifier import TextAlignedClassifier
+from gpt4image_mm.models.data_preprocessor import TextAlignedDataPreprocessor
+from gpt4image_mm.models.loss import ContrastiveAlignLoss, retrieval_accuracy
+from gpt4image_mm.models.neck import AlignmentNeck
+from gpt4image_mm.models.teacher import TextEmbeddingTeacher
 
 __all__ = ['AlignmentNeck', 'ContrastiveAlignLoss', 'TextAlignedClassifier',
            'TextAlignedDataPreprocessor', 'TextEmbeddingTeacher',

@@ -8,7 +8,7 @@ from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from .loss import retrieval_accuracy
+from gpt4image_mm.models.loss import retrieval_accuracy
 
 _ALIGN_FEATURES = ('pre_logits', 'neck')
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from mmengine.dist import get_dist_info
 from mmpretrain.registry import MODELS
 
-from ..registry import ALIGN_LOSS_MODES
+from gpt4image_mm.registry import ALIGN_LOSS_MODES
 
 _EPS = 1e-12
 

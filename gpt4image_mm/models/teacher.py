@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from mmpretrain.registry import MODELS
 
-from ..devices import resolve_device
-from ..embedding.encoders import TextEncoder, build_text_encoder
+from gpt4image_mm.embedding.encoders import TextEncoder, build_text_encoder
+from gpt4image_mm.utils.devices import resolve_device
 
 
 @MODELS.register_module()
@@ -38,7 +38,7 @@ class TextEmbeddingTeacher(torch.nn.Module):
         max_length (int, optional): Override the token limit. Defaults to
             None (the model's own).
         dtype (str): Compute dtype: ``float32``, ``float16``, ``bfloat16``,
-            or ``auto`` (:func:`gpt4image_mm.devices.resolve_dtype`'s rule
+            or ``auto`` (:func:`gpt4image_mm.utils.devices.resolve_dtype`'s rule
             for ``device``). Defaults to ``'float32'``.
         api_base (str, optional): Base URL of an embeddings endpoint.
             Defaults to None.
@@ -49,7 +49,7 @@ class TextEmbeddingTeacher(torch.nn.Module):
         chunk_size (int): Texts per forward pass (bounds the memory of big
             batches). Defaults to 256.
         device (str, optional): Where the encoder is built: ``'auto'`` is
-            :func:`gpt4image_mm.devices.resolve_device`'s answer, the device
+            :func:`gpt4image_mm.utils.devices.resolve_device`'s answer, the device
             MMEngine's runner moves the model to, so the weights are not
             loaded on the CPU first and ``dtype='auto'`` sees the real
             device; ``.to()`` moves the teacher later as any module.

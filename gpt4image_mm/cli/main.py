@@ -8,7 +8,7 @@ Every command module exposes ``configure_parser(parser)``, which adds the
 command's arguments and ``parser.set_defaults(handler=...)`` (a callable of
 the parsed namespace returning the exit code). This module builds the
 subparsers from :data:`COMMANDS` and runs the handler inside
-:func:`~gpt4image_mm.cli_errors.run_tool` (one scrubbed line, the project's
+:func:`~gpt4image_mm.utils.errors.run_tool` (one scrubbed line, the project's
 exit codes). ``tools/*.py`` are thin wrappers over :func:`run_subcommand`,
 so both spellings run the same code.
 """
@@ -20,9 +20,9 @@ import inspect
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from . import register_all_modules
-from .cli_errors import run_tool
-from .version import __version__
+from gpt4image_mm.utils import register_all_modules
+from gpt4image_mm.utils.errors import run_tool
+from gpt4image_mm.version import __version__
 
 Configure = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -33,7 +33,7 @@ class Command(NamedTuple):
     ``light``: the command imports torch, mmengine, mmpretrain or
     transformers only where it uses them and registers the package's
     components itself where it needs them (``gpt4image_cli``'s light start);
-    every other command runs after :func:`gpt4image_mm.register_all_modules`.
+    every other command runs after :func:`gpt4image_mm.utils.register_all_modules`.
     """
 
     module: str
@@ -44,38 +44,47 @@ class Command(NamedTuple):
 
 COMMANDS: Dict[str, Command] = {
     'caption': Command(
-        'gpt4image_mm.captioning.cli', 'configure_parser',
+        'gpt4image_mm.cli.caption', 'configure_parser',
         'describe training images with a multimodal LLM', light=True),
     'caption-merge': Command(
-        'gpt4image_mm.captioning.cli', 'configure_merge_parser',
+        'gpt4image_mm.cli.caption', 'configure_merge_parser',
         'join the outputs of caption --shard i/N runs', light=True),
     'embed': Command(
-        'gpt4image_mm.embedding.cli', 'configure_parser',
+        'gpt4image_mm.cli.embed', 'configure_parser',
         'descriptions -> embedding store (frozen text encoder)'),
     'embed-merge': Command(
-        'gpt4image_mm.embedding.cli', 'configure_merge_parser',
+        'gpt4image_mm.cli.embed', 'configure_merge_parser',
         'join the part stores of embed --shard i/N runs'),
     'import-gpt4image': Command(
-        'gpt4image_mm.embedding.cli', 'configure_import_gpt4image_parser',
+        'gpt4image_mm.cli.embed', 'configure_import_gpt4image_parser',
         "the paper's released descriptions -> descriptions"),
     'import-gpt4image-embeddings': Command(
-        'gpt4image_mm.embedding.cli',
+        'gpt4image_mm.cli.embed',
         'configure_import_gpt4image_embeddings_parser',
         "the paper's text-embedding tensor -> embedding store"),
     'import-map': Command(
-        'gpt4image_mm.embedding.cli', 'configure_import_map_parser',
+        'gpt4image_mm.cli.embed', 'configure_import_map_parser',
         'CSV (key,text) or JSON {key: text} -> descriptions', light=True),
     'analyze': Command(
-        'gpt4image_mm.analysis.cli', 'configure_parser',
+        'gpt4image_mm.cli.analyze', 'configure_parser',
         'measure descriptions (and a store) before training', light=True),
     'query': Command(
-        'gpt4image_mm.query_cli', 'configure_parser',
+        'gpt4image_mm.cli.query', 'configure_parser',
         'classify or search images by text through the neck'),
     'strip': Command(
-        'gpt4image_mm.strip_cli', 'configure_parser',
+        'gpt4image_mm.cli.strip', 'configure_parser',
         'drop the alignment neck from a checkpoint (deploy)'),
+    'train': Command(
+        'gpt4image_mm.cli.train', 'configure_parser',
+        'train a config (mmpretrain train.py options)'),
+    'test': Command(
+        'gpt4image_mm.cli.test', 'configure_parser',
+        'evaluate a checkpoint (mmpretrain test.py options)'),
+    'configs': Command(
+        'gpt4image_mm.cli.configs', 'configure_parser',
+        'list the shipped configs (gpt4image_mm::NAME)', light=True),
     'experiment': Command(
-        'gpt4image_mm.experiment.cli', 'configure_parser',
+        'gpt4image_mm.cli.experiment', 'configure_parser',
         'does the text help? arms x seeds with paired intervals'),
 }
 
@@ -121,21 +130,30 @@ def build_parser(argv: Optional[Sequence[str]] = None
     return parser
 
 
-def parse_and_run(configure: Configure, argv: Optional[Sequence[str]],
-                  prog: str, description: Optional[str] = None) -> int:
-    """One command's parser, parsed and run (``argv`` None: the process's
-    arguments); errors propagate (for callers in Python and tests)."""
-    parser = configure(argparse.ArgumentParser(prog=prog,
-                                               description=description))
+def parse_and_run(name: str, argv: Optional[Sequence[str]], prog: str,
+                  configure: Optional[Configure] = None) -> int:
+    """Subcommand ``name`` as its own program ``prog`` (``argv`` None: the
+    process's arguments), registering the plugin first unless the command
+    is light; errors propagate (for callers in Python and tests)."""
+    parser = (configure or configure_function(name))(
+        argparse.ArgumentParser(prog=prog, description=COMMANDS[name].help))
     args = parser.parse_args(None if argv is None else list(argv))
+    return run_parsed(name, args)
+
+
+def run_parsed(name: str, args: argparse.Namespace) -> int:
+    """Run a parsed command: the plugin registered first unless light."""
+    if not COMMANDS[name].light:
+        register_all_modules()
     return args.handler(args)
 
 
-def run_subcommand(name: str, argv: Sequence[str], prog: str) -> int:
+def run_subcommand(name: str, argv: Optional[Sequence[str]],
+                   prog: str) -> int:
     """A ``tools/*.py`` script: subcommand ``name`` under the script's own
     name, every error one scrubbed line and an exit code."""
-    return run_tool(lambda a: parse_and_run(
-        configure_function(name), a, prog, COMMANDS[name].help), list(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_tool(lambda a: parse_and_run(name, a, prog), argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -143,10 +161,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def run(argv: List[str]) -> int:
-        args = build_parser(argv).parse_args(argv)  # inside run_tool: a bad
-        if not COMMANDS[args.command].light:  # --custom-imports is one line
-            register_all_modules()
-        return args.handler(args)
+        # inside run_tool: a bad --custom-imports is one line
+        args = build_parser(argv).parse_args(argv)
+        return run_parsed(args.command, args)
     return run_tool(run, argv)
 
 

@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
-from .cli_errors import ToolError
+from gpt4image_mm.utils.errors import ToolError
 
 try:
     import fcntl

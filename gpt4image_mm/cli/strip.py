@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import pickle
 
-from .cli_errors import ToolError
+from gpt4image_mm.utils.errors import ToolError
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def run_strip(args: argparse.Namespace) -> int:
     """0 when ``dst`` is written; one line and exit 2 when ``src`` is not a
     checkpoint (or not one that loads safely) or ``dst`` is a file this
     tool did not write."""
-    from .checkpoint import strip_checkpoint
+    from gpt4image_mm.engine.checkpoint import strip_checkpoint
     try:
         dropped = strip_checkpoint(args.src, args.dst)
     except pickle.UnpicklingError as e:  # one line already, naming src

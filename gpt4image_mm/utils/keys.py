@@ -181,7 +181,7 @@ def read_key_file(path: str) -> frozenset:
 
 def write_key_file(path: str, keys: Iterator[str]) -> int:
     """Write keys one per line, atomically; returns how many."""
-    from .files import atomic_path
+    from gpt4image_mm.utils.files import atomic_path
     n = 0
     with atomic_path(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
         for key in keys:

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, List, Optional
 
-from .cli_errors import EXIT_FIX_INPUT, EXIT_SERVER, ToolError
-from .security import (
+from gpt4image_mm.utils.errors import EXIT_FIX_INPUT, EXIT_SERVER, ToolError
+from gpt4image_mm.utils.security import (
     NO_KEY,
     Scrubber,
     api_key_for,

@@ -16,27 +16,31 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..class_names import class_display_names
-from ..cli_errors import ToolError
-from ..files import atomic_write_bytes, atomic_write_json
-from .embeddings import EXACT_NEAR_DUP_MAX, class_signal, near_duplicates
-from .flagged import flag_records, write_flagged_keys
-from .metrics import text_metrics
-from .records import (
+from gpt4image_mm.analysis.embeddings import (
+    EXACT_NEAR_DUP_MAX,
+    class_signal,
+    near_duplicates,
+)
+from gpt4image_mm.analysis.flagged import flag_records, write_flagged_keys
+from gpt4image_mm.analysis.metrics import text_metrics
+from gpt4image_mm.analysis.records import (
     ClassNames,
     LabelOf,
     class_label_of,
     scan_records,
     stable_hash,
 )
-from .report import render, write_figures
+from gpt4image_mm.analysis.report import render, write_figures
+from gpt4image_mm.utils.class_names import class_display_names
+from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.files import atomic_write_bytes, atomic_write_json
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``analyze``: measure a descriptions JSONL (and its embedding store)
     before training: failures, refusals, duplicates, lengths and
     truncation, class naming, class signal in the embeddings."""
-    from ..cli import DictAction
+    from gpt4image_mm.cli.main import DictAction
     p.add_argument('descriptions', help='descriptions JSONL')
     p.add_argument('--store', help='its embedding store (tools/embed.py)')
     p.add_argument('--out', required=True, help='directory for report.md, '
@@ -76,8 +80,8 @@ def _config_labels(args: argparse.Namespace
                    ) -> Tuple[List[str], Optional[LabelOf]]:
     """Class names and a per-image key -> label lookup from a config; the
     lookup holds sorted key hashes and labels (12 bytes a sample)."""
-    from ..datasets import build_split_dataset
-    from ..keys import class_names, dataset_keys
+    from gpt4image_mm.datasets import build_split_dataset
+    from gpt4image_mm.utils.keys import class_names, dataset_keys
     ds = build_split_dataset(args.config, args.split, args.cfg_options)
     names = list(class_names(ds))
     keys = dataset_keys(ds)
@@ -94,8 +98,8 @@ def _config_labels(args: argparse.Namespace
 
 
 def _names_from_keys(paths: Sequence[str]) -> List[str]:
-    from ..descriptions import iter_records
-    from ..keys import CLASS_PREFIX, base_key
+    from gpt4image_mm.utils.descriptions import iter_records
+    from gpt4image_mm.utils.keys import CLASS_PREFIX, base_key
     names: Dict[str, None] = {}
     for path in paths:
         for _, rec in iter_records(path):
@@ -112,12 +116,12 @@ def _tokenizer(args: argparse.Namespace, store: Optional[str]
                ) -> Tuple[Any, Optional[int]]:
     spec = args.encoder
     if spec is None and store:
-        from ..datasets.store import read_manifest
+        from gpt4image_mm.datasets.store import read_manifest
         enc = read_manifest(store)['encoder']
         spec = enc if os.path.isdir(str(enc)) else None
     if not spec or spec == 'none':
         return None, None
-    from ..embedding import build_text_encoder
+    from gpt4image_mm.embedding.encoders import build_text_encoder
     encoder = build_text_encoder(spec, device='cpu')
     tok = getattr(encoder, 'tokenizer', None)
     if tok is None:
@@ -154,7 +158,7 @@ def store_metrics(store: str, stats: Any, names: List[str],
                   label_of: LabelOf, exact_max: int,
                   near_dups: bool = True) -> Dict[str, Any]:
     """Near-duplicates and class signal of the store's vectors."""
-    from ..datasets.store import EmbeddingStore
+    from gpt4image_mm.datasets.store import EmbeddingStore
     st = EmbeddingStore(store)
     keys = st.keys()
     order = np.argsort(stats.key_hash)
@@ -199,8 +203,8 @@ def _class_setup(args: argparse.Namespace
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``analyze`` from Python; errors propagate."""
-    from ..cli import parse_and_run
-    return parse_and_run(configure_parser, argv, 'analyze')
+    from gpt4image_mm.cli.main import parse_and_run
+    return parse_and_run('analyze', argv, 'analyze')
 
 
 def run_analysis(args: argparse.Namespace) -> int:

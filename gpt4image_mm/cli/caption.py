@@ -7,7 +7,7 @@ parsed ones, so this module names no backend. ``--custom-imports MODULE``
 imports modules that register more backends before the parser is built
 (docs/extending.md).
 
-Exit status (:mod:`gpt4image_mm.cli_errors`, also in docs/captioning.md):
+Exit status (:mod:`gpt4image_mm.utils.errors`, also in docs/captioning.md):
 
 * 0   all done, or stopped on purpose by --limit / --max-cost;
 * 1   failures are left in the output (rerun to retry them);
@@ -28,23 +28,27 @@ import time
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
-from ..cli import DictAction
-from ..cli_errors import ToolError, run_tool
-from ..files import real_path
-from ..registry import CAPTION_BACKENDS
-from .base import CaptionBackend, CaptionOptions
-from .local_hf import local_model_path  # noqa: F401  (its former home)
-from .merge import merge
-from .pricing import CostMeter, load_prices
-from .prompts import TEXT_SYSTEM, class_text_prompts, image_prompts
-from .runner import Summary, estimate
-from .sources import (
+from gpt4image_mm.captioning.base import CaptionBackend, CaptionOptions
+from gpt4image_mm.captioning.local_hf import local_model_path  # noqa: F401  (its former home)
+from gpt4image_mm.captioning.merge import merge
+from gpt4image_mm.captioning.pricing import CostMeter, load_prices
+from gpt4image_mm.captioning.prompts import (
+    TEXT_SYSTEM,
+    class_text_prompts,
+    image_prompts,
+)
+from gpt4image_mm.captioning.registry import CAPTION_BACKENDS
+from gpt4image_mm.captioning.runner import Summary, estimate
+from gpt4image_mm.captioning.sources import (
     Plan,
     plan_from_dataset,
     plan_from_images,
     plan_per_class,
     read_class_names,
 )
+from gpt4image_mm.cli.main import DictAction
+from gpt4image_mm.utils.errors import ToolError, run_tool
+from gpt4image_mm.utils.files import real_path
 
 DEFAULT_BACKEND = 'openai'
 DESCRIPTION = ('Describe every training image with a multimodal LLM '
@@ -66,8 +70,8 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
             names = (read_class_names(classes) if isinstance(classes, str)
                      else list(classes))
         elif config:
-            from ..datasets.from_config import build_split_dataset
-            from ..keys import class_names
+            from gpt4image_mm.datasets.from_config import build_split_dataset
+            from gpt4image_mm.utils.keys import class_names
             names = list(class_names(build_split_dataset(config, split,
                                                          cfg_options)))
         else:
@@ -80,7 +84,7 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
     if images is not None:
         return plan_from_images(images, prompts, per_image,
                                 class_names_file)
-    from ..datasets.from_config import build_split_dataset
+    from gpt4image_mm.datasets.from_config import build_split_dataset
     return plan_from_dataset(build_split_dataset(config, split, cfg_options),
                              prompts, per_image, class_names_file)
 

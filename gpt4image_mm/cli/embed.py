@@ -5,7 +5,7 @@
     gpt4image import-map descriptions.csv --out D.jsonl
 
 Each ``configure_*`` function follows the CLI protocol of
-:mod:`gpt4image_mm.cli`; ``tools/embed.py`` keeps its first-word spelling
+:mod:`gpt4image_mm.cli.main`; ``tools/embed.py`` keeps its first-word spelling
 (``embed.py merge ...``) over the same functions. See docs/embedding.md.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _add_api_arguments(p: argparse.ArgumentParser) -> None:
     """Options of embeddings endpoints (``--encoder openai:<model>``)."""
-    from ..openai_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+    from gpt4image_mm.utils.openai_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
     p.add_argument('--api-base', default=None,
                    help='OpenAI-compatible endpoint (vLLM, TEI, ...)')
     p.add_argument('--api-key-env', default=None, metavar='VAR',
@@ -75,9 +75,9 @@ def _add_api_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from ..devices import resolve_device
-    from .embed import embed_descriptions
-    from .encoders import build_text_encoder
+    from gpt4image_mm.embedding.embed import embed_descriptions
+    from gpt4image_mm.embedding.encoders import build_text_encoder
+    from gpt4image_mm.utils.devices import resolve_device
     encoder = build_text_encoder(
         args.encoder, device=resolve_device(args.device),
         dtype=args.dtype, pooling=args.pooling, max_length=args.max_length,
@@ -125,7 +125,7 @@ def configure_merge_parser(p: argparse.ArgumentParser
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from .embed import merge_stores
+    from gpt4image_mm.embedding.embed import merge_stores
     man = merge_stores(args.parts, args.out, force=args.force)
     print(f'{args.out}: {man["count"]} rows x {man["dim"]}-d merged from '
           f'{len(args.parts)} parts')
@@ -150,10 +150,10 @@ def configure_import_gpt4image_parser(p: argparse.ArgumentParser
 
 
 def run_import_gpt4image(args: argparse.Namespace) -> int:
-    from .importers import image_folder_keys, import_gpt4image
+    from gpt4image_mm.embedding.importers import image_folder_keys, import_gpt4image
     if args.config:
-        from ..datasets import build_split_dataset
-        from ..keys import dataset_keys
+        from gpt4image_mm.datasets import build_split_dataset
+        from gpt4image_mm.utils.keys import dataset_keys
         keys = dataset_keys(build_split_dataset(args.config, args.split))
     else:
         keys = image_folder_keys(args.images)
@@ -168,7 +168,7 @@ def configure_import_gpt4image_embeddings_parser(
     """``import-gpt4image-embeddings``: the official N x D tensor
     (description2embedding.py output; row i = ImageFolder index i) -> a
     store keyed like the dataset."""
-    from .importers import OFFICIAL_ENCODER
+    from gpt4image_mm.embedding.importers import OFFICIAL_ENCODER
     p.add_argument('embeddings', help='e.g. imagenet_clip_text_emb_0_1281166'
                    '.pth')
     p.add_argument('--images', required=True,
@@ -188,7 +188,7 @@ def configure_import_gpt4image_embeddings_parser(
 
 
 def run_import_gpt4image_embeddings(args: argparse.Namespace) -> int:
-    from .importers import import_gpt4image_embeddings
+    from gpt4image_mm.embedding.importers import import_gpt4image_embeddings
     man = import_gpt4image_embeddings(
         args.embeddings, args.images, args.out,
         encoder_name=args.encoder_name, store_dtype=args.store_dtype,
@@ -230,7 +230,7 @@ def run_import_map(args: argparse.Namespace) -> int:
             raise ValueError('--class-level keys are class names: drop '
                              '--images/--config')
         return _import_onto_dataset(args)
-    from .importers import import_map
+    from gpt4image_mm.embedding.importers import import_map
     n = import_map(args.source, args.out, class_level=args.class_level,
                    force=args.force)
     print(f'{args.out}: {n} descriptions')
@@ -238,18 +238,18 @@ def run_import_map(args: argparse.Namespace) -> int:
 
 
 def _import_onto_dataset(args: argparse.Namespace) -> int:
-    from .map_import import import_onto_dataset
+    from gpt4image_mm.embedding.map_import import import_onto_dataset
     if args.images:
         import os
 
-        from ..image_files import image_folder_keys
+        from gpt4image_mm.utils.image_files import image_folder_keys
         if not os.path.isdir(args.images):
             raise ValueError(f'--images {args.images}: not a directory')
         keys = image_folder_keys(args.images)
         source = {'root': os.path.realpath(args.images), 'split': None}
     else:
-        from ..datasets.from_config import build_split_dataset
-        from ..keys import dataset_keys, dataset_source
+        from gpt4image_mm.datasets.from_config import build_split_dataset
+        from gpt4image_mm.utils.keys import dataset_keys, dataset_source
         ds = build_split_dataset(args.config, args.split)
         keys, source = dataset_keys(ds), dataset_source(ds)
     if not keys:
@@ -269,12 +269,11 @@ FIRST_WORDS = {'merge': 'embed-merge', 'import-gpt4image': 'import-gpt4image',
 def main(argv: Optional[List[str]] = None) -> int:
     """``tools/embed.py [FIRST-WORD] ...``; errors propagate (for callers in
     Python; the script wraps this in ``run_tool``)."""
-    from ..cli import COMMANDS, configure_function, parse_and_run
+    from gpt4image_mm.cli.main import parse_and_run
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FIRST_WORDS:
         name, prog, argv = FIRST_WORDS[argv[0]], f'embed.py {argv[0]}', \
             argv[1:]
     else:
         name, prog = 'embed', 'embed.py'
-    return parse_and_run(configure_function(name), argv, prog,
-                         COMMANDS[name].help)
+    return parse_and_run(name, argv, prog)

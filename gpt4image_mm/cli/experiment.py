@@ -59,11 +59,11 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..captioning.cli import import_custom_modules
-    from ..cli_errors import ToolError
-    from .arms import parse_arms
-    from .pipeline import run_experiment
-    from .plan import ExperimentSettings
+    from gpt4image_mm.cli.caption import import_custom_modules
+    from gpt4image_mm.experiment.arms import parse_arms
+    from gpt4image_mm.experiment.pipeline import run_experiment
+    from gpt4image_mm.experiment.plan import ExperimentSettings
+    from gpt4image_mm.utils.errors import ToolError
     import_custom_modules(args.custom_imports)
     try:
         arms = parse_arms(args.arms)
@@ -86,5 +86,5 @@ def narration_on_stdout() -> ContextManager[None]:
     """While a command runs: the experiment's narration (step banners, a
     line per finished run: INFO records of this package's loggers) on
     stdout, ahead of the report it leads to."""
-    from ..cli_errors import terminal_logging
-    return terminal_logging(__package__, 'stdout')
+    from gpt4image_mm.utils.errors import terminal_logging
+    return terminal_logging('gpt4image_mm.experiment', 'stdout')

@@ -31,10 +31,11 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, default_collate
 from mmpretrain.apis.base import BaseInferencer
 
-from . import image_files
-from .cli_errors import ToolError
-from .files import atomic_write_bytes
-from .safe_loading import safe_torch_load
+from gpt4image_mm.engine.safe_loading import safe_torch_load
+from gpt4image_mm.utils import image_files
+from gpt4image_mm.utils.config import load_config
+from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -63,7 +64,7 @@ def file_identity(path: str) -> Dict[str, Any]:
 def store_encoder(cfg: Config) -> Optional[str]:
     """The text encoder named by the manifest of the config's training
     store (``DescriptionDataset(store=...)``), if any."""
-    from .datasets.store import read_manifest
+    from gpt4image_mm.datasets.store import read_manifest
     ds = (cfg.get('train_dataloader') or {}).get('dataset') or {}
     while isinstance(ds, dict):
         if ds.get('store'):
@@ -82,7 +83,7 @@ def load_aligned_model(config: Union[str, Config], checkpoint: str,
     """
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    cfg = config if isinstance(config, Config) else load_config(config)
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     model_cfg = copy.deepcopy(cfg.model)
     # mmpretrain configs give the input normalisation at the top level; the
@@ -144,7 +145,7 @@ class TextQueryInferencer(BaseInferencer):
         if not spec:
             raise ToolError('no text encoder: the config trains from no store '
                             'whose manifest names one; pass --encoder')
-        from .embedding import build_text_encoder
+        from gpt4image_mm.embedding.encoders import build_text_encoder
         self.text_encoder = build_text_encoder(spec, device=device)
         dim = self.model.align_neck.out_channels
         if self.text_encoder.dim != dim:
@@ -176,7 +177,7 @@ class TextQueryInferencer(BaseInferencer):
         opener, an unreadable file is a :class:`ImageError` naming it."""
         if not isinstance(source, str):
             return source
-        from .captioning.images import open_rgb
+        from gpt4image_mm.captioning.images import open_rgb
         img = open_rgb(source)
         if self._channels() == 1:
             return np.asarray(img.convert('L'))
@@ -261,7 +262,7 @@ class TextQueryInferencer(BaseInferencer):
 
     # ------------------------------------------------------------ folders
     def _cache_file(self, folder: str) -> str:
-        from .embedding.assets import cache_root
+        from gpt4image_mm.utils.assets import cache_root
         ident = json.dumps([CACHE_VERSION, file_identity(self.checkpoint),
                             self.config.pretty_text,
                             os.path.realpath(folder)], sort_keys=True)
@@ -303,7 +304,7 @@ class TextQueryInferencer(BaseInferencer):
                 ) -> Tuple[List[np.ndarray], Dict[str, str]]:
         """The readable images of ``folder`` (each decoded once) and
         ``{path: reason}`` of the others, each named in a warning."""
-        from .captioning.images import ImageError
+        from gpt4image_mm.captioning.images import ImageError
         arrays, skipped = [], {}
         for rel in paths:
             try:

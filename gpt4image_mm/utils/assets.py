@@ -17,7 +17,7 @@ import sysconfig
 import zipfile
 from typing import Callable, Dict, Optional
 
-from ..files import fsync_dir, temp_sibling
+from gpt4image_mm.utils.files import fsync_dir, temp_sibling
 
 MINILM_PACKAGE = 'all_minilm_l6_v2'
 MINILM_NAME = 'all-MiniLM-L6-v2'

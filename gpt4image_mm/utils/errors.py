@@ -31,7 +31,7 @@ import sys
 import traceback
 from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
-from .security import scrub
+from gpt4image_mm.utils.security import scrub
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1

@@ -11,9 +11,9 @@ from typing import Dict, Tuple
 
 import torch
 
-import gpt4image_mm  # noqa: F401  (safe-loading allow-list)
-from gpt4image_mm.files import atomic_path, check_replaceable
-from gpt4image_mm.safe_loading import safe_torch_load
+import gpt4image_mm.engine  # noqa: F401  (safe-loading allow-list)
+from gpt4image_mm.engine.safe_loading import safe_torch_load
+from gpt4image_mm.utils.files import atomic_path, check_replaceable
 
 TRAINING_ONLY_PREFIXES = ('align_neck.', 'align_loss.', 'teacher.')
 # The official code's projection head (resnet/utils.py:111,

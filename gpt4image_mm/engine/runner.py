@@ -1,8 +1,10 @@
-"""The train/test entry points behind ``tools/train.py`` and ``tools/test.py``.
+"""Training and testing behind ``gpt4image train`` and ``gpt4image test``
+(and ``tools/train.py``, ``tools/test.py``): the parsed command line merged
+into the config, pre-flight checks, then MMEngine's Runner.
 
-Same command line as mmpretrain's tools, so existing scripts keep working;
-importing :mod:`gpt4image_mm` first registers our components and allow-lists
-MMEngine's checkpoint contents for torch's safe loading.
+The command line is mmpretrain's tools' (:mod:`gpt4image_mm.cli.train`), so
+existing scripts keep working; both register our components first and
+allow-list MMEngine's checkpoint contents for torch's safe loading.
 """
 from __future__ import annotations
 
@@ -11,51 +13,28 @@ import json
 import os
 import os.path as osp
 import pickle
-from typing import List, Optional
+from typing import Any, Optional
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 
-import gpt4image_mm  # noqa: F401  (registers components, safe loading)
-from gpt4image_mm.cli_errors import exit_on_tool_error
-
-LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
+from gpt4image_mm.utils import register_all_modules
+from gpt4image_mm.utils.config import load_config
 
 
-def _common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--work-dir', help='where logs and checkpoints go')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config entries, e.g. train_cfg.max_epochs=2')
-    parser.add_argument('--launcher', choices=LAUNCHERS, default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    parser.add_argument('--no-pin-memory', action='store_true')
-    parser.add_argument('--no-persistent-workers', action='store_true')
-
-
-def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description='Train a model (mmpretrain CLI)')
-    p.add_argument('config', help='train config file (or mmpretrain::path)')
-    p.add_argument('--resume', nargs='?', type=str, const='auto',
-                   help='resume from this checkpoint, or the latest one in '
-                   'the work dir when no path is given')
-    p.add_argument('--amp', action='store_true', help='mixed precision')
-    p.add_argument('--no-validate', action='store_true')
-    p.add_argument('--auto-scale-lr', action='store_true')
-    p.add_argument('--allow-store-change', action='store_true',
-                   help='resume even if the checkpoint was trained against '
-                   'another embedding store (it is logged)')
-    _common_args(p)
-    return p
-
-
-def test_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description='Test a model (mmpretrain CLI)')
-    p.add_argument('config', help='test config file (or mmpretrain::path)')
-    p.add_argument('checkpoint', help='checkpoint file')
-    p.add_argument('--out', help='write the metrics as JSON to this file')
-    p.add_argument('--amp', action='store_true')
-    _common_args(p)
-    return p
+def train_args(config: str, **options: Any) -> argparse.Namespace:
+    """What ``gpt4image train CONFIG`` parses, for callers in Python (the
+    experiment plans its runs with it): the command's defaults, then
+    ``options``."""
+    args = dict(work_dir=None, cfg_options=None, launcher='none',
+                local_rank=0, no_pin_memory=False,
+                no_persistent_workers=False, resume=None, amp=False,
+                no_validate=False, auto_scale_lr=False,
+                allow_store_change=False)
+    unknown = set(options) - set(args)
+    if unknown:
+        raise TypeError(f'unknown train options: {sorted(unknown)}')
+    args.update(options)
+    return argparse.Namespace(config=config, **args)
 
 
 def _dataloader_defaults(cfg: Config, args: argparse.Namespace) -> None:
@@ -76,15 +55,6 @@ def _dataloader_defaults(cfg: Config, args: argparse.Namespace) -> None:
         cfg[field] = loader
 
 
-def load_config(path: str) -> Config:
-    """A config file, or a packaged one: ``mmpretrain::resnet/x.py``
-    (MMEngine's ``get_config``, as ``_base_`` entries resolve)."""
-    if '::' in path:
-        from mmengine.hub import get_config
-        return get_config(path)
-    return Config.fromfile(path)
-
-
 def build_runner(cfg: Config):
     """The config's runner: ``runner_type`` through the ``RUNNERS`` registry
     when the config names one (as mmpretrain's tools/train.py), else
@@ -99,12 +69,13 @@ def build_runner(cfg: Config):
 def _refused_checkpoint(error: pickle.UnpicklingError) -> SystemExit:
     """A checkpoint safe loading refused: its one line, exit 2 (the
     traceback through the runner would bury it)."""
-    from .cli_errors import EXIT_FIX_INPUT, print_error
+    from gpt4image_mm.utils.errors import EXIT_FIX_INPUT, print_error
     print_error(error)
     return SystemExit(EXIT_FIX_INPUT)
 
 
 def _load(args: argparse.Namespace) -> Config:
+    register_all_modules()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = load_config(args.config)
     cfg.launcher = args.launcher
@@ -208,12 +179,10 @@ def sync_schedule_to_epochs(cfg: Config, old_epochs: Optional[int]) -> None:
                 '--cfg-options to choose yourself)', logger='current')
 
 
-@exit_on_tool_error
-def train(argv: Optional[List[str]] = None) -> None:
-    """``tools/train.py``: build a Runner from the config and train."""
-    from gpt4image_mm import preflight
+def train(args: argparse.Namespace) -> None:
+    """``gpt4image train``: build a Runner from the config and train."""
+    from gpt4image_mm.engine import preflight
 
-    args = train_parser().parse_args(argv)
     cfg = train_config(args)
     if cfg.launcher == 'none':
         # Not yet under a distributed launcher: with the checks, one rank of
@@ -230,12 +199,10 @@ def train(argv: Optional[List[str]] = None) -> None:
         _end_distributed()
 
 
-@exit_on_tool_error
-def test(argv: Optional[List[str]] = None) -> dict:
-    """``tools/test.py``: evaluate a checkpoint; returns the metrics."""
-    from gpt4image_mm import preflight
+def test(args: argparse.Namespace) -> dict:
+    """``gpt4image test``: evaluate a checkpoint; returns the metrics."""
+    from gpt4image_mm.engine import preflight
 
-    args = test_parser().parse_args(argv)
     cfg = _load(args)
     cfg.load_from = args.checkpoint
     if args.amp:
@@ -254,4 +221,3 @@ def test(argv: Optional[List[str]] = None) -> dict:
         with open(args.out, 'w', encoding='utf-8') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
     return metrics
-from .query import TextQueryInferencer  # noqa: E402,F401  (as mmpretrain.apis exports its inferencers)

@@ -9,21 +9,16 @@ built model (a checkpoint's tensor shapes) or the checkpoint being resumed
 Runner loads the checkpoint, before any iteration.
 
 ``tools/train.py`` and ``tools/test.py`` call :func:`train_checks` and
-:func:`test_checks` (``gpt4image_mm/apis.py``).
+:func:`test_checks` (``gpt4image_mm/engine/runner.py``).
 """
 from __future__ import annotations
 
-import json
-import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmpretrain.registry import HOOKS
 
-from .cli_errors import ToolError
-from .datasets.store import StoreError, read_manifest
+from gpt4image_mm.datasets.store import StoreError, read_manifest
+from gpt4image_mm.utils.errors import ToolError
 
 # Manifest fields that say which vectors a store holds (store.py); the path
 # is not one of them: a copied or moved store is the same store.
@@ -43,7 +38,7 @@ class PreflightError(ToolError):
 def train_checks(cfg: Any, allow_store_change: bool = False) -> None:
     """Check a train config before the Runner is built; add the hooks that
     check checkpoints as they load and keep progress visible."""
-    from .progress import TrainProgressHook  # noqa: F401  (registers it)
+    import gpt4image_mm.engine  # noqa: F401  (registers the hooks it adds)
     desc_cfg = _description_cfg((cfg.get('train_dataloader') or {}).get(
         'dataset'))
     _check_alignment(cfg, desc_cfg)
@@ -221,115 +216,6 @@ def identity_changes(old: Dict[str, Any],
             if old.get(k) != new.get(k)]
 
 
-def _short(value: Any) -> str:
-    text = str(value)
-    return text[:12] + '...' if len(text) > 15 else text
-
-
-def _checkpoint_name(runner: Any) -> str:
+def checkpoint_name(runner: Any) -> str:
     return str(runner.cfg.get('load_from') or
                f'the latest checkpoint in {runner.work_dir}')
-
-
-@HOOKS.register_module()
-class StoreIdentityHook(Hook):
-    """Record the store in every checkpoint; refuse to resume against
-    another one.
-
-    Resuming with a store rebuilt from other texts would go on training
-    towards different targets with nothing said. ``allow_change`` (the
-    ``--allow-store-change`` option of ``tools/train.py``) resumes anyway
-    and logs both stores.
-    """
-
-    priority = 'LOW'  # after hooks that rewrite the loaded checkpoint (EMA)
-
-    def __init__(self, store: Optional[Dict[str, Any]] = None,
-                 allow_change: bool = False):
-        # plain JSON data (the manifest's own), not the config's ConfigDicts:
-        # checkpoints load with weights_only=True
-        self.store = json.loads(json.dumps(store)) if store else None
-        self.allow_change = allow_change
-
-    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        if self.store is not None:
-            checkpoint.setdefault('meta', {})[META_KEY] = dict(self.store)
-
-    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        if not runner.cfg.get('resume') or self.store is None:
-            return
-        old = (checkpoint.get('meta') or {}).get(META_KEY)
-        name = _checkpoint_name(runner)
-        if not old:
-            runner.logger.warning(
-                f'{name} records no embedding store (saved before stores '
-                'were recorded): cannot check it was trained against '
-                f'{self.store["path"]}')
-            return
-        changes = identity_changes(old, self.store)
-        if not changes:
-            return
-        diff = ', '.join(f'{k} {_short(a)} -> {_short(b)}'
-                         for k, a, b in changes)
-        msg = (f'{name} was trained against the store {old.get("path")}, '
-               f'but the config trains against {self.store["path"]} '
-               f'({diff})')
-        if self.allow_change:
-            runner.logger.warning(f'{msg}; resuming anyway '
-                                  '(--allow-store-change)')
-            return
-        raise PreflightError(
-            f'{msg} -- resuming would train towards other targets: point '
-            'store= at the store it was trained with, or pass '
-            '--allow-store-change to resume against the new one')
-
-
-@HOOKS.register_module()
-class CheckpointShapeHook(Hook):
-    """Refuse a checkpoint whose tensors do not fit the model.
-
-    MMEngine loads with ``strict=False`` and only warns on a size mismatch,
-    so a checkpoint of a 10-class head tested with a 7-class config reports
-    a random head's accuracy. ``evaluated_only`` (``tools/test.py``) ignores
-    the training-only parts (alignment neck, loss, teacher), which testing
-    never runs.
-    """
-
-    priority = 'LOW'  # after hooks that rewrite the loaded checkpoint (EMA)
-
-    def __init__(self, evaluated_only: bool = False):
-        self.evaluated_only = evaluated_only
-
-    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        from .checkpoint import TRAINING_ONLY_PREFIXES
-        state = checkpoint.get('state_dict', checkpoint)
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
-        own = model.state_dict()
-        bad = []
-        for key, value in state.items():
-            key = re.sub(r'^module\.', '', key)  # as MMEngine's loader
-            if self.evaluated_only and key.startswith(TRAINING_ONLY_PREFIXES):
-                continue
-            if (key in own and hasattr(value, 'shape')
-                    and tuple(value.shape) != tuple(own[key].shape)):
-                bad.append((key, tuple(value.shape), tuple(own[key].shape)))
-        if not bad:
-            return
-        key, theirs, ours = bad[0]
-        more = f' (and {len(bad) - 1} more tensors)' if len(bad) > 1 else ''
-        raise PreflightError(
-            f'{_checkpoint_name(runner)}: {key} is {theirs} in the checkpoint '
-            f'but {ours} in the model{more} -- '
-            f'{_shape_fix(model, key, theirs, ours)}')
-
-
-def _shape_fix(model: Any, key: str, theirs: Tuple[int, ...],
-               ours: Tuple[int, ...]) -> str:
-    num_classes = getattr(getattr(model, 'head', None), 'num_classes', None)
-    if key.startswith('head.') and theirs and ours and ours[0] == num_classes:
-        return (f'the checkpoint was trained for {theirs[0]} classes: set '
-                f'model.head.num_classes={theirs[0]}, or load only the '
-                "backbone (model.backbone.init_cfg=dict(type='Pretrained', "
-                "checkpoint=..., prefix='backbone.'))")
-    return 'use the config the checkpoint was trained with'

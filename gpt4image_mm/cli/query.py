@@ -13,14 +13,14 @@ import argparse
 import os
 from typing import Dict, List, Optional
 
-from .cli_errors import ToolError
-from .files import atomic_write_json
+from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.files import atomic_write_json
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``query``: zero-shot classification and text search of images
     through the alignment neck of a GPT4Image checkpoint."""
-    from .cli import DictAction
+    from gpt4image_mm.cli.main import DictAction
     p.add_argument('config', help='the GPT4Image training config')
     p.add_argument('checkpoint', help='a checkpoint that holds align_neck')
     where = p.add_mutually_exclusive_group(required=True)
@@ -62,8 +62,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def class_texts_from_file(path: str) -> Dict[str, List[str]]:
     """``{class name: [descriptions]}`` of a class-level descriptions file."""
-    from .descriptions import read_descriptions
-    from .keys import CLASS_PREFIX, base_key
+    from gpt4image_mm.utils.descriptions import read_descriptions
+    from gpt4image_mm.utils.keys import CLASS_PREFIX, base_key
     texts: Dict[str, List[str]] = {}
     for key, rec in read_descriptions(path).items():
         base = base_key(key)
@@ -82,7 +82,7 @@ def class_texts_from_args(args: argparse.Namespace) -> Dict[str, List[str]]:
     if '{}' not in args.template:
         raise ToolError(f'--template {args.template!r} has no {{}} for the '
                         'class name')
-    from .class_names import class_display_names
+    from gpt4image_mm.utils.class_names import class_display_names
     shown = class_display_names(args.classify, args.class_names)
     return {t: [args.template.format(s)] for t, s in zip(args.classify,
                                                           shown)}
@@ -100,15 +100,14 @@ def folder_accuracy(paths: List[str], preds: List[dict],
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``query`` from Python; errors propagate."""
-    from .cli import parse_and_run
-    return parse_and_run(configure_parser, argv, 'query')
+    from gpt4image_mm.cli.main import parse_and_run
+    return parse_and_run('query', argv, 'query')
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from mmengine.config import Config
-
-    from .query import TextQueryInferencer, contact_sheet
-    cfg = Config.fromfile(args.config)
+    from gpt4image_mm.apis.query import TextQueryInferencer, contact_sheet
+    from gpt4image_mm.utils.config import load_config
+    cfg = load_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     texts = None if args.search else class_texts_from_args(args)

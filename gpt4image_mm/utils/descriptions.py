@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, Iterator, Optional, Set, Tuple
 
-from .keys import check_key
+from gpt4image_mm.utils.keys import check_key
 
 # A description longer than this is almost surely garbage (the paper's are
 # ~100 words); text encoders truncate to 77-512 tokens anyway. The one limit
@@ -247,7 +247,7 @@ def record_source(path: str, source: Optional[Dict[str, Any]]) -> None:
         return
     old = read_source(path)
     if old is None:
-        from .files import atomic_write_json
+        from gpt4image_mm.utils.files import atomic_write_json
         atomic_write_json(source_path(path), source, indent=1)
     elif (old.get('root'), old.get('split')) != (source.get('root'),
                                                  source.get('split')):
