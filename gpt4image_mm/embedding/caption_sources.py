@@ -34,7 +34,17 @@ import csv
 import json
 import re
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import (
+    IO,
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from gpt4image_mm.embedding.importers import ImportSourceError
 from gpt4image_mm.utils.files import open_regular
@@ -522,37 +532,36 @@ def _iter_csv(f: IO[str], path: str, max_record: int) -> Iterator[Entry]:
     try:
         yield from _csv_rows(rows, path)
     except csv.Error as e:
-        raise MapSourceError(f'{path}: row {rows.line_num}: {e} -- check the'
-                             ' file, or raise --max-record-mb') from None
+        raise MapSourceError(f'{path}: line {rows.line_num}: {e} -- check '
+                             'the file, or raise --max-record-mb') from None
     finally:
         csv.field_size_limit(old_limit)
 
 
 def _csv_rows(rows: Any, path: str) -> Iterator[Entry]:
+    """Entries named by the line a row ends on (``rows.line_num``)."""
     head = next(rows, None)
     if head is None:
         return
     low = [c.strip().lower() for c in head]
     name_col = next((low.index(c) for c in NAME_FIELDS if c in low), None)
     text_col = next((low.index(c) for c in TEXT_FIELDS if c in low), None)
-    first: List[List[str]] = []
-    if name_col is None or text_col is None:  # no header: data from row 1
+    if name_col is None or text_col is None:  # no header: data from line 1
         name_col, text_col = 0, 1
-        first = [head]
-    n = 0
-    for row in _chain(first, rows):
-        n += 1
+        yield from _csv_entries([(head, rows.line_num)], 0, 1, path)
+    yield from _csv_entries(((row, rows.line_num) for row in rows),
+                            name_col, text_col, path)
+
+
+def _csv_entries(rows: Iterable[Tuple[List[str], int]], name_col: int,
+                 text_col: int, path: str) -> Iterator[Entry]:
+    for row, line in rows:
         if not any(c.strip() for c in row):
             continue
         if len(row) <= max(name_col, text_col):
-            raise MapSourceError(f'{path}: row {n} has no caption column '
+            raise MapSourceError(f'{path}: line {line} has no caption column '
                                  f'(it has {len(row)} column(s))')
-        yield Entry(row[name_col], row[text_col], f'row {n}')
-
-
-def _chain(first: List[List[str]], rows: Any) -> Iterator[List[str]]:
-    yield from first
-    yield from rows
+        yield Entry(row[name_col], row[text_col], f'line {line}')
 
 
 def source_format(path: str, fmt: str = 'auto',

@@ -39,6 +39,7 @@ from gpt4image_mm.embedding.caption_sources import (
     source_format,
 )
 from gpt4image_mm.embedding.importers import write_records
+from gpt4image_mm.utils.descriptions import MAX_TEXT_CHARS
 from gpt4image_mm.utils.keys import check_key, class_key, description_key
 
 SHOW_UNMATCHED = 20  # unmatched names listed in the summary
@@ -73,9 +74,15 @@ def clean_texts(name: Any, value: Any, path: str) -> List[str]:
         if not isinstance(text, str):
             raise MapSourceError(f'{where}: text must be a string, got '
                                  f'{type(text).__name__}')
-        if not text.strip():
+        text = text.strip()
+        if not text:
             raise MapSourceError(f'{where}: empty description')
-        out.append(text.strip())
+        if len(text) > MAX_TEXT_CHARS:
+            raise MapSourceError(
+                f'{where}: a caption of {len(text)} characters, over the '
+                f'{MAX_TEXT_CHARS} a description may have -- check the '
+                'file (a wrong column or field?)')
+        out.append(text)
     if not out:
         raise MapSourceError(f'{path}: {name}: an empty list of captions')
     return out
