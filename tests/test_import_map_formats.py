@@ -111,14 +111,15 @@ def coco_file(images, captions, annotations_first=False):
 def test_coco_captions_give_k_keys(tmp_path):
     """A flat train2017 folder; five captions per image give #0..#4 (in
     file order, interleaved as COCO's are), one caption a plain key, and an
-    image the dataset lacks is unmatched."""
+    image the dataset lacks is one unmatched name, whatever its captions."""
     names = [f'{i:012d}.jpg' for i in (9, 25, 30)]
     write_images(tmp_path / 'train2017', names)
     images = [(9, names[0]), (25, names[1]), (30, names[2]),
               (42, '000000000042.jpg')]
     captions = [(i, f'Image {i}, caption {k}.') for k in range(5)
                 for i in (9, 25)] + [(30, 'The only caption.'),
-                                     (42, 'Not in the dataset.')]
+                                     (42, 'Not in the dataset.'),
+                                     (42, 'Nor this one.')]
     for order in (False, True):
         src = tmp_path / f'captions_train2017_{order}.json'
         src.write_text(coco_file(images, captions, annotations_first=order))
@@ -141,6 +142,7 @@ def test_coco_captions_give_k_keys(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert 'by path suffix 11' in proc.stdout
     assert len(read_descriptions(str(tmp_path / 'p.jsonl'))) == 11
+    assert 'unmatched 1' in proc.stdout
 
 
 def test_unknown_format_names_what_it_found_and_the_formats(tmp_path,

@@ -217,8 +217,7 @@ class JsonStream:
     A value that does not fit the buffer makes the buffer grow by its own
     size, so decoding a value of n characters costs O(n) however large it
     is (growing by a fixed chunk and decoding again from its start would
-    cost O(n^2 / chunk)); ``decoded`` counts the characters handed to the
-    decoder, the work done. No value may exceed ``max_record``.
+    cost O(n^2 / chunk)). No value may exceed ``max_record``.
     """
 
     def __init__(self, f: IO[str], path: str,
@@ -226,7 +225,6 @@ class JsonStream:
         self.f, self.path, self.max_record = f, path, max_record
         self.buf, self.pos, self.eof = '', 0, False
         self.consumed = 0  # characters before buf (for error positions)
-        self.decoded = 0
         self.decoder = json.JSONDecoder()
 
     def _fill(self, want: int = _CHUNK) -> bool:
@@ -258,7 +256,6 @@ class JsonStream:
         if not self.peek():
             raise self.error('a value (the document ends early)')
         while True:
-            self.decoded += len(self.buf) - self.pos
             try:
                 val, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as e:
@@ -423,6 +420,9 @@ def _iter_json_list(stream: JsonStream, kind: str) -> Iterator[Entry]:
 def _iter_json_map(stream: JsonStream) -> Iterator[Entry]:
     for n in stream.items('}', 'the object'):
         name = stream.value(f'name {n}')
+        if not isinstance(name, str):
+            raise MapSourceError(f'{stream.path}: not JSON (name {n} of the '
+                                 f'object is {_describe(name)}, not a string)')
         stream.expect(':', f'after name {n}')
         yield Entry(name, stream.value(repr(name)), repr(name))
     stream.end()

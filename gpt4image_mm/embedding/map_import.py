@@ -288,20 +288,25 @@ def _resolved_records(source: CaptionSource, index: KeyIndex,
     path = source.path
     numbering = _Numbering(source, index) if source.grouped else None
     seen = bytearray(len(index.keys))
-    ambiguous: List[str] = []
+    ambiguous: Dict[str, str] = {}
+    # grouped formats name an image once per caption: count images, not
+    # captions, among the unmatched
+    missed: Optional[set] = set() if numbering is not None else None
     now = time.time()
     for entry in source.entries():
         report.entries += 1
         name = str(entry.name)
         i, how, tied = index.resolve(name)
         if how == 'ambiguous':
-            if len(ambiguous) < SHOW_UNMATCHED:
-                shown = ' and '.join(index.keys[t] for t in tied)
-                ambiguous.append(f'{name!r} ({shown})')
-            else:
-                ambiguous.append('')
+            if name not in ambiguous:
+                ambiguous[name] = ' and '.join(index.keys[t] for t in tied) \
+                    if len(ambiguous) < SHOW_UNMATCHED else ''
             continue
         if i is None:
+            if missed is not None:
+                if name in missed:
+                    continue
+                missed.add(name)
             report.unmatched += 1
             report.contradicting += how == 'contradicts'
             if len(report.unmatched_names) < SHOW_UNMATCHED:
@@ -327,7 +332,8 @@ def _resolved_records(source: CaptionSource, index: KeyIndex,
             yield dict(key=check_key(rec_key), text=text, model=model,
                        prompt_id='imported', time=now)
     if ambiguous:
-        shown = [a for a in ambiguous if a]
+        shown = [f'{name!r} ({keys})' for name, keys in ambiguous.items()
+                 if keys]
         raise MapSourceError(
             f'{path}: {len(ambiguous)} name(s) match several dataset images, '
             f'nothing written: {"; ".join(shown)}; key them by their path '
