@@ -15,8 +15,9 @@ close to (1): memory is bounded by the key index, not by the source.
 
 ``--scaling A,B`` (MB) writes, for each size, a source of 4 KB captions in
 two shapes and imports each in a fresh process: ``entries``, one entry per
-image (``{"<file name>": "<caption>", ...}``: the source streams, memory
-should not grow with it), and ``value``, the same captions as one JSON
+image (``{"<file name>": "<caption>", ...}``: the source streams, so its
+memory above ``index``, the dataset's key list and index alone, should not
+grow with it), and ``value``, the same captions as one JSON
 value (``{"<file name>": ["<caption>", ...]}``, one image with every
 caption, ``--max-record-mb`` raised so it is read): decoding it must cost
 time linear in its size. The ratios B/A of seconds and of peak RSS are
@@ -63,7 +64,7 @@ def write_inputs(directory: str, n: int) -> None:
 
 def child(directory: str, mode: str) -> None:
     from gpt4image_mm.embedding.map_import import KeyIndex, import_onto_dataset
-    if mode.startswith(('entries-', 'value-')):
+    if mode.startswith(('entries-', 'value-', 'index-')):
         scaled_child(directory, mode)
         return
     with open(os.path.join(directory, 'keys.txt'), encoding='utf-8') as f:
@@ -108,13 +109,19 @@ def scaled_source(directory: str, shape: str, mb: int) -> str:
 
 
 def scaled_child(directory: str, mode: str) -> None:
-    """Import ``<shape>-<mb>.json`` onto as many keys as it has entries."""
-    from gpt4image_mm.embedding.map_import import import_onto_dataset
+    """Import ``<shape>-<mb>.json`` onto as many keys as it has entries
+    (``index-<mb>``: only build those keys and their index)."""
+    from gpt4image_mm.embedding.map_import import KeyIndex, import_onto_dataset
     shape, mb = mode.split('-')
     src = os.path.join(directory, f'{mode}.json')
     n = int(mb) * 10**6 // (len(LONG) + 30)
-    keys = [key_of(i) for i in range(n if shape == 'entries' else 1)]
+    keys = [key_of(i) for i in range(1 if shape == 'value' else n)]
     t0 = time.perf_counter()
+    if shape == 'index':
+        KeyIndex(keys)
+        print(json.dumps({'keys': n, 'peak_rss_mb': round(resource.getrusage(
+            resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+        return
     rep = import_onto_dataset(src, keys, os.path.join(directory, 'out.jsonl'),
                               force=True, max_record=4 << 30)
     print(json.dumps({'descriptions': rep.descriptions,
@@ -123,12 +130,15 @@ def scaled_child(directory: str, mode: str) -> None:
                           resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
-def scaling(directory: str, sizes: str) -> None:
+def scaling(directory: str, sizes: str, shapes: str) -> None:
+    """Each shape at both sizes; ``index`` is the key list and index alone
+    for the entries shape (what its import needs besides the stream)."""
     small, large = (int(x) for x in sizes.split(','))
-    for shape in ('entries', 'value'):
+    for shape in shapes.split(','):
         res = {}
         for mb in (small, large):
-            scaled_source(directory, shape, mb)
+            if shape != 'index':
+                scaled_source(directory, shape, mb)
             out = subprocess.run(
                 [sys.executable, __file__, '--dir', directory, '--child',
                  f'{shape}-{mb}'], capture_output=True, text=True,
@@ -136,7 +146,7 @@ def scaling(directory: str, sizes: str) -> None:
             res[mb] = json.loads(out)
             print(f'{shape} {mb} MB: {out.strip()}', flush=True)
         ratio = {k: round(res[large][k] / max(res[small][k], 1e-9), 2)
-                 for k in ('seconds', 'peak_rss_mb')}
+                 for k in ('seconds', 'peak_rss_mb') if k in res[small]}
         print(f'{shape}: {large} MB / {small} MB = {ratio}', flush=True)
 
 
@@ -147,12 +157,14 @@ def main() -> None:
     ap.add_argument('--child')
     ap.add_argument('--scaling', metavar='A,B',
                     help='source sizes in MB, e.g. 128,1024')
+    ap.add_argument('--shapes', default='index,entries,value',
+                    help='--scaling: which of index, entries, value')
     args = ap.parse_args()
     if args.child:
         child(args.dir, args.child)
         return
     if args.scaling:
-        scaling(args.dir, args.scaling)
+        scaling(args.dir, args.scaling, args.shapes)
         return
     write_inputs(args.dir, args.n)
     size = os.path.getsize(os.path.join(args.dir, 'captions.json')) / 2**20

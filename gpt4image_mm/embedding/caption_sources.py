@@ -202,9 +202,9 @@ def _object_format(path: str, f: IO[str], max_record: int) -> str:
         return 'coco'
     if name in COCO_KEYS and opening == '[':
         stream.next_char()
-        if stream.peek() in '{]':
+        if stream.peek() in ('{', ']'):
             return 'coco'
-    if opening in '"[':
+    if opening in ('"', '['):
         return 'json'
     raise unknown_format(path, f'a JSON object whose first entry {name!r} '
                          'holds ' + _describe(stream.value(f'{name!r}')))
