@@ -26,6 +26,7 @@ printed side by side.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -34,6 +35,7 @@ import sys
 import time
 
 CLASSES = 1000  # ImageNet-1k's folders
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ~75 words: a short multimodal-model caption
 TEXT = ('A close-up photo of a {c}: the animal sits on a wooden floor next to '
         'a red blanket, its fur lit by soft window light, with a blurred '
@@ -122,8 +124,10 @@ def scaled_child(directory: str, mode: str) -> None:
         print(json.dumps({'keys': n, 'peak_rss_mb': round(resource.getrusage(
             resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
         return
+    limit = {'max_record': 4 << 30} if 'max_record' in inspect.signature(
+        import_onto_dataset).parameters else {}  # a --baseline tree has none
     rep = import_onto_dataset(src, keys, os.path.join(directory, 'out.jsonl'),
-                              force=True, max_record=4 << 30)
+                              force=True, **limit)
     print(json.dumps({'descriptions': rep.descriptions,
                       'seconds': round(time.perf_counter() - t0, 1),
                       'peak_rss_mb': round(resource.getrusage(
@@ -150,6 +154,19 @@ def scaling(directory: str, sizes: str, shapes: str) -> None:
         print(f'{shape}: {large} MB / {small} MB = {ratio}', flush=True)
 
 
+def baseline(directory: str, sizes: str, tree: str) -> None:
+    """The smaller ``value`` source imported by the code in ``tree`` (a
+    checkout of an older version), then by this one, one after the other."""
+    mb = int(sizes.split(',')[0])
+    scaled_source(directory, 'value', mb)
+    for name, path in (('baseline', tree), ('this tree', ROOT)):
+        out = subprocess.run(
+            [sys.executable, __file__, '--dir', directory, '--child',
+             f'value-{mb}'], capture_output=True, text=True, check=True,
+            env=dict(os.environ, PYTHONPATH=path)).stdout
+        print(f'value {mb} MB, {name}: {out.strip()}', flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--n', type=int, default=1_281_167)
@@ -159,9 +176,16 @@ def main() -> None:
                     help='source sizes in MB, e.g. 128,1024')
     ap.add_argument('--shapes', default='index,entries,value',
                     help='--scaling: which of index, entries, value')
+    ap.add_argument('--baseline', metavar='TREE',
+                    help='--scaling: instead, import the smaller value source'
+                    ' with the package in TREE (an older checkout), then '
+                    'with this one')
     args = ap.parse_args()
     if args.child:
         child(args.dir, args.child)
+        return
+    if args.scaling and args.baseline:
+        baseline(args.dir, args.scaling, args.baseline)
         return
     if args.scaling:
         scaling(args.dir, args.scaling, args.shapes)
