@@ -135,16 +135,23 @@ def test_endless_and_non_regular_sources_are_refused(tmp_path, folder):
     assert not any((tmp_path / f'{x}.jsonl').exists() for x in 'abc')
 
 
+def caption_dry_run(tmp_path, folder, key_file):
+    return subprocess.run(
+        [sys.executable, '-m', 'gpt4image_mm.cli', 'caption', '--images',
+         str(folder), '--out', str(tmp_path / 'd.jsonl'), '--model', 'm',
+         '--base-url', 'http://127.0.0.1:9/v1', '--redo-keys', str(key_file),
+         '--dry-run'], capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env=dict(os.environ, OPENAI_API_KEY=''))
+
+
 def test_caption_redo_keys_fifo_is_refused_not_waited_on(tmp_path, folder):
     fifo = tmp_path / 'flagged_keys.txt'
     os.mkfifo(fifo)
-    proc = subprocess.run(
-        [sys.executable, '-m', 'gpt4image_mm.cli', 'caption', '--images',
-         str(folder), '--out', str(tmp_path / 'd.jsonl'), '--model', 'm',
-         '--base-url', 'http://127.0.0.1:9/v1', '--redo-keys', str(fifo),
-         '--dry-run'], capture_output=True, text=True, timeout=30, cwd=ROOT,
-        env=dict(os.environ, OPENAI_API_KEY=''))
-    one_error_line(proc, fifo, 'FIFO')
+    one_error_line(caption_dry_run(tmp_path, folder, fifo), fifo, 'FIFO')
+    latin = tmp_path / 'latin1_keys.txt'
+    latin.write_bytes('cat/caf\xe9.png\n'.encode('latin-1'))
+    one_error_line(caption_dry_run(tmp_path, folder, latin), latin,
+                   'not UTF-8')
 
 
 def test_deep_nesting_long_fields_and_bad_bytes_are_one_line(tmp_path,

@@ -252,13 +252,13 @@ class NotRegularFile(ToolError):
 
 
 def _kind_of(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'),
+    for test, kind in ((stat.S_ISFIFO, 'a FIFO'),
                        (stat.S_ISSOCK, 'a socket'),
                        (stat.S_ISCHR, 'a character device'),
                        (stat.S_ISBLK, 'a block device')):
         if test(mode):
             return kind
-    return 'not a regular file'
+    return 'a special file'
 
 
 class _SizeBoundReader(io.RawIOBase):
@@ -316,6 +316,8 @@ def open_regular(path: str, encoding: str = 'utf-8',
     fd = os.open(path, flags)
     try:
         mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise NotRegularFile(f'{path}: a directory -- pass a file')
         if not stat.S_ISREG(mode):
             raise NotRegularFile(
                 f'{path}: {_kind_of(mode)}, not a regular file (reading it '

@@ -175,7 +175,12 @@ def read_key_file(path: str) -> frozenset:
     is refused, never waited on (:func:`~gpt4image_mm.utils.files.open_regular`)."""
     from gpt4image_mm.utils.files import open_regular
     with open_regular(path) as f:
-        keys = frozenset(ln.rstrip('\r\n') for ln in f if ln.strip())
+        try:
+            keys = frozenset(ln.rstrip('\r\n') for ln in f if ln.strip())
+        except UnicodeDecodeError as e:
+            raise ValueError(f'{path}: not UTF-8 text ({e.reason}) -- a key '
+                             'file holds one key a line, as analyze writes '
+                             'it') from None
     if not keys:
         raise ValueError(f'{path}: no keys in the file')
     return keys
