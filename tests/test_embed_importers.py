@@ -104,3 +104,31 @@ def test_import_maps(tmp_path):
     bad.write_text(json.dumps({'k': '   '}))
     with pytest.raises(ImportSourceError, match='empty'):
         import_map(str(bad), str(tmp_path / 'c.jsonl'))
+
+
+def test_source_names_resolve_by_path_suffix_then_file_name():
+    """The rules import-map puts a caption on an image by: the exact key,
+    a key the name ends with (another root), a key ending with the name
+    (fewer folders); folders that contradict match nothing; ties are
+    ambiguous."""
+    from gpt4image_mm.embedding.map_import import KeyIndex
+    keys = ['cat/x.png', 'x.png', 'dog/y.png', 'a/cat/z.png', 'b/cat/z.png']
+    index = KeyIndex(keys)
+
+    def resolve(name):
+        i, how, tied = index.resolve(name)
+        return (keys[i] if i is not None else None), how, \
+            sorted(keys[t] for t in tied)
+    assert resolve('cat/x.png') == ('cat/x.png', 'path', [])
+    assert resolve('./cat/x.png') == ('cat/x.png', 'path', [])
+    assert resolve('train/cat/x.png') == ('cat/x.png', 'suffix', [])
+    assert resolve('/data/other/x.png') == ('x.png', 'suffix', [])
+    assert resolve('C:\\data\\dog\\y.png') == ('dog/y.png', 'suffix', [])
+    assert resolve('y.png') == ('dog/y.png', 'name', [])
+    assert resolve('cat/y.png') == (None, 'contradicts', [])
+    assert resolve('../../cat/y.png') == (None, 'contradicts', [])
+    assert resolve('c/cat/z.png') == (None, 'contradicts', [])
+    assert resolve('cat/z.png') == (None, 'ambiguous',
+                                    ['a/cat/z.png', 'b/cat/z.png'])
+    assert resolve('x/a/cat/z.png') == ('a/cat/z.png', 'suffix', [])
+    assert resolve('w.png') == (None, 'unmatched', [])

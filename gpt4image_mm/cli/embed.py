@@ -201,17 +201,34 @@ def run_import_gpt4image_embeddings(args: argparse.Namespace) -> int:
 def configure_import_map_parser(p: argparse.ArgumentParser
                                 ) -> argparse.ArgumentParser:
     """``import-map``: captions from other tools (JSON {name: text |
-    [texts]}, JSON Lines, CSV with a header) -> descriptions JSONL, on the
-    dataset's keys with --images/--config."""
-    p.add_argument('source', help='JSON object {name: caption | [captions]}'
-                   ', JSON Lines {"image"|"file"|"key": ..., "caption"|'
-                   '"text": ...} or CSV with a header')
+    [texts]}, JSON Lines, CSV with a header, LLaVA conversations, COCO
+    captions) -> descriptions JSONL, on the dataset's keys with
+    --images/--config."""
+    from gpt4image_mm.embedding.caption_sources import (
+        DEFAULT_MAX_RECORD,
+        FORMATS,
+    )
+    p.add_argument('source', help='a caption file: '
+                   + '; '.join(f'{k}: {v}' for k, v in FORMATS.items()))
     p.add_argument('--out', required=True)
+    p.add_argument('--format', default='auto',
+                   choices=('auto',) + tuple(FORMATS),
+                   help="the source's format (default: told by its "
+                   'content)')
+    p.add_argument('--max-record-mb', type=float,
+                   default=DEFAULT_MAX_RECORD / 2**20,
+                   help='refuse a source with a record, line or JSON value '
+                   'larger than this (default: %(default)g MiB; no caption '
+                   'is that long, a corrupt or endless file is)')
     onto = p.add_mutually_exclusive_group()
     onto.add_argument('--images', metavar='ROOT', help='put the captions on '
-                      'the keys of this image folder: a name is matched by '
-                      'its path relative to ROOT, else by a file name that '
-                      'only one image has')
+                      'the keys caption --images gives this folder: a name '
+                      'is matched by '
+                      'its path relative to ROOT, else by a key it ends with'
+                      ' (a prefix such as coco/train2017/), else by a key '
+                      'that ends with it (a bare file name) that only one '
+                      'image has; a name whose folders contradict the '
+                      "dataset's is not matched")
     onto.add_argument('--config', help='as --images, on the keys of the '
                       "dataset this training config uses")
     p.add_argument('--split', default='train', choices=('train', 'val',
@@ -224,15 +241,22 @@ def configure_import_map_parser(p: argparse.ArgumentParser
     return p
 
 
+def _max_record(args: argparse.Namespace) -> int:
+    if not args.max_record_mb > 0:
+        raise ValueError('--max-record-mb must be > 0')
+    return int(args.max_record_mb * 2**20)
+
+
 def run_import_map(args: argparse.Namespace) -> int:
     if args.images or args.config:
         if args.class_level:
             raise ValueError('--class-level keys are class names: drop '
                              '--images/--config')
         return _import_onto_dataset(args)
-    from gpt4image_mm.embedding.importers import import_map
+    from gpt4image_mm.embedding.map_import import import_map
     n = import_map(args.source, args.out, class_level=args.class_level,
-                   force=args.force)
+                   force=args.force, fmt=args.format,
+                   max_record=_max_record(args))
     print(f'{args.out}: {n} descriptions')
     return 0
 
@@ -242,10 +266,10 @@ def _import_onto_dataset(args: argparse.Namespace) -> int:
     if args.images:
         import os
 
-        from gpt4image_mm.utils.image_files import image_folder_keys
+        from gpt4image_mm.utils.image_files import image_keys
         if not os.path.isdir(args.images):
             raise ValueError(f'--images {args.images}: not a directory')
-        keys = image_folder_keys(args.images)
+        keys = image_keys(args.images)  # the keys caption --images gives
         source = {'root': os.path.realpath(args.images), 'split': None}
     else:
         from gpt4image_mm.datasets.from_config import build_split_dataset
@@ -255,7 +279,9 @@ def _import_onto_dataset(args: argparse.Namespace) -> int:
     if not keys:
         raise ValueError(f'{args.images or args.config}: no images')
     report = import_onto_dataset(args.source, keys, args.out,
-                                 force=args.force, source=source)
+                                 force=args.force, source=source,
+                                 fmt=args.format,
+                                 max_record=_max_record(args))
     print(report.format())
     return 0
 

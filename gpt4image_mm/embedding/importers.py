@@ -30,7 +30,7 @@ import numpy as np
 from gpt4image_mm.utils.descriptions import DescriptionWriter, is_descriptions_file
 from gpt4image_mm.utils.files import atomic_path, check_replaceable
 from gpt4image_mm.utils.image_files import image_folder_keys
-from gpt4image_mm.utils.keys import check_key, class_key, description_key
+from gpt4image_mm.utils.keys import check_key
 
 # description2embedding.py:48 default --model RN50 (CLIP), as open_clip names
 # it; its text tower is 1024-d. ViT-L/14 (the other choice there) is 768-d.
@@ -222,44 +222,19 @@ def import_gpt4image(path: str, keys: Sequence[str], out: str,
 
 
 def read_map(path: str) -> List[Tuple[str, str]]:
-    """(key, text) pairs from a CSV (a header naming the columns, e.g.
-    ``key,text`` or ``image,caption``, else the first two), JSON
-    (``{key: text}``, ``{key: [texts]}`` or a list of records) or JSON Lines
-    file (records with ``key``/``image``/``file`` and ``text``/``caption``;
-    :mod:`.map_import`). A list of texts gives ``key#k`` keys."""
-    from gpt4image_mm.embedding.map_import import clean_texts, iter_source
-    out: List[Tuple[str, str]] = []
-    for key, value in iter_source(path):
-        texts = clean_texts(key, value, path)
-        if isinstance(value, list):
-            out += [(description_key(str(key), k), t)
-                    for k, t in enumerate(texts)]
-        else:
-            out.append((str(key), texts[0]))
-    return out
+    """(key, text) pairs of a caption file in any format
+    :mod:`.caption_sources` reads; a list of texts gives ``key#k`` keys."""
+    from gpt4image_mm.embedding.map_import import read_map as read
+    return read(path)
 
 
 def import_map(path: str, out: str, class_level: bool = False,
-               force: bool = False, model: Optional[str] = None) -> int:
-    """Write a key -> text map as descriptions JSONL.
-
-    ``class_level``: the keys are class names; they become ``class:<name>``
-    (per-class descriptions for ``DescriptionDataset(per_class=True)``).
-    """
-    pairs = read_map(path)
-    seen = set()
-    now = time.time()
-    recs = []
-    for key, text in pairs:
-        if class_level:
-            key = class_key(key)
-        check_key(key, f'{path}: ')
-        if key in seen:
-            raise ImportSourceError(f'{path}: key {key!r} appears twice')
-        seen.add(key)
-        recs.append(dict(key=key, text=text,
-                         model=model or f'import:{os.path.basename(path)}',
-                         prompt_id='imported', time=now))
-    if not recs:
-        raise ImportSourceError(f'{path}: no descriptions')
-    return write_records(recs, out, force)
+               force: bool = False, model: Optional[str] = None,
+               fmt: str = 'auto', max_record: Optional[int] = None) -> int:
+    """Write a caption file as descriptions JSONL keyed by its names
+    (:func:`gpt4image_mm.embedding.map_import.import_map`)."""
+    from gpt4image_mm.embedding.map_import import DEFAULT_MAX_RECORD
+    from gpt4image_mm.embedding.map_import import import_map as write
+    return write(path, out, class_level=class_level, force=force,
+                 model=model, fmt=fmt,
+                 max_record=max_record or DEFAULT_MAX_RECORD)

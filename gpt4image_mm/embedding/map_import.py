@@ -1,200 +1,66 @@
 """Captions written by other tools, read as a stream and put on our keys.
 
 Other projects ship captions keyed their own way: bare file names
-(``{"saint_bernard_148.jpg": "..."}``), paths under another root, JSON
-Lines with ``image``/``caption`` fields, CSVs with a header. Training joins
-on the path relative to the dataset root (:mod:`gpt4image_mm.utils.keys`), so
-:func:`import_onto_dataset` resolves each source name to a dataset key:
-the exact relative path first, else the file name when exactly one dataset
-image has it. Ambiguous names are an error that lists them, and nothing is
-written.
+(``{"saint_bernard_148.jpg": "..."}``), paths under another root
+(``coco/train2017/...``, ``imagenet/train/n01440764/...``), JSON Lines,
+CSVs, LLaVA conversation lists, COCO caption files (the formats:
+:mod:`gpt4image_mm.embedding.caption_sources`). Training joins on the path
+relative to the dataset root (:mod:`gpt4image_mm.utils.keys`), so
+:func:`import_onto_dataset` resolves each source name to a dataset key: the
+exact relative path first, else a dataset key the name ends with (the
+source has a root prefix the dataset lacks), else a key that ends with the
+name (the name lacks folders, a bare file name). A name whose folders
+contradict every key of its file name (``dog/cat0.png`` where the dataset
+has ``cat/cat0.png``) is unmatched, never put on that image. Ambiguous
+names are an error that lists them, and nothing is written.
 
-Sources are read as a stream (a JSON object too: :func:`iter_json_items`),
-and the only per-source state is one byte per dataset key, so an
-ImageNet-sized source (1.28 M captions) imports in the memory of the key
-index (docs/benchmarks.md).
+Sources are read as a stream, and the per-source state is one byte per
+dataset key (two counters per key for grouped formats, where one image has
+several entries), so an ImageNet-sized source (1.28 M captions) imports in
+the memory of the key index (docs/benchmarks.md).
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
+import posixpath
 import time
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from gpt4image_mm.embedding.importers import ImportSourceError, write_records
-from gpt4image_mm.utils.keys import check_key, description_key
+from gpt4image_mm.embedding.caption_sources import (
+    DEFAULT_MAX_RECORD,
+    FORMATS,
+    GROUPED,
+    Entry,
+    MapSourceError,
+    read_entries,
+    source_format,
+)
+from gpt4image_mm.embedding.importers import write_records
+from gpt4image_mm.utils.descriptions import MAX_TEXT_CHARS
+from gpt4image_mm.utils.keys import check_key, class_key, description_key
 
-# Field names other tools use for the image and for its caption (JSON Lines
-# records and CSV headers), first match wins.
-NAME_FIELDS = ('key', 'image', 'file', 'file_name', 'filename', 'image_id',
-               'path', 'img', 'name')
-TEXT_FIELDS = ('text', 'caption', 'description', 'captions', 'texts')
 SHOW_UNMATCHED = 20  # unmatched names listed in the summary
-_CHUNK = 1 << 20     # characters read at a time from a JSON document
 
 
-class MapSourceError(ImportSourceError):
-    """A source entry we cannot use (file and entry named)."""
+class CaptionSource:
+    """A caption file and its format; :meth:`entries` reads it afresh each
+    time (grouped formats are read twice: once to count each image's
+    captions, once to write them)."""
 
+    def __init__(self, path: str, fmt: str = 'auto',
+                 max_record: int = DEFAULT_MAX_RECORD):
+        self.path, self.max_record = path, max_record
+        self.format = source_format(path, fmt, max_record)
 
-# -- reading -------------------------------------------------------------
-def iter_json_items(f: IO[str], path: str) -> Iterator[Tuple[str, Any]]:
-    """``(name, value)`` of a JSON object, or of a JSON list of records, one
-    at a time: the document is never held whole."""
-    reader = _JsonStream(f, path)
-    opening = reader.next_char()
-    if opening not in '{[':
-        raise MapSourceError(f'{path}: expected a JSON object {{name: '
-                             'caption}} or a list of records')
-    closing = '}' if opening == '{' else ']'
-    n = 0
-    while True:
-        c = reader.next_char()
-        if c == closing and n == 0:
-            break
-        if n:
-            if c == closing:
-                break
-            if c != ',':
-                raise reader.error("',' or the end")
-            c = reader.next_char()
-        reader.unread()
-        n += 1
-        if opening == '{':
-            name = reader.value()
-            if reader.next_char() != ':':
-                raise reader.error("':'")
-            yield name, reader.value()
-        else:
-            yield _record_item(reader.value(), path, f'record {n}')
-    if reader.next_char(eof_ok=True):
-        raise reader.error('the end of the document')
+    @property
+    def grouped(self) -> bool:
+        return self.format in GROUPED
 
-
-class _JsonStream:
-    """Decodes one JSON value at a time from a file read in chunks."""
-
-    def __init__(self, f: IO[str], path: str):
-        self.f, self.path = f, path
-        self.buf, self.pos, self.eof = '', 0, False
-        self.consumed = 0  # characters before buf (for error positions)
-        self.decoder = json.JSONDecoder()
-
-    def _fill(self) -> bool:
-        data = '' if self.eof else self.f.read(_CHUNK)
-        self.eof = self.eof or not data
-        self.consumed += self.pos
-        self.buf, self.pos = self.buf[self.pos:] + data, 0
-        return bool(data)
-
-    def next_char(self, eof_ok: bool = False) -> str:
-        """The next non-blank character, consumed ('' at the end)."""
-        while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in ' \t\r\n':
-                self.pos += 1
-            if self.pos < len(self.buf):
-                self.pos += 1
-                return self.buf[self.pos - 1]
-            if not self._fill():
-                if eof_ok:
-                    return ''
-                raise self.error('more (the document ends early)')
-
-    def unread(self) -> None:
-        self.pos -= 1
-
-    def value(self) -> Any:
-        self.next_char()  # raw_decode takes no leading blanks
-        self.unread()
-        while True:
-            try:
-                val, end = self.decoder.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError as e:
-                if e.pos >= len(self.buf) - 1 or not self.eof:
-                    if self._fill():
-                        continue
-                raise MapSourceError(f'{self.path}: not JSON ({e.msg} at '
-                                     f'character {self.consumed + e.pos})'
-                                     ) from None
-            self.pos = end
-            return val
-
-    def error(self, wanted: str) -> MapSourceError:
-        return MapSourceError(f'{self.path}: not JSON (expected {wanted} at '
-                              f'character {self.consumed + self.pos})')
-
-
-def _pick(rec: Dict[str, Any], fields: Sequence[str]) -> Optional[str]:
-    return next((f for f in fields if f in rec), None)
-
-
-def _record_item(rec: Any, path: str, where: str) -> Tuple[str, Any]:
-    if not isinstance(rec, dict):
-        raise MapSourceError(f'{path}: {where} is not a JSON object')
-    name, text = _pick(rec, NAME_FIELDS), _pick(rec, TEXT_FIELDS)
-    if name is None or text is None:
-        raise MapSourceError(
-            f'{path}: {where} needs an image field ({", ".join(NAME_FIELDS)})'
-            f' and a caption field ({", ".join(TEXT_FIELDS)}); it has '
-            f'{sorted(rec)}')
-    return rec[name], rec[text]
-
-
-def _iter_jsonl(f: IO[str], path: str) -> Iterator[Tuple[str, Any]]:
-    for lineno, line in enumerate(f, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MapSourceError(f'{path}:{lineno}: not JSON ({e.msg})'
-                                 ) from None
-        yield _record_item(rec, path, f'line {lineno}')
-
-
-def _iter_csv(f: IO[str], path: str) -> Iterator[Tuple[str, Any]]:
-    """Rows of a CSV: the columns its header names, else the first two."""
-    rows = csv.reader(f)
-    head = next(rows, None)
-    if head is None:
-        return
-    low = [c.strip().lower() for c in head]
-    name_col = next((low.index(c) for c in NAME_FIELDS if c in low), None)
-    text_col = next((low.index(c) for c in TEXT_FIELDS if c in low), None)
-    if name_col is None or text_col is None:  # no header: data from row 1
-        name_col, text_col = 0, 1
-        rows = _prepend(head, rows)
-    for n, row in enumerate(rows, 1):
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) <= max(name_col, text_col):
-            raise MapSourceError(f'{path}: row {n} has no text column')
-        yield row[name_col], row[text_col]
-
-
-def _prepend(first: List[str], rows: Iterator[List[str]]
-             ) -> Iterator[List[str]]:
-    yield first
-    yield from rows
-
-
-def iter_source(path: str) -> Iterator[Tuple[str, Any]]:
-    """``(name, caption or [captions])`` of a source file, streamed: a JSON
-    object ``{name: text | [texts]}`` or list of records, JSON Lines
-    records, or a CSV (by its extension; anything else is read as CSV)."""
-    low = path.lower()
-    # utf-8-sig: a byte-order mark (Windows tools, Excel) is not part of a
-    # name
-    with open(path, encoding='utf-8-sig', newline='' if not
-              low.endswith(('.json', '.jsonl')) else None) as f:
-        if low.endswith('.jsonl'):
-            yield from _iter_jsonl(f, path)
-        elif low.endswith('.json'):
-            yield from iter_json_items(f, path)
-        else:
-            yield from _iter_csv(f, path)
+    def entries(self) -> Iterator[Entry]:
+        return read_entries(self.path, self.format, self.max_record)
 
 
 def clean_texts(name: Any, value: Any, path: str) -> List[str]:
@@ -208,20 +74,95 @@ def clean_texts(name: Any, value: Any, path: str) -> List[str]:
         if not isinstance(text, str):
             raise MapSourceError(f'{where}: text must be a string, got '
                                  f'{type(text).__name__}')
-        if not text.strip():
+        text = text.strip()
+        if not text:
             raise MapSourceError(f'{where}: empty description')
-        out.append(text.strip())
+        if len(text) > MAX_TEXT_CHARS:
+            raise MapSourceError(
+                f'{where}: a caption of {len(text)} characters, over the '
+                f'{MAX_TEXT_CHARS} a description may have -- check the '
+                'file (a wrong column or field?)')
+        out.append(text)
     if not out:
         raise MapSourceError(f'{path}: {name}: an empty list of captions')
     return out
 
 
+def _caption_count(entry: Entry) -> int:
+    return len(entry.texts) if isinstance(entry.texts, list) else 1
+
+
+def read_map(path: str, fmt: str = 'auto',
+             max_record: int = DEFAULT_MAX_RECORD
+             ) -> List[Tuple[str, str]]:
+    """(key, text) pairs of a source with the names as keys; a list of
+    captions, or several entries of one image (grouped formats), give
+    ``key#k`` keys."""
+    return list(_named_pairs(CaptionSource(path, fmt, max_record)))
+
+
+def _named_pairs(source: CaptionSource) -> Iterator[Tuple[str, str]]:
+    counts: Optional[Counter] = None
+    if source.grouped:
+        counts = Counter()
+        for e in source.entries():
+            counts[str(e.name)] += _caption_count(e)
+    next_k: Counter = Counter()
+    for e in source.entries():
+        name = str(e.name)
+        texts = clean_texts(name, e.texts, source.path)
+        many = isinstance(e.texts, list) if counts is None \
+            else counts[name] > 1
+        for text in texts:
+            k = next_k[name]
+            next_k[name] += 1
+            yield (description_key(name, k) if many else name), text
+
+
+def import_map(path: str, out: str, class_level: bool = False,
+               force: bool = False, model: Optional[str] = None,
+               fmt: str = 'auto', max_record: int = DEFAULT_MAX_RECORD
+               ) -> int:
+    """Write a source's captions as descriptions JSONL, keyed by the names
+    as written (streamed; nothing is written unless all of it is good).
+
+    ``class_level``: the names are class names; they become ``class:<name>``
+    (per-class descriptions for ``DescriptionDataset(per_class=True)``).
+    """
+    source = CaptionSource(path, fmt, max_record)
+    model = model or f'import:{os.path.basename(path)}'
+    now = time.time()
+
+    def records() -> Iterator[Dict[str, Any]]:
+        seen = set()
+        for key, text in _named_pairs(source):
+            if class_level:
+                key = class_key(key)
+            check_key(key, f'{path}: ')
+            if key in seen:
+                raise MapSourceError(f'{path}: key {key!r} appears twice')
+            seen.add(key)
+            yield dict(key=key, text=text, model=model,
+                       prompt_id='imported', time=now)
+        if not seen:
+            raise MapSourceError(f'{path}: no descriptions')
+    return write_records(records(), out, force)
+
+
 # -- resolving names to dataset keys ---------------------------------------
+def normalise_name(name: str) -> str:
+    """A source name as a relative ``/`` path: backslashes, ``./``, a
+    leading ``/`` and ``..`` steps (which point into the other tool's own
+    tree, not ours) are dropped; the folders left are kept."""
+    rel = posixpath.normpath(name.strip().replace('\\', '/') or '.')
+    return '/'.join(p for p in rel.split('/') if p not in ('', '.', '..'))
+
+
 class KeyIndex:
     """Dataset keys by relative path and by file name.
 
-    A file name shared by several images maps to all of them (an ambiguous
-    source name lists them); otherwise one int per name.
+    A file name shared by several images maps to all of them (a list);
+    otherwise one int per name.
     """
 
     def __init__(self, keys: Sequence[str]):
@@ -239,26 +180,45 @@ class KeyIndex:
             else:
                 self.by_name[name] = [had, i]
 
-    def resolve(self, name: str) -> Tuple[Optional[int], str]:
-        """``(index, how)``: how is ``path``, ``name``, ``ambiguous`` (index
-        None) or ``unmatched`` (index None)."""
-        rel = name.strip().replace('\\', '/')
-        while rel.startswith('./'):
-            rel = rel[2:]
-        i = self.by_path.get(rel)
+    def resolve(self, name: str) -> Tuple[Optional[int], str, List[int]]:
+        """``(index, how, tied)``: how is ``path`` (the exact key),
+        ``suffix`` (the name is a key under another root), ``name`` (a key
+        that ends with the name: a bare file name or a shorter path),
+        ``ambiguous`` (index None; ``tied`` the candidates), ``contradicts``
+        (index None: the dataset has the file name only under other
+        folders) or ``unmatched`` (index None)."""
+        i = self.by_path.get(name)
+        if i is None:
+            name = normalise_name(name)
+            i = self.by_path.get(name)
         if i is not None:
-            return i, 'path'
-        hit = self.by_name.get(rel.rsplit('/', 1)[-1])
+            return i, 'path', []
+        hit = self.by_name.get(name.rsplit('/', 1)[-1])
         if hit is None:
-            return None, 'unmatched'
-        if isinstance(hit, list):
-            return None, 'ambiguous'
-        return hit, 'name'
+            return None, 'unmatched', []
+        best: List[int] = []
+        best_depth, how = 0, 'contradicts'
+        for i in hit if isinstance(hit, list) else [hit]:
+            depth, kind = _shared_depth(name, self.keys[i])
+            if depth > best_depth:
+                best, best_depth, how = [i], depth, kind
+            elif depth and depth == best_depth:
+                best.append(i)
+        if len(best) > 1:
+            return None, 'ambiguous', best
+        return (best[0] if best else None), how, []
 
-    def candidates(self, name: str) -> List[str]:
-        hit = self.by_name.get(name.strip().replace('\\', '/')
-                               .rsplit('/', 1)[-1])
-        return [self.keys[i] for i in hit] if isinstance(hit, list) else []
+
+def _shared_depth(name: str, key: str) -> Tuple[int, str]:
+    """How many path components ``name`` and ``key`` share when one ends
+    with the other (0 when their folders differ), and which ends with the
+    other (``suffix``: the name has a root prefix; ``name``: the name has
+    fewer folders)."""
+    if name.endswith('/' + key):
+        return key.count('/') + 1, 'suffix'
+    if key.endswith('/' + name):
+        return name.count('/') + 1, 'name'
+    return 0, 'contradicts'
 
 
 @dataclass
@@ -266,20 +226,29 @@ class ImportReport:
     """What an import onto a dataset did."""
 
     out: str
-    entries: int = 0              # source entries (names) read
+    source_format: str = ''
+    entries: int = 0              # source entries read
     descriptions: int = 0         # records written (several per image too)
     by_path: int = 0
+    by_suffix: int = 0
     by_name: int = 0
     unmatched: int = 0
+    contradicting: int = 0        # unmatched: the file name under other folders
     unmatched_names: List[str] = field(default_factory=list)
     samples: int = 0              # dataset samples
     described: int = 0            # dataset samples that have a description
 
     def format(self) -> str:
         lines = [f'{self.out}: {self.descriptions} descriptions from '
-                 f'{self.entries} source entries; matched '
-                 f'{self.by_path + self.by_name} (by path {self.by_path}, by '
-                 f'file name {self.by_name}), unmatched {self.unmatched}']
+                 f'{self.entries} source entries (read as '
+                 f'{self.source_format}); matched '
+                 f'{self.by_path + self.by_suffix + self.by_name} (by path '
+                 f'{self.by_path}, by path suffix {self.by_suffix}, by file '
+                 f'name {self.by_name}), unmatched {self.unmatched}']
+        if self.contradicting:
+            lines.append(f'  {self.contradicting} unmatched name(s) have a '
+                         'file name the dataset holds under other folders: '
+                         'not put on those images')
         if self.unmatched_names:
             more = self.unmatched - len(self.unmatched_names)
             lines.append('  unmatched: ' + ', '.join(self.unmatched_names)
@@ -290,72 +259,114 @@ class ImportReport:
         return '\n'.join(lines)
 
 
-def _resolved_records(path: str, index: KeyIndex, report: ImportReport,
-                      model: str) -> Iterator[Dict[str, Any]]:
+class _Numbering:
+    """``#k`` numbering of grouped sources: each dataset key's caption
+    count (a first pass) and how many were written (the second)."""
+
+    def __init__(self, source: CaptionSource, index: KeyIndex):
+        self.total = array('I', bytes(4 * len(index.keys)))
+        self.done = array('I', bytes(4 * len(index.keys)))
+        for e in source.entries():
+            i = index.resolve(str(e.name))[0]
+            if i is not None:
+                self.total[i] += _caption_count(e)
+
+    def key(self, i: int, base: str, path: str) -> str:
+        k = self.done[i]
+        self.done[i] += 1
+        if k >= self.total[i]:
+            raise MapSourceError(f'{path}: changed while it was read (more '
+                                 f'captions of {base!r} than before); rerun')
+        return description_key(base, k) if self.total[i] > 1 else base
+
+
+def _resolved_records(source: CaptionSource, index: KeyIndex,
+                      report: ImportReport, model: str
+                      ) -> Iterator[Dict[str, Any]]:
     """Description records on dataset keys; ambiguous names and duplicates
     raise at the end / on sight, so the atomic write keeps nothing."""
+    path = source.path
+    numbering = _Numbering(source, index) if source.grouped else None
     seen = bytearray(len(index.keys))
-    ambiguous: List[str] = []
+    ambiguous: Dict[str, str] = {}
+    # grouped formats name an image once per caption: count images, not
+    # captions, among the unmatched
+    missed: Optional[set] = set() if numbering is not None else None
     now = time.time()
-    for name, value in iter_source(path):
+    for entry in source.entries():
         report.entries += 1
-        name = str(name)
-        i, how = index.resolve(name)
+        name = str(entry.name)
+        i, how, tied = index.resolve(name)
         if how == 'ambiguous':
-            if len(ambiguous) < SHOW_UNMATCHED:
-                ambiguous.append(f'{name!r} ({" and ".join(index.candidates(name))})')
-            else:
-                ambiguous.append('')
+            if name not in ambiguous:
+                ambiguous[name] = ' and '.join(index.keys[t] for t in tied) \
+                    if len(ambiguous) < SHOW_UNMATCHED else ''
             continue
         if i is None:
+            if missed is not None:
+                if name in missed:
+                    continue
+                missed.add(name)
             report.unmatched += 1
+            report.contradicting += how == 'contradicts'
             if len(report.unmatched_names) < SHOW_UNMATCHED:
                 report.unmatched_names.append(name)
             continue
         key = index.keys[i]
-        if seen[i]:
+        if seen[i] and numbering is None:
             raise MapSourceError(f'{path}: {name!r} is the second entry for '
                                  f'dataset key {key!r}')
+        report.described += not seen[i]
         seen[i] = 1
         report.by_path += how == 'path'
+        report.by_suffix += how == 'suffix'
         report.by_name += how == 'name'
-        report.described += 1
-        texts = clean_texts(name, value, path)
-        many = isinstance(value, list)
+        texts = clean_texts(f'{entry.where} ({name})', entry.texts, path)
+        many = isinstance(entry.texts, list)
         for k, text in enumerate(texts):
             report.descriptions += 1
-            yield dict(key=check_key(description_key(key, k) if many else key),
-                       text=text, model=model, prompt_id='imported', time=now)
+            if numbering is not None:
+                rec_key = numbering.key(i, key, path)
+            else:
+                rec_key = description_key(key, k) if many else key
+            yield dict(key=check_key(rec_key), text=text, model=model,
+                       prompt_id='imported', time=now)
     if ambiguous:
-        shown = [a for a in ambiguous if a]
+        shown = [f'{name!r} ({keys})' for name, keys in ambiguous.items()
+                 if keys]
         raise MapSourceError(
             f'{path}: {len(ambiguous)} name(s) match several dataset images, '
             f'nothing written: {"; ".join(shown)}; key them by their path '
             'relative to the dataset root')
-    if not report.by_path + report.by_name:
+    if not report.described:
         raise MapSourceError(
-            f'{path}: none of its {report.entries} names is a dataset key or '
-            f'a file name of the dataset (e.g. '
+            f'{path}: none of its {report.entries} names ({FORMATS[source.format]}'
+            f') is a dataset key or a file name of the dataset (e.g. '
             f'{report.unmatched_names[:3]}); is --images/--config the '
             'dataset these captions describe?')
 
 
 def import_onto_dataset(path: str, keys: Sequence[str], out: str,
                         force: bool = False, model: Optional[str] = None,
-                        source: Optional[Dict[str, Any]] = None
+                        source: Optional[Dict[str, Any]] = None,
+                        fmt: str = 'auto',
+                        max_record: int = DEFAULT_MAX_RECORD
                         ) -> ImportReport:
     """Write the captions of ``path`` as descriptions on ``keys`` (the
     dataset's keys, :func:`gpt4image_mm.utils.keys.dataset_keys` order).
 
     ``source``: the dataset the keys belong to (``root``, ``split``),
     recorded beside ``out`` as caption.py does, so training can check that
-    the descriptions describe its dataset.
+    the descriptions describe its dataset. ``fmt``: the source's format
+    (``auto``: by its content).
     """
     from gpt4image_mm.utils.descriptions import record_source, source_path
+    captions = CaptionSource(path, fmt, max_record)
     index = KeyIndex(keys)
-    report = ImportReport(out, samples=len(keys))
+    report = ImportReport(out, source_format=captions.format,
+                          samples=len(keys))
     write_records(_resolved_records(
-        path, index, report, model or f'import:{os.path.basename(path)}'),
+        captions, index, report, model or f'import:{os.path.basename(path)}'),
         out, force)
     if source:
         if os.path.exists(source_path(out)):

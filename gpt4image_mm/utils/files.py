@@ -10,9 +10,11 @@ error or a torn file. Each rule lives here once.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 from contextlib import contextmanager
@@ -242,3 +244,91 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool],
         raise error(
             f'{path} exists and is not {kind}; refusing to replace it even '
             'with --force (move it away or choose another --out)')
+
+
+class NotRegularFile(ToolError):
+    """An input that is not a regular file, or that grows while it is read:
+    one line naming it, exit 2."""
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, 'a FIFO'),
+                       (stat.S_ISSOCK, 'a socket'),
+                       (stat.S_ISCHR, 'a character device'),
+                       (stat.S_ISBLK, 'a block device')):
+        if test(mode):
+            return kind
+    return 'a special file'
+
+
+class _SizeBoundReader(io.RawIOBase):
+    """A file descriptor read no further than the size the file had when it
+    was opened: a file that grows while it is read (a log still being
+    written, a /proc-like file of size 0) is an error, not a stream that
+    never ends."""
+
+    def __init__(self, fd: int, path: str):
+        super().__init__()
+        self._raw = io.FileIO(fd, 'rb', closefd=True)
+        self._limit = os.fstat(fd).st_size
+        self._path = path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readinto(self, buf: Any) -> Optional[int]:
+        n = self._raw.readinto(buf)
+        if self._raw.tell() > self._limit:
+            raise NotRegularFile(
+                f'{self._path}: grew while being read (past the '
+                f'{self._limit} bytes it had when opened) -- wait until the '
+                'program writing it has finished, or copy it, then rerun')
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_regular(path: str, encoding: str = 'utf-8',
+                 newline: Optional[str] = None,
+                 buffer_size: int = 1 << 20) -> io.TextIOWrapper:
+    """Open an input for reading as text, or refuse it in one line.
+
+    Only a regular file is read: a FIFO would block the command for ever
+    (even a ``--dry-run``), and a device such as ``/dev/zero`` never ends.
+    The open itself does not block (``O_NONBLOCK``, cleared once the file
+    is known to be regular), and reading stops at the size the file had
+    when it was opened (:class:`_SizeBoundReader`). A missing file is the
+    usual :class:`OSError` naming it.
+    """
+    flags = os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(
+        os, 'O_CLOEXEC', 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise NotRegularFile(f'{path}: a directory -- pass a file')
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(
+                f'{path}: {_kind_of(mode)}, not a regular file (reading it '
+                'could block or never end) -- save its content to a file '
+                'and pass that')
+        if fcntl is not None and getattr(os, 'O_NONBLOCK', 0):
+            fcntl.fcntl(fd, fcntl.F_SETFL,
+                        fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        raw = _SizeBoundReader(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return io.TextIOWrapper(io.BufferedReader(raw, buffer_size),
+                            encoding=encoding, newline=newline)

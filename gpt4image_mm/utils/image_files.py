@@ -61,6 +61,13 @@ def list_images(root: str) -> List[str]:
     return out
 
 
+def image_keys(root: str) -> List[str]:
+    """The keys of the images :func:`list_images` finds (``caption
+    --images ROOT``'s keys): paths relative to ``root``, ``/``-separated."""
+    from gpt4image_mm.utils.keys import file_key
+    return [file_key(p, root) for p in list_images(root)]
+
+
 def _usable(path: str, name: str) -> bool:
     """Whether the dataset would load this image file; says why not."""
     if name.startswith('.'):
@@ -95,14 +102,45 @@ def _first_visit(path: str, real_root: str, seen: set) -> bool:
 
 
 def image_folder_keys(root: str) -> List[str]:
-    """Keys of an ImageFolder tree, exactly as torchvision enumerates it."""
+    """Keys of an ImageFolder tree, exactly as torchvision enumerates it,
+    except that a link back into the walk (``cls/loop -> .``,
+    ``cls/up -> ..``) is not followed: ImageFolder would list one image
+    under ever longer names until the path is too long (41 aliases of one
+    file), where ``caption --images`` lists it once. Links to folders
+    elsewhere (an ImageNet train tree of symlinks) are followed as before.
+    """
     keys = []
+    real_root = os.path.realpath(root)
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     for cls in classes:
         cdir = os.path.join(root, cls)
-        for dirpath, _, fnames in sorted(os.walk(cdir, followlinks=True)):
+        for dirpath, _, fnames in sorted(_walk_without_loops(cdir,
+                                                             real_root)):
             for fname in sorted(fnames):
                 if is_image_file(fname):
                     rel = os.path.relpath(os.path.join(dirpath, fname), root)
                     keys.append(rel.replace(os.sep, '/'))
     return keys
+
+
+def _walk_without_loops(top: str, real_root: str) -> List[tuple]:
+    """``list(os.walk(top, followlinks=True))`` minus every directory whose
+    real path is the root or one of its own ancestors on the walk (a link
+    loop)."""
+    ancestors = {top: frozenset((real_root, os.path.realpath(top)))}
+    out = []
+    for dirpath, subdirs, files in os.walk(top, followlinks=True):
+        above = ancestors.pop(dirpath, frozenset())
+        keep = []
+        for s in subdirs:
+            path = os.path.join(dirpath, s)
+            real = os.path.realpath(path)
+            if real in above:
+                logger.warning('skipped %s: a link back to %s (a loop)',
+                               path, real)
+                continue
+            ancestors[path] = above | {real}
+            keep.append(s)
+        subdirs[:] = keep
+        out.append((dirpath, subdirs, files))
+    return out

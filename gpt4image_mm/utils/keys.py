@@ -171,9 +171,16 @@ def class_names(dataset: Any) -> Sequence[str]:
 
 def read_key_file(path: str) -> frozenset:
     """The keys of a key file, one per line (``analyze``'s flagged keys,
-    ``caption.py --redo-keys``); blank lines are skipped."""
-    with open(path, encoding='utf-8') as f:
-        keys = frozenset(ln.rstrip('\r\n') for ln in f if ln.strip())
+    ``caption.py --redo-keys``); blank lines are skipped. A FIFO or device
+    is refused, never waited on (:func:`~gpt4image_mm.utils.files.open_regular`)."""
+    from gpt4image_mm.utils.files import open_regular
+    with open_regular(path) as f:
+        try:
+            keys = frozenset(ln.rstrip('\r\n') for ln in f if ln.strip())
+        except UnicodeDecodeError as e:
+            raise ValueError(f'{path}: not UTF-8 text ({e.reason}) -- a key '
+                             'file holds one key a line, as analyze writes '
+                             'it') from None
     if not keys:
         raise ValueError(f'{path}: no keys in the file')
     return keys
