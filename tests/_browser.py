@@ -127,7 +127,7 @@ class Browser:
                            {'url': 'about:blank'})['targetId']
         session = self.call('Target.attachToTarget', {
             'targetId': target, 'flatten': True})['sessionId']
-        tab = Tab(self, session)
+        tab = Tab(self, session, target)
         for domain in ('Runtime', 'Log', 'Network', 'Page'):
             self.call(f'{domain}.enable', session=session)
         self.call('Emulation.setDeviceMetricsOverride', {
@@ -146,9 +146,12 @@ class Browser:
 class Tab:
     """One attached page: its events, evaluation and screenshots."""
 
-    def __init__(self, browser: Browser, session: str):
-        self.browser, self.session = browser, session
+    def __init__(self, browser: Browser, session: str, target: str):
+        self.browser, self.session, self.target = browser, session, target
         self.load_seconds = float('nan')
+
+    def close(self) -> None:
+        self.browser.call('Target.closeTarget', {'targetId': self.target})
 
     def _events(self, name: str) -> List[Dict[str, Any]]:
         return [e['params'] for e in self.browser.events
@@ -182,6 +185,25 @@ class Tab:
         """Every URL the page asked for."""
         return [p['request']['url']
                 for p in self._events('Network.requestWillBeSent')]
+
+    def load_all_images(self, timeout_ms: int = 10000) -> List[int]:
+        """Scroll every image into view (lazy ones load then), wait for
+        each to load or fail; their ``naturalWidth`` (0: not loaded)."""
+        return self.eval('''(async () => {
+          const imgs = [...document.images];
+          for (const img of imgs) {
+            img.scrollIntoView();
+            if (!img.complete) {
+              await new Promise(done => {
+                img.addEventListener('load', done, {once: true});
+                img.addEventListener('error', done, {once: true});
+                setTimeout(done, TIMEOUT);
+              });
+            }
+          }
+          window.scrollTo(0, 0);
+          return imgs.map(i => i.naturalWidth);
+        })()'''.replace('TIMEOUT', str(int(timeout_ms))))
 
     def screenshot(self, path: str, full_page: bool = False) -> None:
         params: Dict[str, Any] = {'format': 'png'}

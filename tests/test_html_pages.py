@@ -132,6 +132,19 @@ def _select(tab, select_id, value):
              ' s.dispatchEvent(new Event("change")); return 1; })()')
 
 
+def _shown_as_text(tab, key):
+    """The description on ``key``'s card as the reader sees it (scrolled
+    into view), checked to be one text node, no markup."""
+    return tab.eval(f'''(() => {{
+      const card = [...document.querySelectorAll(".card")].find(
+        c => c.querySelector("code").textContent === {json.dumps(key)});
+      card.scrollIntoView();
+      const p = card.querySelector(".text");
+      return p.childNodes.length === 1 && p.firstChild.nodeType === 3
+        ? p.innerText : "markup: " + p.innerHTML;
+    }})()''')
+
+
 def _assert_nothing_ran_or_left(tab, folder: Path, hits):
     assert tab.errors() == []
     assert tab.eval('typeof window.__pwned') == 'undefined'
@@ -170,12 +183,12 @@ def test_analysis_page_per_image(tmp_path, browser, listener):
     made = {p: p.stat().st_mtime_ns for p in thumbs}
     tab = browser.open(page.as_uri())
     _assert_nothing_ran_or_left(tab, out, hits)
-    sizes = tab.eval('[...document.images].map(i => i.naturalWidth)')
+    sizes = tab.load_all_images()
     cards = tab.eval('document.querySelectorAll(".card").length')
     assert len(sizes) >= cards + 1 and all(w > 0 for w in sizes)
-    text = tab.eval('document.body.innerText')
-    assert HOSTILE.format(port=port) in text  # shown, as text
-    assert 'timeout <b>late</b>' in text
+    assert _shown_as_text(tab, 'shirt/0.png') == HOSTILE.format(port=port)
+    assert _shown_as_text(tab, 'trouser/2.png') == 'timeout <b>late</b>'
+    text = tab.eval('document.body.textContent')
     for reason in ('refusal', 'empty (no letter or digit)',
                    'names another class', 'exact duplicate',
                    'failed (no description)'):
@@ -185,7 +198,8 @@ def test_analysis_page_per_image(tmp_path, browser, listener):
     all_cards = _visible(tab, '.card')
     _select(tab, 'f-reason', 'refusal')
     assert _visible(tab, '.card') == 1
-    assert "I'm sorry" in tab.eval('document.body.innerText')
+    assert "I'm sorry" in tab.eval('[...document.querySelectorAll(".card")]'
+                                   '.find(e => !e.hidden).innerText')
     _select(tab, 'f-reason', '')
     _select(tab, 'f-class', str(FOLDERS.index('sneaker')))
     shown = tab.eval('[...document.querySelectorAll(".card")].filter(e => '
@@ -221,9 +235,9 @@ def test_analysis_page_class_level(tmp_path, browser, listener):
     _assert_nothing_ran_or_left(tab, out, hits)
     assert tab.eval('document.images.length') == 0
     assert tab.eval('document.querySelectorAll("section.cls").length') == 3
-    text = tab.eval('document.body.innerText')
-    assert HOSTILE.format(port=port) in text
-    assert 'A ship seen from above, variant 3.' in text
+    assert _shown_as_text(tab, 'class:cat#1') == HOSTILE.format(port=port)
+    assert 'A ship seen from above, variant 3.' in tab.eval(
+        'document.body.textContent')
     assert not (out / 'thumbs').exists()
 
 
@@ -296,7 +310,7 @@ def test_experiment_page(tmp_path, browser, listener):
     tab = browser.open(page.as_uri())
     _assert_nothing_ran_or_left(tab, tmp_path / 'exp', hits)
     assert tab.eval('document.scripts.length') == 0
-    assert tab.eval('[...document.images].map(i => i.naturalWidth)')[0] > 0
+    assert tab.load_all_images()[0] > 0
     body = tab.eval('document.body.innerText')
     assert 'Fashion-MNIST & <friends>' in body
     assert 'CUDA out of memory' in body and '<img src=x' in body

@@ -339,6 +339,7 @@ code{font-size:.92em;background:#f3f3f3;padding:0 .2em}
 .reason{display:inline-block;background:#fde2e1;color:#8a1c12;
  border-radius:3px;padding:0 .35em;margin-right:.3em;font-size:.85em}
 .noimg{color:#888;font-size:.85em}
+section.cls{content-visibility:auto;contain-intrinsic-size:auto 320px}
 .filters{position:sticky;top:0;background:#fafafa;padding:.5em;
  border:1px solid #ddd;z-index:1}
 figure{display:inline-block;margin:.5em}figure img{max-width:100%}
@@ -410,7 +411,8 @@ def _card(s: Shown, names: Sequence[str], images: bool) -> str:
              f'{escape(" ".join(s.reasons))}">']
     if images:
         if s.thumb:
-            parts.append(f'<img src="{escape(s.thumb)}" alt="">')
+            parts.append(f'<img src="{escape(s.thumb)}" alt="" width="112" '
+                         'height="112" loading="lazy" decoding="async">')
         else:
             parts.append('<div class="noimg">' + escape(
                 s.image_error or 'no image') + '</div>')
