@@ -299,14 +299,18 @@ def _experiment(tmp: Path, port: int):
     return s, runs, results, '\n'.join(lines)
 
 
-def test_experiment_page(tmp_path, browser, listener):
+def test_experiment_page(tmp_path, browser, listener, caplog):
     """The arms table, the forest plot against zero, the curves, links to
     every run's config, logs and metrics; hostile texts run nothing."""
+    import logging
+
     from gpt4image_mm.experiment.html import write_experiment_page
     port, hits = listener
     s, runs, results, text = _experiment(tmp_path, port)
-    page = Path(write_experiment_page(s, runs, results, text))
+    with caplog.at_level(logging.INFO, 'gpt4image_mm.experiment'):
+        page = Path(write_experiment_page(s, runs, results, text))
     assert page == tmp_path / 'exp' / 'report.html'
+    assert f'page: {page}' in caplog.messages  # the narration shows it
     tab = browser.open(page.as_uri())
     _assert_nothing_ran_or_left(tab, tmp_path / 'exp', hits)
     assert tab.eval('document.scripts.length') == 0

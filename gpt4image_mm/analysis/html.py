@@ -342,7 +342,8 @@ code{font-size:.92em;background:#f3f3f3;padding:0 .2em}
 section.cls{content-visibility:auto;contain-intrinsic-size:auto 320px}
 .filters{position:sticky;top:0;background:#fafafa;padding:.5em;
  border:1px solid #ddd;z-index:1}
-figure{display:inline-block;margin:.5em}figure img{max-width:100%}
+figure{display:inline-block;margin:.5em}
+figure img{max-width:min(100%,760px)}
 """
 
 
