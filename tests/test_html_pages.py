@@ -87,8 +87,8 @@ def _fashion_folder(root: Path, per_class: int = 3) -> list:
 
 def _per_image_set(tmp: Path, port: int):
     """A per-image set over 10 classes: plain descriptions, a refusal, an
-    empty text, another class named, a failure, a duplicate and a
-    planted hostile description; a config and a store."""
+    empty text, another class named, a failure, a duplicate, a planted
+    hostile description and a corrupt image; a config and a store."""
     keys = _fashion_folder(tmp / 'imgs')
     (tmp / 'cfg.py').write_text(
         "train_dataloader = dict(dataset=dict(type='CustomDataset', "
@@ -109,6 +109,7 @@ def _per_image_set(tmp: Path, port: int):
     (tmp / 'd.jsonl').write_text(''.join(json.dumps(r) + '\n'
                                          for r in recs))
     random_store(tmp / 'store', [k for k in keys if k != 'trouser/2.png'])
+    (tmp / 'imgs' / 'bag' / '2.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 64)
     return keys
 
 
@@ -178,14 +179,17 @@ def test_analysis_page_per_image(tmp_path, browser, listener):
     page = out / 'report.html'
     assert f'page: {page}' in stdout
     thumbs = sorted((out / 'thumbs').iterdir())
-    # one thumbnail per shown image: 4 samples a class (3 exist) + flagged
-    assert len(thumbs) == len(keys)
+    # one thumbnail per shown image (4 samples a class, 3 exist, and the
+    # flagged), none of the corrupt one
+    assert len(thumbs) == len(keys) - 1
     made = {p: p.stat().st_mtime_ns for p in thumbs}
     tab = browser.open(page.as_uri())
     _assert_nothing_ran_or_left(tab, out, hits)
     sizes = tab.load_all_images()
     cards = tab.eval('document.querySelectorAll(".card").length')
-    assert len(sizes) >= cards + 1 and all(w > 0 for w in sizes)
+    assert all(w > 0 for w in sizes)  # the figures and every thumbnail
+    assert tab.eval('document.querySelectorAll(".card img").length') == \
+        cards - 1  # every card but the corrupt image's
     assert _shown_as_text(tab, 'shirt/0.png') == HOSTILE.format(port=port)
     assert _shown_as_text(tab, 'trouser/2.png') == 'timeout <b>late</b>'
     text = tab.eval('document.body.textContent')
@@ -194,6 +198,7 @@ def test_analysis_page_per_image(tmp_path, browser, listener):
                    'failed (no description)'):
         assert reason in text
     assert 'nearest other class: ' in text
+    assert 'bag/2.png: cannot read image' in text
     assert 'most confused with' in text
     all_cards = _visible(tab, '.card')
     _select(tab, 'f-reason', 'refusal')
