@@ -15,8 +15,10 @@ next to the page, decoded once through the project's safe image opener,
 and made only for the samples shown.
 
 :func:`page_shell` is the one home of that head (the experiment's page
-uses it too). The flagged records come in through :class:`Shown` items, so
-how records are flagged can change without touching the page.
+uses it too). What the analysis flags, and why, reaches the page through
+one adapter, :func:`flagged_from_analysis` (``Flags.reasons``: a mask of
+records per reason name); the page renders whatever reasons it names, so
+how records are flagged can change without touching the rendering.
 """
 from __future__ import annotations
 
@@ -217,7 +219,6 @@ def page_data(path: str, stats: Any, flags: Any, names: Sequence[str],
     import numpy as np
 
     from gpt4image_mm.analysis.metrics import first_per_key
-    from gpt4image_mm.analysis.records import OWN_CLASS
     from gpt4image_mm.utils.keys import CLASS_PREFIX
     keep = first_per_key(stats)
     reasons, failed = flagged_from_analysis(stats, flags)
@@ -237,20 +238,10 @@ def page_data(path: str, stats: Any, flags: Any, names: Sequence[str],
     flagged += [Shown(k, e, label=label_of(k) if label_of else -1,
                       reasons=('failure',), failed=True)
                 for k, e in (errors[h] for h in failed_shown if h in errors)]
-    counted = stats.label[keep]
-    own = (stats.flags[keep] & OWN_CLASS).astype(bool)
-    confusion = m.get('_confusion')
-    classes = []
-    for c in range(len(names)):
-        mine = counted == c
-        n = int(mine.sum())
-        if not n:
-            continue
-        view = ClassView(c, n, float(own[mine].mean()) if names else None,
-                         _most_confused(confusion, c, names))
-        view.samples = [Shown(*texts[i], label=c)
-                        for i in samples.get(c, [])]
-        classes.append(view)
+    classes = _class_views(stats, keep, names, m.get('_confusion'))
+    for view in classes:
+        view.samples = [Shown(*texts[i], label=view.label)
+                        for i in samples.get(view.label, [])]
     data = PageData(flagged, total, classes)
     shown = data.shown()
     if store and m.get('_centroids') is not None:
@@ -260,6 +251,24 @@ def page_data(path: str, stats: Any, flags: Any, names: Sequence[str],
             s.key.startswith(CLASS_PREFIX) for s in shown):
         data.image_of = image_of
     return data
+
+
+def _class_views(stats: Any, keep: Any, names: Sequence[str],
+                 confusion: Any) -> List[ClassView]:
+    """Each class with descriptions: how many, the share that name it and
+    (with a store) its most confused class; counted in one bincount each,
+    not one pass per class."""
+    import numpy as np
+
+    from gpt4image_mm.analysis.records import OWN_CLASS
+    labels = stats.label[keep]
+    own = (stats.flags[keep] & OWN_CLASS).astype(bool)
+    known = labels >= 0
+    counts = np.bincount(labels[known], minlength=len(names))
+    naming = np.bincount(labels[known & own], minlength=len(names))
+    return [ClassView(c, int(counts[c]), float(naming[c] / counts[c]),
+                      _most_confused(confusion, c, names))
+            for c in range(len(names)) if counts[c]]
 
 
 def _most_confused(confusion: Any, c: int, names: Sequence[str]
