@@ -244,6 +244,15 @@ def test_analysis_page_class_level(tmp_path, browser, listener):
     assert 'A ship seen from above, variant 3.' in tab.eval(
         'document.body.textContent')
     assert not (out / 'thumbs').exists()
+    # were escaping ever to fail, the policy still blocks: markup added
+    # to the page loads nothing remote and runs no inline handler
+    tab.eval(f'''(() => {{ document.body.insertAdjacentHTML("beforeend",
+      '<img src="http://127.0.0.1:{port}/leak.png">' +
+      '<img src="nope.png" onerror="window.__pwned = 5">'); return 1; }})()''')
+    tab.eval('new Promise(r => setTimeout(r, 500))')
+    assert tab.eval('typeof window.__pwned') == 'undefined'
+    assert hits == []
+    assert any('Content Security Policy' in e for e in tab.errors())
 
 
 def _experiment(tmp: Path, port: int):
@@ -285,8 +294,8 @@ def _experiment(tmp: Path, port: int):
             top1 = 85 + gain + float(rng.normal(0, 0.2))
             (wd / 'test_metrics.json').write_text(json.dumps(
                 {'accuracy/top1': top1}))
-            curve = [70 + 3 * e + gain + float(rng.normal(0, 0.3))
-                     for e in range(5)]
+            curve = [85 - 12 * 0.5 ** e + gain + float(rng.normal(0, 0.1))
+                     for e in range(8)]
             results.append(dict(arm=arm, seed=seed, shots=None, top1=top1,
                                 config=run.config, train_seconds=60.0,
                                 checkpoint=None, curve=curve))
