@@ -9,7 +9,7 @@ SEEDS ?= 1
 # baseline,gpt4image (default), or all: + the classname and random controls
 ARMS ?= baseline,gpt4image
 
-.PHONY: setup test test-server lint data demo clean
+.PHONY: setup test test-server lint data browser demo clean
 
 # pip stays quiet (-q); a line per step says what the minutes go to.
 $(VENV)/.installed: setup.py constraints.txt
@@ -30,8 +30,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # Real Fashion-MNIST for the demo's test (Debian package, installed when root).
-data: setup
+data: setup browser
 	$(PY) tools/prepare_data.py || echo "Fashion-MNIST unavailable: tests/test_demo.py will be skipped"
+
+# A real browser for the report.html tests (Debian's chromium, installed when root).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "browser: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "browser: not root, chromium not installed: tests/test_html_pages.py will be skipped"; \
+	else apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "browser: chromium unavailable: tests/test_html_pages.py will be skipped"; fi
 
 # Tests run in parallel (pytest-xdist), one worker per core; a module's tests
 # stay on one worker (--dist loadscope), so module fixtures are built once.

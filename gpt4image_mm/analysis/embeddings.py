@@ -185,6 +185,7 @@ def class_signal(emb: np.ndarray, labels: np.ndarray, names: List[str],
     cent = torch.nn.functional.normalize(sums, dim=1).float()
     sim = (cent @ cent.T).numpy()
     out['_centroid_similarity'] = sim
+    out['_centroids'], out['_confusion'] = cent.numpy(), confusion
     out['_confused_pairs'] = _confused_pairs(confusion, sim, names, top_pairs)
     return out
 

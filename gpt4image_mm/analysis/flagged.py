@@ -29,11 +29,14 @@ FLAGGED_KEYS = 'flagged_keys.txt'
 
 class Flags:
     """Which success records (by scan order) and failed keys are flagged,
-    and how many of each reason."""
+    how many of each reason and, per reason, which records (the page
+    shows each record's reasons)."""
 
     def __init__(self, records: np.ndarray, failed: np.ndarray,
-                 counts: Dict[str, int]):
+                 counts: Dict[str, int],
+                 reasons: Optional[Dict[str, np.ndarray]] = None):
         self.records, self.failed, self.counts = records, failed, counts
+        self.reasons = reasons or {}
 
 
 def flag_records(stats: RecordStats, max_length: Optional[int]) -> Flags:
@@ -61,7 +64,7 @@ def flag_records(stats: RecordStats, max_length: Optional[int]) -> Flags:
     counts = {'failure': int(len(failed)),
               **{k: int(v.sum()) for k, v in reasons.items()}}
     counts['keys'] = int(records.sum()) + int(len(failed))
-    return Flags(records, failed, counts)
+    return Flags(records, failed, counts, reasons)
 
 
 def _flagged_keys(path: str, flags: Flags) -> Iterator[str]:

@@ -5,8 +5,8 @@
     python tools/analyze_descriptions.py class.jsonl --per-class --store S \\
         --compare other.jsonl --compare-store S2 --out report/
 
-Writes ``report.md`` (also printed), ``metrics.json`` and PNG figures into
-``--out``. See docs/analysis.md.
+Writes ``report.md`` (also printed), ``report.html`` (its path printed),
+``metrics.json`` and PNG figures into ``--out``. See docs/analysis.md.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from gpt4image_mm.analysis.embeddings import (
     near_duplicates,
 )
 from gpt4image_mm.analysis.flagged import flag_records, write_flagged_keys
+from gpt4image_mm.analysis.html import ImageOf, page_data, write_page
 from gpt4image_mm.analysis.metrics import text_metrics
 from gpt4image_mm.analysis.records import (
     ClassNames,
@@ -77,9 +78,10 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _config_labels(args: argparse.Namespace
-                   ) -> Tuple[List[str], Optional[LabelOf]]:
-    """Class names and a per-image key -> label lookup from a config; the
-    lookup holds sorted key hashes and labels (12 bytes a sample)."""
+                   ) -> Tuple[List[str], Optional[LabelOf], ImageOf]:
+    """Class names, a per-image key -> label lookup and a key -> image
+    lookup (the page's thumbnails) from a config; the lookups hold sorted
+    key hashes, labels and sample indices (20 bytes a sample)."""
     from gpt4image_mm.datasets import build_split_dataset
     from gpt4image_mm.utils.keys import class_names, dataset_keys
     ds = build_split_dataset(args.config, args.split, args.cfg_options)
@@ -90,11 +92,20 @@ def _config_labels(args: argparse.Namespace
     order = np.argsort(hashes)
     hashes, labels = hashes[order], labels[order]
 
-    def per_image(key: str) -> int:
+    def find(key: str) -> int:
         h = np.uint64(stable_hash(key))
         i = int(np.searchsorted(hashes, h))
-        return int(labels[i]) if i < len(hashes) and hashes[i] == h else -1
-    return names, per_image
+        return i if i < len(hashes) and hashes[i] == h else -1
+
+    def per_image(key: str) -> int:
+        i = find(key)
+        return int(labels[i]) if i >= 0 else -1
+
+    def image_of(key: str) -> Any:
+        i = find(key)
+        info = ds.get_data_info(int(order[i])) if i >= 0 else {}
+        return info.get('img_path', info.get('img'))
+    return names, per_image, image_of
 
 
 def _names_from_keys(paths: Sequence[str]) -> List[str]:
@@ -131,11 +142,12 @@ def _tokenizer(args: argparse.Namespace, store: Optional[str]
 
 def analyse(path: str, store: Optional[str], names: List[str],
             label_of: LabelOf, tokenizer: Any, max_length: Optional[int],
-            args: argparse.Namespace, flagged_out: Optional[str] = None
-            ) -> Dict[str, Any]:
+            args: argparse.Namespace, flagged_out: Optional[str] = None,
+            image_of: Optional[ImageOf] = None) -> Dict[str, Any]:
     """Every figure of one description set (and its store); with
-    ``flagged_out``, the keys to ask again are written there. ``names``:
-    the classes' display names, in label order."""
+    ``flagged_out``, the keys to ask again are written there and what the
+    page shows is gathered. ``names``: the classes' display names, in
+    label order; ``image_of``: a per-image key's image."""
     stats = scan_records(path, label_of, ClassNames(names) if names else None,
                          tokenizer, progress=not args.no_progress)
     m = text_metrics(stats, max_length)
@@ -151,6 +163,9 @@ def analyse(path: str, store: Optional[str], names: List[str],
         m.update(store_metrics(store, stats, names, label_of,
                                args.near_dup_exact_max,
                                not args.no_near_dups))
+    if flagged_out:
+        m['_page'] = page_data(path, stats, flags, names, m, store, image_of,
+                               label_of)
     return m
 
 
@@ -184,11 +199,13 @@ def store_metrics(store: str, stats: Any, names: List[str],
 
 
 def _class_setup(args: argparse.Namespace
-                 ) -> Tuple[List[str], LabelOf]:
-    """The classes' display names (what texts say) and the key -> label
-    lookup (keys keep the folder names)."""
+                 ) -> Tuple[List[str], LabelOf, Optional[ImageOf]]:
+    """The classes' display names (what texts say), the key -> label
+    lookup (keys keep the folder names) and, with a config, the key ->
+    image lookup."""
+    image_of = None
     if args.config:
-        names, per_image = _config_labels(args)
+        names, per_image, image_of = _config_labels(args)
         label_of = class_label_of(names, per_image)
     elif args.per_class:
         paths = [args.descriptions] + ([args.compare] if args.compare else [])
@@ -197,8 +214,9 @@ def _class_setup(args: argparse.Namespace
     else:
         if args.class_names:
             raise ToolError('--class-names needs --config or --per-class')
-        return [], class_label_of([])
-    return class_display_names(names, args.class_names), label_of
+        return [], class_label_of([]), None
+    return (class_display_names(names, args.class_names), label_of,
+            image_of)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -215,18 +233,20 @@ def run_analysis(args: argparse.Namespace) -> int:
     for path in filter(None, (args.descriptions, args.compare)):
         if not os.path.isfile(path):
             raise ToolError(f'{path}: no such descriptions file')
-    names, label_of = _class_setup(args)
+    names, label_of, image_of = _class_setup(args)
     tokenizer, max_length = _tokenizer(args, args.store)
     os.makedirs(args.out, exist_ok=True)
     tag = '_A' if args.compare else ''
     sets = [analyse(args.descriptions, args.store, names, label_of,
                     tokenizer, max_length, args,
-                    os.path.join(args.out, f'flagged_keys{tag}.txt'))]
+                    os.path.join(args.out, f'flagged_keys{tag}.txt'),
+                    image_of)]
     titles = ['A' if args.compare else 'descriptions']
     if args.compare:
         sets.append(analyse(args.compare, args.compare_store, names,
                             label_of, tokenizer, max_length, args,
-                            os.path.join(args.out, 'flagged_keys_B.txt')))
+                            os.path.join(args.out, 'flagged_keys_B.txt'),
+                            image_of))
         titles.append('B')
     write_report(sets, titles, names, args.out, not args.no_figures)
     return 0
@@ -235,7 +255,8 @@ def run_analysis(args: argparse.Namespace) -> int:
 def write_report(sets: List[Dict[str, Any]], titles: List[str],
                  names: List[str], out: str, figures: bool,
                  echo: Callable[[str], None] = print) -> str:
-    """report.md, metrics.json and figures into ``out``; returns the text."""
+    """report.md, report.html, metrics.json and figures into ``out``;
+    returns the text."""
     os.makedirs(out, exist_ok=True)
     pngs: List[str] = []
     if figures:
@@ -250,4 +271,7 @@ def write_report(sets: List[Dict[str, Any]], titles: List[str],
            'confused_pairs': m.get('_confused_pairs', [])}
         for m, t in zip(sets, titles)}, indent=1)
     echo(text)
+    page = write_page(out, sets, titles, names, pngs)
+    if page:
+        echo(f'page: {page}')
     return text

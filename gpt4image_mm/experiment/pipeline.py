@@ -22,6 +22,7 @@ from gpt4image_mm.experiment.arms import ARMS, CLASSNAME_PROMPT
 from gpt4image_mm.experiment.cache import Marker, banner, command, file_digest, run_tool
 from gpt4image_mm.experiment.environment import environment, environment_lines
 from gpt4image_mm.experiment.execute import collect, run_all, shell_line
+from gpt4image_mm.experiment.html import write_experiment_page
 from gpt4image_mm.experiment.plan import (
     ExperimentSettings,
     Run,
@@ -186,6 +187,7 @@ def write_report(s: ExperimentSettings, runs: List[Run],
               *(tail or []), *environment_lines(env), '']
     text = '\n'.join(lines)
     atomic_write_text(osp.join(s.work_dir, 'report.md'), text)
+    write_experiment_page(s, runs, results, text)
     return text
 
 
