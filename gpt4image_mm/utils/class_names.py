@@ -342,13 +342,13 @@ def class_synonyms(names: Sequence[str],
 def _check_unique(names: Sequence[str], lists: List[List[str]],
                   path: Optional[str], fmt: Optional[str],
                   mapping: Mapping[str, str]) -> None:
-    by_name: Dict[str, List[str]] = {}
-    for folder, syns in zip(names, lists):
-        by_name.setdefault(syns[0].casefold(), []).append(folder)
-    for folders in by_name.values():
-        if len(folders) < 2:
+    by_name: Dict[str, List[int]] = {}
+    for i, syns in enumerate(lists):
+        by_name.setdefault(syns[0].casefold(), []).append(i)
+    for idx in by_name.values():
+        if len(idx) < 2:
             continue
-        shown = lists[list(names).index(folders[0])][0]
+        shown, folders = lists[idx[0]][0], [names[i] for i in idx]
         if fmt in _OWN_NAMES and any(f in mapping for f in folders):
             raise ClassNameError(
                 f'{path}: {folders[0]!r} and {folders[1]!r} both have the '
@@ -356,9 +356,10 @@ def _check_unique(names: Sequence[str], lists: List[List[str]],
                 'classes; give each class its own name')
         fix = (f'put another synonym first in {path}' if path
                else 'map them to distinct names with --class-names FILE')
-        _log_once(f'warning: {len(folders)} classes share the name '
-                  f'{shown!r} ({", ".join(map(repr, folders))}): prompts and '
-                  f'the analysis cannot tell them apart -- {fix}')
+        which = ', '.join(f'{names[i]!r} (class {i})' for i in idx)
+        _log_once(f'warning: {len(idx)} classes share the name {shown!r} '
+                  f'({which}): prompts and the analysis cannot tell them '
+                  f'apart -- {fix}')
 
 
 def class_display_names(names: Sequence[str],
