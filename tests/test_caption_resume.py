@@ -92,7 +92,7 @@ def test_an_interrupted_redo_pass_asks_only_what_is_left(tmp_path, sig):
         first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True,
                                text=True, timeout=120)
         assert first.returncode == 0, first.stderr
-        fake.latency = 0.3  # the pass is slow enough to stop in the middle
+        fake.latency = 0.5  # the pass is slow enough to stop in the middle
         before = fake.n_requests
         proc = subprocess.Popen(cmd + ['--redo-keys', str(listed)], env=env,
                                 cwd=REPO, stdout=subprocess.PIPE,
