@@ -1,4 +1,5 @@
 """caption.py against a local OpenAI-wire server that injects faults."""
+import hashlib
 import json
 import os
 import subprocess
@@ -359,7 +360,10 @@ def test_class_prompt_limit_max_cost_dry_run(tmp_path, images, serve,
     recs = records(out)
     assert len(recs) == 3
     for r in recs:
-        assert r['prompt_id'] == 'class-v1'
+        # the template's id, and which class name it said
+        name = r['key'].split('/')[0]
+        assert r['prompt_id'] == 'class-v1/name-' + hashlib.sha1(
+            name.encode()).hexdigest()[:8]
         assert f'a photo of a {r["key"].split("/")[0]}' in r['text']
     # worst case of one request ~ 280 in + 300 out tokens at gpt-4o prices
     res = caption(out, images=root, model='gpt-4o', base_url=url,

@@ -153,3 +153,35 @@ def test_answers_of_another_chunk_are_never_written_to_this_ones_keys(
     assert ok == set(keys) - set(chunk2) and set(failed) == set(chunk2)
     assert all('not of chunk' in e for e in failed.values())
     assert res['failed_left'] == 2 and not res['ok']
+
+
+def test_batch_asks_renamed_classes_again_and_keeps_the_answers(tmp_path):
+    """A rerun with corrected class names submits the renamed class's keys
+    and writes their answers as superseding ones (a done key's answer is
+    never dropped when it was asked for a new name)."""
+    from gpt4image_mm.utils.descriptions import read_descriptions
+    root = str(tmp_path / 'imgs')
+    keys = make_images(root, per_class=2)
+    fake = FakeOpenAI(api_key='sk-batch-test-key-123456', batch_polls=1)
+    server, url = start_server(fake)
+    out = str(tmp_path / 'd.jsonl')
+    names = tmp_path / 'names.json'
+    names.write_text(json.dumps({'cat': 'kitten'}))
+    common = dict(images=root, model='gpt-4o-mini', base_url=url,
+                  api_key_env='OPENAI_API_KEY', backend='openai-batch',
+                  poll_interval=0.01, prompt='class', progress=False)
+    try:
+        assert caption(out, **common)['ok']
+        res = caption(out, class_names=str(names), **common)
+        assert res['ok'] and res['names_changed'] == 2
+        assert res['succeeded'] == 2 and fake.n_requests == len(keys) + 2
+        again = caption(out, class_names=str(names), **common)
+        assert again['attempted'] == 0 and fake.n_requests == len(keys) + 2
+    finally:
+        server.shutdown()
+    texts = {k: r['text'] for k, r in read_descriptions(out).items()}
+    assert all('kitten' in texts[k] for k in keys if k.startswith('cat/'))
+    assert all('a photo of a dog' in texts[k] for k in keys
+               if k.startswith('dog/'))
+    redos = [r['key'] for _, r in iter_records(out) if r.get('redo')]
+    assert sorted(redos) == [k for k in keys if k.startswith('cat/')]

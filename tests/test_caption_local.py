@@ -130,7 +130,7 @@ def test_tiny_vlm_through_the_transformers_backend(tmp_path, config):
     for r in recs.values():
         assert r['model'] == 'tiny-llava' and r['backend'] == 'transformers'
         assert r['usage']['completion_tokens'] == 6 and r['text'].strip()
-        assert r['prompt_id'] == 'class-v1'
+        assert r['prompt_id'].startswith('class-v1/name-')
     # resume: nothing left to do, no second success
     res = caption(out, config=cfg, backend='transformers', model=model_dir,
                   device='cpu', max_tokens=6, prompt='class', progress=False)
@@ -254,8 +254,8 @@ def test_per_class_with_real_smollm2(tmp_path, config, monkeypatch):
                             'class:tabby cat#0', 'class:tabby cat#1']
     texts = [r['text'] for r in recs.values()]
     assert len(set(texts)) == 4 and all(len(t.split()) >= 5 for t in texts)
-    assert {r['prompt_id'] for r in recs.values()} == {'class-text-v1-0',
-                                                       'class-text-v1-1'}
+    assert {r['prompt_id'].split('/name-')[0] for r in recs.values()} == {
+        'class-text-v1-0', 'class-text-v1-1'}
     assert all(r['model'] == 'SmolLM2-135M-Instruct.Q4_1.gguf'
                for r in recs.values())
     # the per-class join of the training wrapper finds every class

@@ -68,9 +68,12 @@ def test_display_names_and_user_maps(tmp_path):
     csv = tmp_path / 'names.csv'
     csv.write_text('folder,name\nn01443537,goldfish\n')
     assert class_display_names(folders, str(csv)) == ['n01440764', 'goldfish']
-    lines = tmp_path / 'names.txt'  # ImageNet's names hold commas
+    lines = tmp_path / 'names.txt'  # ImageNet's names hold synonyms
     lines.write_text('tench, Tinca tinca\ngoldfish, Carassius auratus\n')
-    assert class_display_names(folders, str(lines))[0] == 'tench, Tinca tinca'
+    assert class_display_names(folders, str(lines)) == ['tench', 'goldfish']
+    from gpt4image_mm.utils.class_names import class_synonyms
+    assert class_synonyms(folders, str(lines)) == [
+        ['tench', 'Tinca tinca'], ['goldfish', 'Carassius auratus']]
     lines.write_text('tench\n')
     with pytest.raises(ClassNameError, match='1 names.*2 classes'):
         read_class_name_map(str(lines), folders)
@@ -282,3 +285,153 @@ def test_repair_answer_supersedes_in_every_reader(tmp_path):
         {'key': 'a', 'text': 'other'}]))
     with pytest.raises(DescriptionFileError, match='duplicate key'):
         read_descriptions(str(path))
+
+
+# -- the class names a rerun says are the ones its records name ----------
+def caption_cmd(root, out, url, *extra):
+    return [sys.executable, '-m', 'gpt4image_mm.cli', 'caption', '--images',
+            str(root), '--out', str(out), '--model', 'm', '--base-url', url,
+            '--prompt', 'class', '--no-progress', *map(str, extra)]
+
+
+def caption(root, out, url, *extra):
+    return subprocess.run(caption_cmd(root, out, url, *extra),
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OPENAI_API_KEY='',
+                                   PYTHONPATH=str(ROOT)))
+
+
+def test_changed_class_names_are_asked_again_on_resume(tmp_path, pets,
+                                                       serve):
+    """Corrected names on a rerun: the keys of the renamed class (only
+    those) are asked again with the new name, their new answers supersede
+    the old ones, and old and new records carry different prompt ids."""
+    root, keys, _ = pets
+    fake, url = serve()
+    out = tmp_path / 'd.jsonl'
+    first = caption(root, out, url)
+    assert first.returncode == 0, first.stderr
+    assert fake.n_requests == len(keys)
+    names = tmp_path / 'names.json'
+    names.write_text(json.dumps({'pug': 'Pug dog'}))
+    again = caption(root, out, url, '--class-names', names)
+    assert again.returncode == 0, again.stderr
+    renamed = [k for k in keys if k.startswith('pug/')]
+    assert fake.n_requests == len(keys) + len(renamed)
+    said = [prompt_text(json.loads(b)) for b in fake.bodies[len(keys):]]
+    assert all('a photo of a Pug dog.' in p for p in said)
+    assert f'{len(renamed)} answer(s) were given for other class names' in \
+        again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])['names_changed'] == \
+        len(renamed)
+    recs = [r for _, r in iter_records(str(out))]
+    ids = {k: [r['prompt_id'] for r in recs if r['key'] == k] for k in keys}
+    for k in renamed:
+        old, new = ids[k]
+        assert old != new and old.startswith('class-v1/name-')
+        assert new.startswith('class-v1/name-')
+    assert all(len(ids[k]) == 1 for k in keys if k not in renamed)
+    fixed = read_descriptions(str(out))
+    assert all('Pug dog' in fixed[k]['text'] for k in renamed)
+    # the same names once more: nothing is left to ask
+    third = caption(root, out, url, '--class-names', names)
+    assert third.returncode == 0, third.stderr
+    assert fake.n_requests == len(keys) + len(renamed)
+
+
+def test_two_folders_with_one_name_are_refused(tmp_path, pets, serve):
+    root, keys, _ = pets
+    fake, url = serve()
+    names = tmp_path / 'names.json'
+    names.write_text(json.dumps({'pug': 'dog', 'saint_bernard': 'Dog'}))
+    proc = caption(root, tmp_path / 'd.jsonl', url, '--class-names', names)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and 'Traceback' not in proc.stderr
+    assert err[0].startswith(f'error: {names}: ')
+    assert "'pug' and 'saint_bernard' both have the name 'dog'" in err[0]
+    assert fake.n_requests == 0 and not (tmp_path / 'd.jsonl').exists()
+
+
+# -- ImageNet's own name files on a folder of wnids ------------------------
+WNIDS = {'n01440764': 'tench, Tinca tinca',
+         'n01443537': 'goldfish, Carassius auratus',
+         'n01484850': 'great white shark, white shark, man-eater, '
+                      'man-eating shark, Carcharodon carcharias',
+         'n03710637': 'maillot',
+         'n03710721': 'maillot, tank suit'}
+SHOWN = {'n01440764': 'tench', 'n01443537': 'goldfish',
+         'n01484850': 'great white shark', 'n03710637': 'maillot',
+         'n03710721': 'tank suit'}  # a shared first synonym gives way
+
+
+@pytest.fixture
+def wnid_folder(tmp_path):
+    """``train/<wnid>/<image>.JPEG``-style folder, ImageNet's two files
+    (the whole-dataset files list more synsets than the folder holds)."""
+    from _openai_server import make_images
+    root = tmp_path / 'train'
+    keys = make_images(str(root), classes=tuple(WNIDS), per_class=1)
+    rows = dict(WNIDS, n01491361='tiger shark, Galeocerdo cuvieri')
+    loc = tmp_path / 'LOC_synset_mapping.txt'
+    loc.write_text(''.join(f'{w} {n}\n' for w, n in sorted(rows.items())))
+    index = tmp_path / 'imagenet_class_index.json'
+    index.write_text(json.dumps({str(i): [w, n.split(',')[0].replace(
+        ' ', '_')] for i, (w, n) in enumerate(sorted(rows.items()))}))
+    return root, keys, loc, index
+
+
+def test_imagenet_name_files_name_a_wnid_folder(tmp_path, wnid_folder,
+                                               serve):
+    root, keys, loc, index = wnid_folder
+    fake, url = serve()
+    for n, names in enumerate((loc, index)):
+        start = fake.n_requests
+        proc = caption(root, tmp_path / f'd{n}.jsonl', url, '--class-names',
+                       names)
+        assert proc.returncode == 0, proc.stderr
+        assert 'are ids' not in proc.stderr
+        said = {prompt_text(json.loads(b)) for b in fake.bodies[start:]}
+        expected = SHOWN if names == loc else dict(
+            SHOWN, n03710721='maillot')  # the index file has one name each
+        if names == index:  # two classes called maillot: said, not refused
+            assert "2 classes share the name 'maillot'" in proc.stderr
+        assert said == {f'This is a photo of a {w}. Describe this image in '
+                        f'detail, focusing on the {w}.'
+                        for w in expected.values()}
+    # no names given: the wnids are said, and caption says so once
+    proc = caption(root, tmp_path / 'e.jsonl', url, '--dry-run')
+    assert proc.returncode == 0, proc.stderr
+    warned = [ln for ln in proc.stderr.splitlines() if 'are ids' in ln]
+    assert len(warned) == 1 and '--class-names' in warned[0]
+    assert warned[0].startswith('warning: 5 of 5 class names are ids')
+    # every synonym, for the analysis: the display name first
+    from gpt4image_mm.utils.class_names import class_synonyms
+    assert class_synonyms(sorted(WNIDS), str(loc)) == [
+        ['tench', 'Tinca tinca'], ['goldfish', 'Carassius auratus'],
+        ['great white shark', 'white shark', 'man-eater',
+         'man-eating shark', 'Carcharodon carcharias'], ['maillot'],
+        ['tank suit', 'maillot']]
+
+
+def test_an_unknown_class_names_format_is_refused(tmp_path, wnid_folder,
+                                                  serve):
+    root, keys, _, _ = wnid_folder
+    fake, url = serve()
+    names = tmp_path / 'names.json'
+    names.write_text(json.dumps(['tench', 'goldfish']))
+    proc = caption(root, tmp_path / 'd.jsonl', url, '--class-names', names)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {names}: ')
+    assert 'unknown class-name format: found a JSON list' in err[0]
+    for known in ('LOC_synset_mapping.txt', 'imagenet_class_index.json',
+                  '{"<folder>": "<name>"}', 'one name per line'):
+        assert known in err[0]
+    text = tmp_path / 'names.txt'
+    text.write_text('tench\ngoldfish\n')
+    with pytest.raises(ClassNameError, match='unknown class-name format: '
+                       'found 2 names, one per line.*the dataset has 5 '
+                       'classes; known formats: .*LOC_synset_mapping.txt'):
+        class_display_names(sorted(WNIDS), str(text))
+    assert fake.n_requests == 0

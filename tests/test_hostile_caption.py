@@ -293,3 +293,43 @@ def test_a_bad_batch_state_line_is_named_by_file_and_line(tmp_path):
     path.write_text('["cat/0.jpg", "generic-v1"]\n{"torn": \n')
     with pytest.raises(ToolError, match=r'chunk.keys.jsonl:2: not a \[key'):
         _read_keys(str(path))
+
+
+# -- a key the server echoes in a successful answer never reaches the file
+def test_a_key_echoed_in_a_successful_answer_is_scrubbed(tmp_path, hostile):
+    """The server repeats the request's key in the caption text, in the
+    model name and as a bearer header: each record is written without it
+    (the key is not shaped like an OpenAI key: only the registered value
+    can be caught)."""
+    root, out = str(tmp_path / 'imgs'), str(tmp_path / 'd.jsonl')
+    keys = make_images(root, per_class=2)
+    secret = 'local-Secret-4242-abcd'
+
+    def echo(body, n):
+        said = {1: f'A cat. Your key {secret} was accepted.',
+                2: f'A dog. Authorization: Bearer {secret}'}.get(n)
+        if said:
+            return {'text': said}
+        return {'body': {'choices': [{'index': 0, 'finish_reason': 'stop',
+                                      'message': {'role': 'assistant',
+                                                  'content': 'A pet.'}}],
+                         'model': f'm-for-{secret}',
+                         'usage': {'prompt_tokens': 1,
+                                   'completion_tokens': 1}}}
+    fake, url, policy = hostile(echo)
+    env = dict(os.environ, PYTHONPATH=REPO, **{KEY_ENV: secret})
+    proc = subprocess.run(caption_cmd(root, out, url, '--concurrency', '1'),
+                          env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert fake.auth_seen[-1] == f'Bearer {secret}'  # it was sent
+    with open(out, encoding='utf-8') as f:
+        written = f.read()
+    assert secret not in written and secret not in proc.stdout + proc.stderr
+    recs = {r['key']: r for r in records(out)}
+    assert sorted(recs) == keys and all('error' not in r
+                                        for r in recs.values())
+    texts = sorted(r['text'] for r in recs.values())
+    assert 'A cat. Your key *** was accepted.' in texts
+    assert 'A dog. Authorization: Bearer ***' in texts
+    assert {r['model'] for r in recs.values()} >= {'m-for-***'}

@@ -44,10 +44,12 @@ from gpt4image_mm.captioning.openai_api import (
     parse_completion,
 )
 from gpt4image_mm.captioning.pricing import CostMeter
+from gpt4image_mm.captioning.prompts import names_changed
 from gpt4image_mm.captioning.registry import CAPTION_BACKENDS
 from gpt4image_mm.captioning.runner import (
     Progress,
     Summary,
+    announce,
     build_request,
     caption_lock,
     failure_record,
@@ -327,9 +329,12 @@ class _BatchRun:
         self.meter = control.meter or CostMeter(be.model, batch=True)
         self.st = BatchState(state_path(out))
         self.state = KeyStates.load(out)
-        todo_arr, self.planned = todo_indices(plan, self.state, control.shard)
+        plan_todo = todo_indices(plan, self.state, control.shard)
+        todo_arr, self.planned = plan_todo.indices, plan_todo.planned
+        announce(plan_todo)
         self.summary = Summary(out=out, planned=self.planned,
-                               already_done=self.planned - len(todo_arr))
+                               already_done=self.planned - len(todo_arr),
+                               names_changed=plan_todo.names_changed)
         in_batches: Set[str] = set()
         for c in self.st.open_chunks():
             in_batches.update(k for k, _ in _read_keys(c['keys']))
@@ -451,12 +456,17 @@ class _BatchRun:
         be, summary = self.be, self.summary
         if isinstance(res, Answer):
             self.meter.add(res.usage)
-            if key in self.state.done:
+            renamed = key in self.state.done and names_changed(
+                self.state.done[key], prompt_id)
+            if key in self.state.done and not renamed:
                 return
             # no per-request latency: the Batch API answers a whole file
-            self.writer.write(success_record(Request(key, prompt_id, ''),
-                                             res, be.name, None))
-            self.state.succeed(key)
+            rec = success_record(Request(key, prompt_id, ''), res, be.name,
+                                 None)
+            if renamed:  # asked for a changed class name: supersedes
+                rec['redo'] = True
+            self.writer.write(rec)
+            self.state.succeed(key, prompt_id)
             summary.succeeded += 1
             summary.truncated += res.truncated
         else:

@@ -2,7 +2,11 @@
 
 Every record written by the captioner names the prompt id it was made with, so
 descriptions from different prompts are never mixed up silently. Change a
-template's wording -> give it a new id.
+template's wording -> give it a new id. A class-conditioned prompt's id also
+names the class text it said (:meth:`Prompt.id_for`: ``class-v1/name-<sha1
+of the name, 8 hex>``), so answers given under other class names are told
+apart and a rerun with corrected names asks those keys again
+(:func:`names_changed`).
 
 Templates are ``str.format`` strings; ``{class_name}`` makes a template
 class-conditioned (the paper's later finding: naming the class gives better
@@ -37,6 +41,21 @@ TEXT_SYSTEM = ('You write short, concrete visual descriptions of objects for '
                'an image dataset. Answer with the description only.')
 
 
+NAME_TAG = '/name-'  # between a template's id and its class name's digest
+
+
+def names_changed(recorded: str, expected: str) -> bool:
+    """Whether an answer recorded with prompt id ``recorded`` was asked with
+    the same template as ``expected`` but for another class name: a rerun
+    asks it again. Ids of other templates, and ids written before names
+    were part of them (``class-v1``), are left alone."""
+    if recorded == expected or NAME_TAG not in recorded \
+            or NAME_TAG not in expected:
+        return False
+    return (recorded.split(NAME_TAG, 1)[0]
+            == expected.split(NAME_TAG, 1)[0])
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A template and the id recorded with every answer it produced."""
@@ -47,6 +66,15 @@ class Prompt:
     @property
     def needs_class(self) -> bool:
         return '{class_name}' in self.template
+
+    def id_for(self, class_name: Optional[str] = None) -> str:
+        """The id recorded with an answer to this prompt for
+        ``class_name``: the template's id, and for a class-conditioned
+        template a digest of the name it said."""
+        if not self.needs_class or not class_name:
+            return self.id
+        digest = hashlib.sha1(class_name.encode('utf-8')).hexdigest()[:8]
+        return f'{self.id}{NAME_TAG}{digest}'
 
     def render(self, class_name: Optional[str] = None) -> str:
         if self.needs_class:

@@ -4,9 +4,14 @@ Why it is shaped like this: a run over ImageNet is 1.28 M requests, hours
 long, and will be interrupted. So
 
 * the output JSONL is the only state: a rerun reads it, skips keys that
-  already succeeded and retries the rest (failed or never tried);
+  already succeeded and retries the rest (failed or never tried); a key
+  whose answer said another class name than this run would is asked again
+  (its prompt id names the class text), and a repair pass (``--redo-keys``)
+  continues with the listed keys it has not yet answered
+  (:meth:`KeyStates.redo_pass`): every pass is resumable by key;
 * a record is flushed as soon as its answer arrives, and a key that has a
-  success is never requested again in the run, so no key gets two successes;
+  success is never requested again in the run, so no key gets two
+  successes (but the marked answers that supersede one);
 * ``concurrency`` worker coroutines pull from one lazy iterator: there are
   never more than ``concurrency`` requests (or images) in memory, whatever
   the dataset size;
@@ -45,6 +50,7 @@ from gpt4image_mm.captioning.images import (
     prepare_image,
 )
 from gpt4image_mm.captioning.pricing import CostMeter, image_tokens, request_text_tokens
+from gpt4image_mm.captioning.prompts import NAME_TAG, names_changed
 from gpt4image_mm.captioning.sources import Item, Plan
 from gpt4image_mm.utils.descriptions import (
     DescriptionFileError,
@@ -79,6 +85,7 @@ class Summary:
     stopped: Optional[str] = None  # why scheduling stopped early, if it did
     fatal: Optional[str] = None
     signal: Optional[int] = None   # the signal that stopped the run, if any
+    names_changed: int = 0    # done keys asked again: their class name changed
 
     @property
     def ok(self) -> bool:
@@ -107,6 +114,9 @@ class Summary:
             f'  tokens: prompt {self.prompt_tokens}, completion '
             f'{self.completion_tokens}, cost ${self.cost_usd:.4f}',
         ]
+        if self.names_changed:
+            lines.append(f'  asked again for a changed class name: '
+                         f'{self.names_changed} keys')
         if self.stopped:
             lines.append(f'  stopped early: {self.stopped}')
         if self.fatal:
@@ -191,7 +201,7 @@ def build_request(item: Item, image_format: str, max_side: int,
     """Render the prompt and load the image (in a worker thread); the token
     estimate counts every message sent, the system prompt included."""
     prompt = item.prompt.render(item.class_name)
-    req = Request(item.key, item.prompt.id, prompt)
+    req = Request(item.key, item.prompt_id, prompt)
     est = request_text_tokens(prompt, system)
     if item.source is not None:
         if image_format == 'pil':
@@ -205,12 +215,31 @@ def build_request(item: Item, image_format: str, max_side: int,
     return req
 
 
+@dataclass
+class Todo:
+    """What a run asks: plan indices, the size of the shard (with
+    ``--redo-keys``: of the list's keys in it), the keys whose answers
+    supersede their current text (a repair pass's, or those answered for
+    other class names), and the repair pass's name."""
+
+    indices: array
+    planned: int
+    supersede: Set[str]
+    redo_pass: Optional[str] = None
+    names_changed: int = 0
+
+
 def todo_indices(plan: Plan, state: KeyStates, shard: Tuple[int, int],
-                 redo: Optional[frozenset] = None) -> Tuple[array, int]:
-    """Indices of this shard's keys not yet done (with ``redo``: exactly
-    the shard's keys in it, done or not), and the shard's size."""
+                 redo: Optional[frozenset] = None) -> Todo:
+    """This shard's keys not yet done, and the done ones whose answer was
+    given for another class name (:func:`names_changed`); with ``redo``,
+    the shard's keys of that list the repair pass has not yet answered
+    (:meth:`KeyStates.redo_pass`)."""
+    if redo is not None:
+        return _redo_todo(plan, state, shard, redo)
     todo, planned = array('q'), 0
     seen: Set[str] = set()
+    stale: Set[str] = set()
     for j in range(len(plan)):
         key = plan.keys[j]
         if not in_shard(key, shard):
@@ -218,11 +247,38 @@ def todo_indices(plan: Plan, state: KeyStates, shard: Tuple[int, int],
         planned += 1
         if key in seen:
             continue
-        if (key not in redo) if redo is not None else key in state.done:
-            continue
+        recorded = state.done.get(key)
+        if recorded is not None:
+            if NAME_TAG not in recorded or not _renamed(plan, j, recorded):
+                continue
+            stale.add(key)
         seen.add(key)
         todo.append(j)
-    return todo, planned
+    return Todo(todo, planned, stale, names_changed=len(stale))
+
+
+def _renamed(plan: Plan, j: int, recorded: str) -> bool:
+    """Whether the answer recorded for item ``j`` said another class name
+    than this run would (an item that cannot say which is left alone: it
+    fails when it is asked)."""
+    try:
+        return names_changed(recorded, plan.prompt_id(j))
+    except Exception:  # noqa: BLE001 (a sample's own fault, reported when asked)
+        return False
+
+
+def _redo_todo(plan: Plan, state: KeyStates, shard: Tuple[int, int],
+               redo: frozenset) -> Todo:
+    keys = {k for k in redo if in_shard(k, shard)}
+    name, answered = state.redo_pass(keys, redo)
+    todo = array('q')
+    seen: Set[str] = set()
+    for j in range(len(plan)):
+        key = plan.keys[j]
+        if key in keys and key not in answered and key not in seen:
+            seen.add(key)
+            todo.append(j)
+    return Todo(todo, len(keys), keys - answered, name)
 
 
 def format_rate(n: float, seconds: float, unit: str = 'req') -> str:
@@ -333,6 +389,21 @@ class Progress:
             self._print(self.line())
 
 
+def announce(plan_todo: Todo) -> None:
+    """Say what a run asks beyond the missing keys: answers given for other
+    class names, a repair pass continued."""
+    if plan_todo.names_changed:
+        logger.warning('caption: %d answer(s) were given for other class '
+                       'names (their prompt id names another class text); '
+                       'asking them again, the new answers supersede the '
+                       'old ones', plan_todo.names_changed)
+    if plan_todo.redo_pass:
+        done = plan_todo.planned - len(plan_todo.indices)
+        logger.info('caption: repair pass %s: %d of %d key(s) already '
+                    'redone, %d to ask', plan_todo.redo_pass, done,
+                    plan_todo.planned, len(plan_todo.indices))
+
+
 async def caption_async(plan: Plan, backend: CaptionBackend, out: str,
                         **control: Any) -> Summary:
     """Caption the plan's missing keys into ``out`` with any backend (see
@@ -369,11 +440,17 @@ class _RequestRun:
                       or Scrubber())
         self.meter = control.meter or CostMeter(backend.model)
         self.state = KeyStates.load(out)
-        todo, self.planned = todo_indices(plan, self.state, control.shard,
-                                          control.redo)
-        self.redo_open = set(control.redo or ())  # redos not yet answered
+        plan_todo = todo_indices(plan, self.state, control.shard,
+                                 control.redo)
+        todo, self.planned = plan_todo.indices, plan_todo.planned
+        # keys whose answer supersedes their text, not yet answered
+        self.supersede = set(plan_todo.supersede)
+        self.supersede_failed: Set[str] = set()
+        self.redo_pass = plan_todo.redo_pass
         self.summary = Summary(out=out, planned=self.planned,
-                               already_done=self.planned - len(todo))
+                               already_done=self.planned - len(todo),
+                               names_changed=plan_todo.names_changed)
+        announce(plan_todo)
         if control.limit is not None:
             todo = todo[:max(0, control.limit)]
         self.n_todo = len(todo)
@@ -395,6 +472,8 @@ class _RequestRun:
         self.writer.write(failure_record(key, error, self.backend.model,
                                          prompt_id, self.backend.name))
         self.state.fail(key, error)
+        if key in self.supersede:  # its old text stands: not done yet
+            self.supersede_failed.add(key)
         self.summary.failed += 1
         self.bar.update(False)
         self.consecutive += 1
@@ -405,14 +484,17 @@ class _RequestRun:
 
     def record_answer(self, req: Request, ans: Answer,
                       latency: float) -> None:
-        """A success record, unless the key already has one."""
-        redo = req.key in self.redo_open
+        """A success record, unless the key already has one (and is not
+        to be superseded)."""
+        redo = req.key in self.supersede
         if req.key in self.state.done and not redo:  # never a 2nd success
             return
         own = latency if ans.latency_s is None else ans.latency_s
         rec = success_record(req, ans, self.backend.name, own)
         if redo:  # supersedes the key's earlier answer (descriptions.py)
             rec['redo'] = True
+            if self.redo_pass:
+                rec['redo_pass'] = self.redo_pass
         try:
             self.writer.write(rec)
         except DescriptionFileError as e:  # a record no reader would take
@@ -420,8 +502,10 @@ class _RequestRun:
                                 req.prompt_id)
             return
         if redo:
-            self.redo_open.discard(req.key)
-        self.state.succeed(req.key)
+            self.supersede.discard(req.key)
+            self.supersede_failed.discard(req.key)
+        self.state.succeed(req.key, req.prompt_id,
+                           self.redo_pass if redo else None)
         self.summary.succeeded += 1
         self.summary.truncated += ans.truncated
         self.consecutive = 0
@@ -609,6 +693,7 @@ class _RequestRun:
             s.stopped = self.stop
         elif limit is not None and self.n_todo < self.planned - s.already_done:
             s.stopped = f'--limit {limit}'
+        s.failed_left = len(self.supersede_failed)
         return finish_summary(s, self.planned, self.state,
                               self.control.shard, self.meter, self.t0)
 
@@ -619,7 +704,9 @@ def finish_summary(summary: Summary, planned: int, state: KeyStates,
     """Fill in the end-of-run totals (shared by every backend's run)."""
     summary.not_attempted = max(0, planned - summary.already_done
                                 - summary.succeeded - summary.failed)
-    summary.failed_left = _failed_in_shard(state, shard)
+    # failures of keys that still have an earlier text (a repair pass's)
+    # are counted by the run; those of keys without one here
+    summary.failed_left += _failed_in_shard(state, shard)
     summary.prompt_tokens = meter.prompt_tokens
     summary.completion_tokens = meter.completion_tokens
     summary.cost_usd = round(meter.cost, 6)
@@ -654,7 +741,8 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
     over the plan and extrapolated.
     """
     state = KeyStates.load(out) if out else KeyStates()
-    todo, planned = todo_indices(plan, state, shard, redo)
+    plan_todo = todo_indices(plan, state, shard, redo)
+    todo, planned = plan_todo.indices, plan_todo.planned
     if limit is not None:
         todo = todo[:max(0, limit)]
     n = len(todo)
@@ -687,6 +775,7 @@ def estimate(plan: Plan, meter: CostMeter, *, shard: Tuple[int, int] = (0, 1),
                                      4),
         'price_known': meter.known, 'batch_pricing': meter.batch,
         'unreadable_in_sample': bad, 'sampled': len(picks),
+        'names_changed': plan_todo.names_changed,
     }
 
 

@@ -30,6 +30,12 @@ class Item:
     class_name: Optional[str] = None
     source: Any = None  # image path, HxWxC array, or None (text-only)
 
+    @property
+    def prompt_id(self) -> str:
+        """The id its answer is recorded with (names the class text said:
+        :meth:`Prompt.id_for`)."""
+        return self.prompt.id_for(self.class_name)
+
 
 class Plan:
     """``len(keys)`` work items; ``item(j)`` builds the j-th on demand."""
@@ -46,6 +52,10 @@ class Plan:
 
     def item(self, j: int) -> Item:
         return self._item_fn(j)
+
+    def prompt_id(self, j: int) -> str:
+        """The prompt id the j-th item is asked with (no image is read)."""
+        return self.item(j).prompt_id
 
 
 class _Multi:

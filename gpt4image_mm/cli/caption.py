@@ -226,10 +226,13 @@ def _prompt_arguments(parser: argparse.ArgumentParser) -> None:
     pr.add_argument('--prompt', default='generic', help='generic, class '
                     '(class name in the prompt) or a template file')
     pr.add_argument('--class-names', metavar='FILE', help='names the '
-                    'prompts say for the class folders: a JSON object '
-                    '{folder: name}, CSV folder,name or one name per line in '
-                    'class order (default: the folder name, underscores as '
-                    'spaces)')
+                    'prompts say for the class folders, format read from the '
+                    "content: ImageNet's LOC_synset_mapping.txt or "
+                    'imagenet_class_index.json, a JSON object {folder: '
+                    'name}, CSV folder,name or one name per line in class '
+                    "order (default: the dataset's names, or the folder "
+                    'name with underscores as spaces); a changed name is '
+                    'asked again on a rerun')
     pr.add_argument('--max-side', type=int, default=512, help='downscale '
                     'longest side before upload (0: keep)')
     pr.add_argument('--jpeg-quality', type=int, default=85,
@@ -255,7 +258,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument('--redo-keys', metavar='FILE', help='ask exactly these '
                      'keys again (one per line, e.g. flagged_keys.txt of '
                      'analyze_descriptions.py), even those with an answer; '
-                     'the new answers supersede the old ones')
+                     'the new answers supersede the old ones; rerun the '
+                     'same command to continue an interrupted pass')
     run.add_argument('--price-table', help='JSON overriding the price table')
     run.add_argument('--abort-after-failures', type=int, default=50,
                      help='stop after N failures in a row (0: never)')

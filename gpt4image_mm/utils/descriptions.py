@@ -5,8 +5,13 @@ One record per line, append-only. A success record has ``key`` and ``text``
 (plus ``model``, ``prompt_id``, ``usage``, ``time``); a failure record has
 ``key`` and ``error``. A later success for a key supersedes earlier failures;
 writers never emit a second success for a key, except a repair pass
-(``caption.py --redo-keys``), whose answers carry ``"redo": true`` and
-supersede the key's earlier success (the rules live in :class:`KeyStates`).
+(``caption.py --redo-keys``) and a rerun whose class names changed, whose
+answers carry ``"redo": true`` and supersede the key's earlier success (the
+rules live in :class:`KeyStates`). A repair pass's answers also carry
+``"redo_pass"``, the pass they belong to, so an interrupted pass continues
+with the keys it has not yet redone (:meth:`KeyStates.redo_pass`).
+Every record goes through :func:`gpt4image_mm.utils.security.scrub_record`
+as it is written: a key a server echoed never reaches the file.
 A torn last line (a crash in the middle of a write) is tolerated on read
 and cut off before appending; a complete last record that only lacks its
 newline is kept by both.
@@ -17,9 +22,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Set, Tuple
+import sys
+from typing import (
+    Any,
+    Collection,
+    Dict,
+    Iterable,
+    Iterator,
+    Optional,
+    Set,
+    Tuple,
+)
 
 from gpt4image_mm.utils.keys import check_key
+from gpt4image_mm.utils.security import scrub, scrub_record
 
 # A description longer than this is almost surely garbage (the paper's are
 # ~100 words); text encoders truncate to 77-512 tokens anyway. The one limit
@@ -177,13 +193,17 @@ class KeyStates:
     A key's first success holds (later successes are duplicates, for the
     caller to drop or refuse) until a repair answer (:func:`supersedes`)
     replaces it; a failure stands only while no success has been seen, and
-    the latest failure is the one kept. Keeps keys and failure
-    records only, so a 1.3M-record file folds in little memory.
+    the latest failure is the one kept. ``done`` maps each key with a
+    success to the prompt id of its current text; ``redone`` maps the keys
+    a repair pass answered to those passes. Keeps keys, (interned) prompt
+    ids and failure records only, so a 1.3M-record file folds in little
+    memory.
     """
 
     def __init__(self) -> None:
-        self.done: Set[str] = set()
+        self.done: Dict[str, str] = {}
         self.failed: Dict[str, Dict[str, Any]] = {}
+        self.redone: Dict[str, Set[str]] = {}
 
     def add(self, rec: Dict[str, Any]) -> bool:
         """Fold one record; True when it is now its key's text (the first
@@ -193,17 +213,45 @@ class KeyStates:
             if key not in self.done:
                 self.failed[key] = rec
             return False
-        if key in self.done:
-            return supersedes(rec)
-        self.succeed(key)
+        if key in self.done and not supersedes(rec):
+            return False
+        self.succeed(key, rec.get('prompt_id'), rec.get('redo_pass'))
         return True
 
-    def succeed(self, key: str) -> None:
-        self.done.add(key)
+    def succeed(self, key: str, prompt_id: Any = '',
+                redo_pass: Any = None) -> None:
+        """``key`` now has a success (asked with ``prompt_id``; by the
+        repair pass ``redo_pass``, if one)."""
+        self.done[key] = sys.intern(prompt_id if isinstance(prompt_id, str)
+                                    else '')
         self.failed.pop(key, None)
+        if isinstance(redo_pass, str) and redo_pass:
+            self.redone.setdefault(key, set()).add(sys.intern(redo_pass))
 
     def fail(self, key: str, error: str) -> None:
         self.add({'key': key, 'error': error})
+
+    def redo_pass(self, keys: Collection[str],
+                  listed: Collection[str]) -> Tuple[str, Set[str]]:
+        """The repair pass that asks ``keys`` (the keys of the key list
+        ``listed`` this run can ask) and those of them it has answered.
+
+        A pass is named by the list (a digest of its keys) and a count:
+        while some of ``keys`` have no answer of the latest pass of this
+        list, that pass continues (an interrupted or failed pass, rerun);
+        once all have one, the same list starts the next pass."""
+        digest = keys_digest(listed)
+        prefix = digest + '-'
+        latest = max((int(p[len(prefix):]) for k in keys
+                      for p in self.redone.get(k, ())
+                      if p.startswith(prefix) and p[len(prefix):].isdigit()),
+                     default=0)
+        if latest:
+            name = f'{digest}-{latest}'
+            answered = {k for k in keys if name in self.redone.get(k, ())}
+            if len(answered) < len(set(keys)):
+                return name, answered
+        return f'{digest}-{latest + 1}', set()
 
     @classmethod
     def load(cls, path: str) -> KeyStates:
@@ -213,6 +261,14 @@ class KeyStates:
             for _, rec in iter_records(path):
                 states.add(rec)
         return states
+
+
+def keys_digest(keys: Iterable[str]) -> str:
+    """A short, order-independent name of a set of keys."""
+    h = hashlib.sha1()
+    for key in sorted(set(keys)):
+        h.update(key.encode('utf-8', 'surrogateescape') + b'\n')
+    return h.hexdigest()[:12]
 
 
 SOURCE_SUFFIX = '.source.json'
@@ -315,10 +371,16 @@ class DescriptionWriter:
             os.fsync(f.fileno())
 
     def write(self, record: Dict[str, Any]) -> None:
-        """Append one record; :class:`DescriptionFileError` (nothing
-        written) for one a reader would reject or UTF-8 cannot hold."""
+        """Append one record, scrubbed of secrets (every field but the
+        key, which names the user's own file); :class:`DescriptionFileError`
+        (nothing written) for one a reader would reject or UTF-8 cannot
+        hold."""
         check_record(record, f'{self.path}: ')
         line = json.dumps(record, ensure_ascii=False) + '\n'
+        if scrub.finds(line):  # rare: re-made from the scrubbed fields
+            record = scrub_record(record)
+            check_record(record, f'{self.path}: ')
+            line = json.dumps(record, ensure_ascii=False) + '\n'
         try:
             data = line.encode('utf-8')
         except UnicodeEncodeError as e:

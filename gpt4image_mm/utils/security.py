@@ -13,9 +13,10 @@ The policy, in one place for caption, the Batch API and embed:
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
-from typing import Any, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 from urllib.parse import urlsplit
 
 OPENAI_HOST = 'api.openai.com'
@@ -30,6 +31,11 @@ _BEARER = re.compile(r'(Bearer\s+)(?!\*\*\*)[^\s\'",}]+', re.IGNORECASE)
 # Shorter values are too likely to be ordinary words to replace blindly.
 _MIN_SECRET_LEN = 4
 _registered: Set[str] = set()
+
+
+def _maybe_token(text: str) -> bool:
+    """Whether ``text`` may hold a bearer token or an OpenAI-shaped key."""
+    return 'sk-' in text or 'bearer' in text.lower()
 
 
 class CredentialError(ValueError):
@@ -50,19 +56,63 @@ class Scrubber:
 
     def __init__(self, secrets: Sequence[str] = ()):
         self.secrets = [s for s in secrets if s and len(s) >= _MIN_SECRET_LEN]
+        self._stamp: Any = None
+        self._cache: List[str] = []
 
     def __call__(self, text: Any) -> str:
         text = str(text)
-        env_key = os.environ.get(DEFAULT_KEY_ENV)
-        known = set(self.secrets) | _registered | ({env_key} if env_key and len(
-            env_key) >= _MIN_SECRET_LEN else set())
-        for s in sorted(known, key=len, reverse=True):
-            text = text.replace(s, '***')
+        for s in self._known():
+            if s in text:
+                text = text.replace(s, '***')
+        if not _maybe_token(text):  # the common case: nothing to replace
+            return text
         text = _BEARER.sub(r'\1***', text)
         return _SECRET_LIKE.sub('sk-***', text)
 
+    def finds(self, text: str) -> bool:
+        """Whether ``text`` (plain, or JSON holding the strings) may hold
+        something this scrubber replaces: a quick test before the work."""
+        return _maybe_token(text) or any(
+            s in text or json.dumps(s, ensure_ascii=False)[1:-1] in text
+            for s in self._known())
+
+    def _known(self) -> List[str]:
+        """The secrets to replace, longest first (cached: this runs on
+        every field of every record written)."""
+        env_key = os.environ.get(DEFAULT_KEY_ENV)
+        stamp = (len(_registered), env_key)
+        if stamp != self._stamp:
+            known = set(self.secrets) | _registered | (
+                {env_key} if env_key and len(env_key) >= _MIN_SECRET_LEN
+                else set())
+            self._cache = sorted(known, key=len, reverse=True)
+            self._stamp = stamp
+        return self._cache
+
 
 scrub = Scrubber()  # the process-wide instance
+
+
+def scrub_record(record: Dict[str, Any],
+                 scrubber: Optional[Scrubber] = None) -> Dict[str, Any]:
+    """``record`` with every string in it scrubbed (nested values too), but
+    its ``key``: a key names the user's own file and is the join identity
+    of every later stage, never something a server sent. A server may echo
+    the key it was given inside a successful answer (its text, its model
+    name): this keeps it out of the descriptions file."""
+    clean = scrubber or scrub
+    return {k: v if k == 'key' else _scrubbed(v, clean)
+            for k, v in record.items()}
+
+
+def _scrubbed(value: Any, clean: Scrubber) -> Any:
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, clean) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, clean) for v in value]
+    return value
 
 
 def resolve_endpoint(base_url: Optional[str]) -> str:
