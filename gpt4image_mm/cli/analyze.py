@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,12 +26,19 @@ from gpt4image_mm.analysis.flagged import flag_records, write_flagged_keys
 from gpt4image_mm.analysis.metrics import text_metrics
 from gpt4image_mm.analysis.records import (
     ClassNames,
+    ClassSynonyms,
     LabelOf,
     class_label_of,
+    display_of,
+    id_like_names,
     scan_records,
     stable_hash,
 )
-from gpt4image_mm.analysis.report import render, write_figures
+from gpt4image_mm.analysis.report import (
+    confusions_shown,
+    render,
+    write_figures,
+)
 from gpt4image_mm.utils.class_names import class_display_names
 from gpt4image_mm.utils.errors import ToolError
 from gpt4image_mm.utils.files import atomic_write_bytes, atomic_write_json
@@ -129,35 +137,48 @@ def _tokenizer(args: argparse.Namespace, store: Optional[str]
     return tok, encoder.max_length
 
 
-def analyse(path: str, store: Optional[str], names: List[str],
+def analyse(path: str, store: Optional[str], names: List[ClassSynonyms],
             label_of: LabelOf, tokenizer: Any, max_length: Optional[int],
             args: argparse.Namespace, flagged_out: Optional[str] = None
             ) -> Dict[str, Any]:
     """Every figure of one description set (and its store); with
     ``flagged_out``, the keys to ask again are written there. ``names``:
-    the classes' display names, in label order."""
-    stats = scan_records(path, label_of, ClassNames(names) if names else None,
-                         tokenizer, progress=not args.no_progress)
+    each class's names in label order (display name first, then its
+    synonyms), or its display name alone."""
+    classes = ClassNames(names) if names else None
+    stats = scan_records(path, label_of, classes, tokenizer,
+                         progress=not args.no_progress)
     m = text_metrics(stats, max_length)
+    nearer = None
+    if store:
+        store_m, nearer = store_metrics(
+            store, stats, classes.names if classes else [], label_of,
+            args.near_dup_exact_max, not args.no_near_dups)
+        m.update(store_m)
     if flagged_out:
-        flags = flag_records(stats, max_length)
-        write_flagged_keys(path, flags, flagged_out)
+        flags = flag_records(stats, max_length, nearer)
+        write_flagged_keys(path, flags, flagged_out, classes)
         m['flagged'] = flags.counts
+        m['flagged_share'] = {k: v / max(m['descriptions'], 1)
+                              for k, v in flags.counts.items() if k != 'keys'}
+        m['mentions'] = flags.mention_counts
+        m['flagged_evidence'] = 'text and store' if nearer is not None \
+            else 'text'
+        m['_flag_examples'] = flags.examples
         m['_flagged_file'] = flagged_out
     m['_path'] = path
-    m['_examples'] = stats.examples
     m['_words'] = stats.words
-    if store:
-        m.update(store_metrics(store, stats, names, label_of,
-                               args.near_dup_exact_max,
-                               not args.no_near_dups))
     return m
 
 
 def store_metrics(store: str, stats: Any, names: List[str],
                   label_of: LabelOf, exact_max: int,
-                  near_dups: bool = True) -> Dict[str, Any]:
-    """Near-duplicates and class signal of the store's vectors."""
+                  near_dups: bool = True
+                  ) -> Tuple[Dict[str, Any], Optional[np.ndarray]]:
+    """Near-duplicates and class signal of the store's vectors, and for
+    each text naming only other classes (``stats.other_named``) whether
+    its vector lies nearer that class than its own (None: no labels)."""
+    from gpt4image_mm.analysis.embeddings import class_sums, nearer_other_class
     from gpt4image_mm.datasets.store import EmbeddingStore
     st = EmbeddingStore(store)
     keys = st.keys()
@@ -177,16 +198,36 @@ def store_metrics(store: str, stats: Any, names: List[str],
     del keys
     m = near_duplicates(st.embeddings, text_hash, exact_max=exact_max) \
         if near_dups else {'near_duplicate_method': 'skipped'}
+    nearer = None
     if names and (labels >= 0).any():
-        m.update(class_signal(st.embeddings, labels, names))
+        sums = class_sums(st.embeddings, labels, len(names))
+        m.update(class_signal(st.embeddings, labels, names, sums=sums,
+                              top_pairs=confusions_shown(len(names))))
+        pairs = stats.other_named
+        rows = _rows_of(row_hash, stats.key_hash[pairs[:, 0]])
+        nearer = nearer_other_class(st.embeddings, rows,
+                                    stats.label[pairs[:, 0]].astype(np.int64),
+                                    pairs[:, 1], *sums)
     m['store_rows'] = st.count
-    return m
+    return m, nearer
+
+
+def _rows_of(row_hash: np.ndarray, key_hash: np.ndarray) -> np.ndarray:
+    """The store row of each key hash (-1 where the store has none)."""
+    order = np.argsort(row_hash)
+    sorted_rows = row_hash[order]
+    pos = np.clip(np.searchsorted(sorted_rows, key_hash), 0,
+                  max(len(sorted_rows) - 1, 0))
+    hit = sorted_rows[pos] == key_hash if len(sorted_rows) else \
+        np.zeros(len(key_hash), bool)
+    return np.where(hit, order[pos], -1)
 
 
 def _class_setup(args: argparse.Namespace
-                 ) -> Tuple[List[str], LabelOf]:
-    """The classes' display names (what texts say) and the key -> label
-    lookup (keys keep the folder names)."""
+                 ) -> Tuple[List[ClassSynonyms], LabelOf]:
+    """Each class's names (what texts say: the display name, or a list of
+    it and its synonyms) and the key -> label lookup (keys keep the
+    folder names)."""
     if args.config:
         names, per_image = _config_labels(args)
         label_of = class_label_of(names, per_image)
@@ -199,6 +240,15 @@ def _class_setup(args: argparse.Namespace
             raise ToolError('--class-names needs --config or --per-class')
         return [], class_label_of([])
     return class_display_names(names, args.class_names), label_of
+
+
+def ids_note(names: Sequence[str]) -> Optional[str]:
+    """A few of the names, when most of them look like ids (wnids,
+    digits): said once, with the fix, instead of class figures of 0 %."""
+    ids = id_like_names(names)
+    if not names or len(ids) * 2 < len(names):
+        return None
+    return ', '.join(ids[:3]) + (', ...' if len(ids) > 3 else '')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -216,6 +266,12 @@ def run_analysis(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             raise ToolError(f'{path}: no such descriptions file')
     names, label_of = _class_setup(args)
+    ids = ids_note(display_of(names))
+    if ids:
+        print(f'note: the class names look like ids ({ids}); no text says '
+              'them -- pass --class-names FILE (LOC_synset_mapping.txt, '
+              'JSON {folder: name} or folder,name rows) so the class '
+              'figures count words', file=sys.stderr)
     tokenizer, max_length = _tokenizer(args, args.store)
     os.makedirs(args.out, exist_ok=True)
     tag = '_A' if args.compare else ''
@@ -228,7 +284,10 @@ def run_analysis(args: argparse.Namespace) -> int:
                             label_of, tokenizer, max_length, args,
                             os.path.join(args.out, 'flagged_keys_B.txt')))
         titles.append('B')
-    write_report(sets, titles, names, args.out, not args.no_figures)
+    if ids:
+        sets[0]['class_names_look_like_ids'] = ids
+    write_report(sets, titles, display_of(names), args.out,
+                 not args.no_figures)
     return 0
 
 
@@ -247,7 +306,8 @@ def write_report(sets: List[Dict[str, Any]], titles: List[str],
     atomic_write_json(os.path.join(out, 'metrics.json'), {
         t: {k: v for k, v in m.items() if not k.startswith('_')}
         | {'path': m['_path'],
-           'confused_pairs': m.get('_confused_pairs', [])}
+           'confused_pairs': m.get('_confused_pairs', []),
+           'flagged_examples': m.get('_flag_examples', {})}
         for m, t in zip(sets, titles)}, indent=1)
     echo(text)
     return text
