@@ -86,6 +86,15 @@ def id_like_names(names: Sequence[str]) -> List[str]:
     return [n for n in names if _ID_LIKE.fullmatch(str(n).strip())]
 
 
+def id_like_preview(names: Sequence[str]) -> Optional[str]:
+    """A few of the names, when most of them look like ids (wnids,
+    digits), for the one line that says so and names the fix; else None."""
+    ids = id_like_names(names)
+    if not names or len(ids) * 2 < len(names):
+        return None
+    return ', '.join(ids[:3]) + (', ...' if len(ids) > 3 else '')
+
+
 def display_of(names: Sequence[ClassSynonyms]) -> List[str]:
     """Each class's display name: the name, or the first of its list."""
     return [n if isinstance(n, str) else (list(n) or [''])[0]

@@ -30,7 +30,7 @@ from gpt4image_mm.analysis.records import (
     LabelOf,
     class_label_of,
     display_of,
-    id_like_names,
+    id_like_preview,
     scan_records,
     stable_hash,
 )
@@ -242,15 +242,6 @@ def _class_setup(args: argparse.Namespace
     return class_display_names(names, args.class_names), label_of
 
 
-def ids_note(names: Sequence[str]) -> Optional[str]:
-    """A few of the names, when most of them look like ids (wnids,
-    digits): said once, with the fix, instead of class figures of 0 %."""
-    ids = id_like_names(names)
-    if not names or len(ids) * 2 < len(names):
-        return None
-    return ', '.join(ids[:3]) + (', ...' if len(ids) > 3 else '')
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """``analyze`` from Python; errors propagate."""
     from gpt4image_mm.cli.main import parse_and_run
@@ -266,7 +257,7 @@ def run_analysis(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             raise ToolError(f'{path}: no such descriptions file')
     names, label_of = _class_setup(args)
-    ids = ids_note(display_of(names))
+    ids = id_like_preview(display_of(names))
     if ids:
         print(f'note: the class names look like ids ({ids}); no text says '
               'them -- pass --class-names FILE (LOC_synset_mapping.txt, '

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Dict, List, Optional
 
 from gpt4image_mm.utils.errors import ToolError
@@ -82,8 +83,15 @@ def class_texts_from_args(args: argparse.Namespace) -> Dict[str, List[str]]:
     if '{}' not in args.template:
         raise ToolError(f'--template {args.template!r} has no {{}} for the '
                         'class name')
+    from gpt4image_mm.analysis.records import id_like_preview
     from gpt4image_mm.utils.class_names import class_display_names
     shown = class_display_names(args.classify, args.class_names)
+    ids = id_like_preview(shown)
+    if ids:
+        print(f'note: the class names look like ids ({ids}); the texts say '
+              'the ids -- pass --class-names FILE (LOC_synset_mapping.txt, '
+              'JSON {name: words} or name,words rows) for the words they '
+              'stand for', file=sys.stderr)
     return {t: [args.template.format(s)] for t, s in zip(args.classify,
                                                           shown)}
 
@@ -127,10 +135,19 @@ def run_query(args: argparse.Namespace) -> int:
             if args.search else classify_report(inferencer, texts, paths,
                                                 feats)
     if args.out:
+        if texts is not None:
+            result.update(texts=texts, **text_sources(args))
         os.makedirs(args.out, exist_ok=True)
         atomic_write_json(os.path.join(args.out, 'results.json'), result,
                           indent=1)
     return 0
+
+
+def text_sources(args: argparse.Namespace) -> dict:
+    """Where the class texts came from, beside them in results.json."""
+    if args.classify_file:
+        return {'classify_file': args.classify_file}
+    return {'template': args.template, 'class_names_file': args.class_names}
 
 
 def search_report(inferencer, args, sheet) -> dict:
@@ -155,10 +172,33 @@ def classify_report(inferencer, texts, paths, feats) -> dict:
     if acc is not None:
         print(f'top-1 by text through the neck: {100 * acc:.2f} % of '
               f'{len(paths)} images')
-    return {'classes': list(texts), 'texts': texts, 'top1': acc,
+    return {'classes': list(texts), 'top1': acc,
             'predictions': [
         {'path': p, 'pred_class': r['pred_class'],
          'pred_score': r['pred_score']} for p, r in zip(paths, preds)]}
+
+
+def _preview(names: List[str], n: int = 3) -> str:
+    return ', '.join(names[:n]) + (', ...' if len(names) > n else '')
+
+
+def missing_texts(missing: List[str], names: List[str], given: List[str],
+                  args: argparse.Namespace) -> ToolError:
+    """The split's classes that got no text, and how to give them one:
+    texts are keyed by the split's class names (folder names, ImageNet's
+    wnids), while --class-names says the words each stands for."""
+    head = (f'no text for {len(missing)} of the {len(names)} classes of the '
+            f'{args.split} split, e.g. {missing[0]!r} (texts were given for '
+            f'{_preview(given)})')
+    if args.classify_file:
+        fix = (f'{args.classify_file} needs class:<name> keys named as the '
+               f"split's classes ({_preview(names)}); write them with "
+               '--class-names FILE so the texts say words')
+    else:
+        fix = (f"--classify takes the split's class names ({_preview(names)})"
+               ' and --class-names FILE (e.g. LOC_synset_mapping.txt, JSON '
+               '{name: words}) the words each stands for')
+    return ToolError(f'{head} -- {fix}')
 
 
 def split_report(inferencer, texts: Dict[str, List[str]],
@@ -168,9 +208,7 @@ def split_report(inferencer, texts: Dict[str, List[str]],
                                                      args.batch_size)
     missing = [n for n in names if n not in texts]
     if missing:
-        raise ToolError(f'no text for {len(missing)} of the {len(names)} '
-                        f'classes of the {args.split} split, e.g. '
-                        f'{missing[0]!r}')
+        raise missing_texts(missing, names, list(texts), args)
     preds = inferencer.classify_embeddings(feats, texts)
     top1 = sum(r['pred_class'] == names[y] for r, y in zip(preds, labels)) \
         / len(labels)
