@@ -119,7 +119,8 @@ def test_classify_by_class_names_says_words(trained):
 def test_split_classes_without_text_name_the_fix(trained):
     """Texts keyed by words while the split's classes are folder names
     (ImageNet's wnids): the error names the split's names and
-    --class-names; a working run records the texts it embedded."""
+    --class-names; bare --classify takes the split's names, and the run
+    records the texts it embedded."""
     ckpt = trained / 'work' / 'epoch_6.pth'
     proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py', ckpt,
                     '--split', 'val', '--classify', 'tabby', 'puppy',
@@ -131,8 +132,9 @@ def test_split_classes_without_text_name_the_fix(trained):
     assert '--class-names FILE' in line and 'cat, dog, ship' in line
     names = trained / 'split_names.json'
     names.write_text(json.dumps({'cat': 'tabby cat'}))
+    # no names after --classify: the split's own, said in words
     run_tool(ROOT / 'tools' / 'query.py', 'align.py', ckpt, '--split', 'val',
-             '--classify', 'cat', 'dog', 'ship', '--template',
+             '--classify', '--template',
              'a photo of a {}.', '--class-names', names, '--out',
              trained / 'split_texts', '--device', 'cpu', cwd=trained)
     res = json.loads((trained / 'split_texts' / 'results.json').read_text())

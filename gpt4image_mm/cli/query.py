@@ -31,10 +31,11 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="--classify*: the config's own dataset split "
                        '(array datasets too); reports its top-1')
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument('--classify', nargs='+', metavar='TEXT',
+    what.add_argument('--classify', nargs='*', metavar='TEXT',
                       help='one text per class: a name (a folder name '
                       'reads as words: saint_bernard -> saint bernard) or '
-                      'a description')
+                      "a description; with --split and no TEXT, the split's "
+                      'class names (with --class-names for their words)')
     what.add_argument('--classify-file', metavar='CLASS.jsonl',
                       help='class-level descriptions (class:<name>#k keys); '
                       "each class's texts are averaged")
@@ -77,7 +78,11 @@ def class_texts_from_file(path: str) -> Dict[str, List[str]]:
     return texts
 
 
-def class_texts_from_args(args: argparse.Namespace) -> Dict[str, List[str]]:
+def class_texts_from_args(args: argparse.Namespace,
+                          split_names: Optional[List[str]] = None
+                          ) -> Dict[str, List[str]]:
+    """The class texts: from --classify-file, or one per --classify name
+    (the split's class names when none are given), said in words."""
     if args.classify_file:
         return class_texts_from_file(args.classify_file)
     if '{}' not in args.template:
@@ -85,15 +90,15 @@ def class_texts_from_args(args: argparse.Namespace) -> Dict[str, List[str]]:
                         'class name')
     from gpt4image_mm.analysis.records import id_like_preview
     from gpt4image_mm.utils.class_names import class_display_names
-    shown = class_display_names(args.classify, args.class_names)
+    classes = args.classify or split_names or []
+    shown = class_display_names(classes, args.class_names)
     ids = id_like_preview(shown)
     if ids:
         print(f'note: the class names look like ids ({ids}); the texts say '
               'the ids -- pass --class-names FILE (LOC_synset_mapping.txt, '
               'JSON {name: words} or name,words rows) for the words they '
               'stand for', file=sys.stderr)
-    return {t: [args.template.format(s)] for t, s in zip(args.classify,
-                                                          shown)}
+    return {t: [args.template.format(s)] for t, s in zip(classes, shown)}
 
 
 def folder_accuracy(paths: List[str], preds: List[dict],
@@ -118,7 +123,12 @@ def run_query(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    texts = None if args.search else class_texts_from_args(args)
+    if args.classify == [] and not args.split:
+        raise ToolError('--classify without names takes them from --split; '
+                        'with --images, give one text per class')
+    # with --split and bare --classify, the texts wait for the split's names
+    texts = None if args.search or args.classify == [] else \
+        class_texts_from_args(args)
     inferencer = TextQueryInferencer(cfg, args.checkpoint, args.device,
                                      text_encoder=args.encoder,
                                      cache_dir=args.cache_dir)
@@ -135,8 +145,8 @@ def run_query(args: argparse.Namespace) -> int:
             if args.search else classify_report(inferencer, texts, paths,
                                                 feats)
     if args.out:
-        if texts is not None:
-            result.update(texts=texts, **text_sources(args))
+        if not args.search:
+            result.update(text_sources(args))
         os.makedirs(args.out, exist_ok=True)
         atomic_write_json(os.path.join(args.out, 'results.json'), result,
                           indent=1)
@@ -172,7 +182,7 @@ def classify_report(inferencer, texts, paths, feats) -> dict:
     if acc is not None:
         print(f'top-1 by text through the neck: {100 * acc:.2f} % of '
               f'{len(paths)} images')
-    return {'classes': list(texts), 'top1': acc,
+    return {'classes': list(texts), 'texts': texts, 'top1': acc,
             'predictions': [
         {'path': p, 'pred_class': r['pred_class'],
          'pred_score': r['pred_score']} for p, r in zip(paths, preds)]}
@@ -195,9 +205,10 @@ def missing_texts(missing: List[str], names: List[str], given: List[str],
                f"split's classes ({_preview(names)}); write them with "
                '--class-names FILE so the texts say words')
     else:
-        fix = (f"--classify takes the split's class names ({_preview(names)})"
-               ' and --class-names FILE (e.g. LOC_synset_mapping.txt, JSON '
-               '{name: words}) the words each stands for')
+        fix = ("pass --classify with no names (the split's class names: "
+               f'{_preview(names)}) and --class-names FILE (e.g. '
+               'LOC_synset_mapping.txt, JSON {name: words}) for the words '
+               'each stands for')
     return ToolError(f'{head} -- {fix}')
 
 
@@ -206,6 +217,8 @@ def split_report(inferencer, texts: Dict[str, List[str]],
     """Top-1 of classifying a dataset split by the class texts."""
     feats, labels, names = inferencer.split_features(args.split,
                                                      args.batch_size)
+    if texts is None:
+        texts = class_texts_from_args(args, names)
     missing = [n for n in names if n not in texts]
     if missing:
         raise missing_texts(missing, names, list(texts), args)
@@ -214,5 +227,6 @@ def split_report(inferencer, texts: Dict[str, List[str]],
         / len(labels)
     print(f'{args.split} top-1 by text through the neck: {100 * top1:.2f} % '
           f'of {len(labels)} images ({len(texts)} classes)')
-    return {'classes': list(texts), 'split': args.split, 'images': len(labels),
+    return {'classes': list(texts), 'texts': texts, 'split': args.split,
+            'images': len(labels),
             'top1': top1}
