@@ -148,9 +148,9 @@ def test_id_like_class_names_are_named_once_with_the_fix(tmp_path):
     out = tmp_path / 'r'
     proc = analyze(desc, '--per-class', '--out', out, '--no-figures')
     assert proc.returncode == 0, proc.stderr
-    notes = [ln for ln in proc.stderr.splitlines() if 'look like ids' in ln]
-    assert len(notes) == 1 and '--class-names' in notes[0]
-    assert 'n01440760' in notes[0]
+    notes = [ln for ln in proc.stderr.splitlines()
+             if ' ids' in ln and '--class-names' in ln]
+    assert len(notes) == 1 and 'n01440760' in notes[0], proc.stderr
     report = (out / 'report.md').read_text()
     assert report.count('look like ids') == 1 and '--class-names' in report
     assert metrics(out)['class_names_look_like_ids'].startswith('n0144076')

@@ -77,7 +77,7 @@ def name_key(text: str) -> Tuple[str, ...]:
                  for w in _JOINER.split(text.lower().strip()) if w)
 
 
-_ID_LIKE = re.compile(r'[A-Za-z]?\d+')  # n01440764, 7, 042
+_ID_LIKE = re.compile(r'n\d{8}|\d+')  # ImageNet's wnids, digits
 
 
 def id_like_names(names: Sequence[str]) -> List[str]:

@@ -126,7 +126,8 @@ def _repair_section(m: Dict[str, Any], title: str) -> List[str]:
         return []
     share = m.get('flagged_share', {})
     examples = m.get('_flag_examples') or {}
-    out = [f'**{title}**: {c["keys"]:,} keys to ask again -> '
+    keys = 'key' if c['keys'] == 1 else 'keys'
+    out = [f'**{title}**: {c["keys"]:,} {keys} to ask again -> '
            f'{md_code(os.path.basename(m.get("_flagged_file", "")))} '
            '(caption.py --redo-keys); "another class" decided by '
            f'{m.get("flagged_evidence", "text")}.', '',
