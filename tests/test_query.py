@@ -116,6 +116,36 @@ def test_classify_by_class_names_says_words(trained):
     assert res['texts']['cat'] == ['A photo of a cat.']
 
 
+def test_split_classes_without_text_name_the_fix(trained):
+    """Texts keyed by words while the split's classes are folder names
+    (ImageNet's wnids): the error names the split's names and
+    --class-names; bare --classify takes the split's names, and the run
+    records the texts it embedded."""
+    ckpt = trained / 'work' / 'epoch_6.pth'
+    proc = run_tool(ROOT / 'tools' / 'query.py', 'align.py', ckpt,
+                    '--split', 'val', '--classify', 'tabby', 'puppy',
+                    'boat', '--device', 'cpu', cwd=trained, ok=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no text for 3 of the 3 classes of the "
+                           "val split, e.g. 'cat'"), line
+    assert '--class-names FILE' in line and 'cat, dog, ship' in line
+    names = trained / 'split_names.json'
+    names.write_text(json.dumps({'cat': 'tabby cat'}))
+    # no names after --classify: the split's own, said in words
+    run_tool(ROOT / 'tools' / 'query.py', 'align.py', ckpt, '--split', 'val',
+             '--classify', '--template',
+             'a photo of a {}.', '--class-names', names, '--out',
+             trained / 'split_texts', '--device', 'cpu', cwd=trained)
+    res = json.loads((trained / 'split_texts' / 'results.json').read_text())
+    assert res['texts'] == {'cat': ['a photo of a tabby cat.'],
+                            'dog': ['a photo of a dog.'],
+                            'ship': ['a photo of a ship.']}
+    assert res['template'] == 'a photo of a {}.'
+    assert res['class_names_file'] == str(names)
+    assert res['images'] == 24
+
+
 def test_inferencer_api_and_cache_invalidation(trained, tmp_path):
     from gpt4image_mm.apis import TextQueryInferencer
     inf = TextQueryInferencer(str(trained / 'align.py'),

@@ -159,12 +159,15 @@ def class_sums(emb: np.ndarray, labels: np.ndarray, classes: int
 
 
 def class_signal(emb: np.ndarray, labels: np.ndarray, names: List[str],
-                 top_pairs: int = 5) -> Dict[str, Any]:
+                 top_pairs: int = 5,
+                 sums: Optional[Tuple[torch.Tensor, np.ndarray]] = None
+                 ) -> Dict[str, Any]:
     """Leave-one-out nearest-centroid accuracy, mean within/between-class
-    cosine, the most confused class pairs and the centroid similarities."""
+    cosine, the most confused class pairs and the centroid similarities
+    (``sums``: :func:`class_sums` of the same rows, when already made)."""
     import torch
     C = len(names)
-    sums, counts = class_sums(emb, labels, C)
+    sums, counts = sums if sums is not None else class_sums(emb, labels, C)
     sq = (sums * sums).sum(1)  # |S_y|^2
     n = torch.from_numpy(counts).double()
     within_pairs = float((n * (n - 1)).sum())
@@ -187,6 +190,31 @@ def class_signal(emb: np.ndarray, labels: np.ndarray, names: List[str],
     out['_centroid_similarity'] = sim
     out['_centroids'], out['_confusion'] = cent.numpy(), confusion
     out['_confused_pairs'] = _confused_pairs(confusion, sim, names, top_pairs)
+    return out
+
+
+def nearer_other_class(emb: np.ndarray, rows: np.ndarray, own: np.ndarray,
+                       other: np.ndarray, sums: torch.Tensor,
+                       counts: np.ndarray) -> np.ndarray:
+    """For each (store row, own class, other class): whether the row lies
+    nearer the other class's centroid than its own class's centroid taken
+    without the row (leave-one-out, so a row does not pull its own class
+    towards itself). Where there is nothing to compare -- no row (-1), an
+    own class of one row, an other class with no rows -- the answer is
+    True: the text's evidence then stands alone."""
+    import torch
+    out = np.ones(len(rows), bool)
+    ok = (rows >= 0) & (counts[own] > 1) & (counts[other] > 0)
+    if not ok.any():
+        return out
+    x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(
+        emb[rows[ok]], dtype=np.float64)), dim=1)
+    own_loo = sums[torch.from_numpy(own[ok])] - x
+    cos_own = (x * own_loo).sum(1) / own_loo.norm(dim=1).clamp_min(1e-12)
+    other_sum = sums[torch.from_numpy(other[ok])]
+    cos_other = (x * other_sum).sum(1) / other_sum.norm(dim=1).clamp_min(
+        1e-12)
+    out[ok] = (cos_other > cos_own).numpy()
     return out
 
 

@@ -94,4 +94,6 @@ def text_metrics(stats: RecordStats, max_length: Optional[int] = None
         out['names_other_class_share'] = float(
             (named & OTHER_CLASS).astype(bool).mean())
         out['names_other_class'] = int((named & OTHER_CLASS).astype(bool).sum())
+        out['names_only_other_class'] = int(
+            ((named & (OTHER_CLASS | OWN_CLASS)) == OTHER_CLASS).sum())
     return out

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from gpt4image_mm.analysis.wordforms import forms_pattern, stem
+from gpt4image_mm.utils.class_names import id_like_names
 from gpt4image_mm.utils.descriptions import iter_records, supersedes
 from gpt4image_mm.utils.keys import CLASS_PREFIX, base_key
 
@@ -63,40 +65,69 @@ def is_contentless(text: str) -> bool:
 
 
 _JOINER = re.compile(r'[\s_-]+')  # how words of a name may be joined
+_SYNONYM_SEP = re.compile(r'[,/;]')  # 'tench, Tinca tinca', 'T-shirt/top'
+
+ClassSynonyms = Union[str, Sequence[str]]  # a display name, or all names
 
 
-def _words(text: str) -> str:
-    """A name or a match as lower-case words: ``Saint-Bernard``,
-    ``saint_bernard`` and ``Saint  Bernard`` are all ``saint bernard``."""
-    return _JOINER.sub(' ', text.lower()).strip()
+def name_key(text: str) -> Tuple[str, ...]:
+    """A name or a matched span as a tuple of word stems: ``Saint-Bernard``,
+    ``saint_bernards`` and ``Saint  Bernard`` are all ``('saint',
+    'bernard')``; ``bands`` and ``banded`` are both ``('band',)``."""
+    return tuple(stem(w) if w.isalpha() else w
+                 for w in _JOINER.split(text.lower().strip()) if w)
+
+
+def id_like_preview(names: Sequence[str]) -> Optional[str]:
+    """A few of the names, when most of them look like ids (wnids,
+    digits), for the one line that says so and names the fix; else None."""
+    ids = id_like_names(names)
+    if not names or len(ids) * 2 < len(names):
+        return None
+    return ', '.join(ids[:3]) + (', ...' if len(ids) > 3 else '')
+
+
+def display_of(names: Sequence[ClassSynonyms]) -> List[str]:
+    """Each class's display name: the name, or the first of its list."""
+    return [n if isinstance(n, str) else (list(n) or [''])[0]
+            for n in names]
 
 
 class ClassNames:
-    """Finds class names in a text, whole words, plural ``s`` allowed.
+    """Finds class names in a text, whole words, in any inflected form.
 
-    Give it display names (:mod:`gpt4image_mm.utils.class_names`): folder names
-    are matched as words too, since a space, ``_`` or ``-`` between the
-    words of a name matches any of them ("Saint Bernard", "saint-bernard").
-    A class name like ``'tench, Tinca tinca'`` or ``'T-shirt/top'`` yields
-    each of its parts as a synonym; longer synonyms match first, so
-    ``t-shirt`` is not also read as ``shirt``.
+    Give each class its display name (:mod:`gpt4image_mm.utils.class_names`)
+    or a list of names (display name first, then synonyms: ImageNet's
+    ``tench``, ``Tinca tinca``); any of them names the class. A name is
+    also split at ``,``, ``/`` and ``;`` (``'tench, Tinca tinca'``,
+    ``'T-shirt/top'``). Words match in their inflected forms
+    (:mod:`~gpt4image_mm.analysis.wordforms`: "bands" names ``banded``,
+    "weave" names ``woven``), and a space, ``_`` or ``-`` between the words
+    of a name matches any of them ("Saint Bernard", "saint-bernard").
+    Longer names match first, so ``t-shirt`` is not also read as ``shirt``.
     """
 
-    def __init__(self, names: Sequence[str]):
-        self.names = list(names)
+    def __init__(self, names: Sequence[ClassSynonyms]):
+        synonyms = [[n] if isinstance(n, str) else list(n) for n in names]
+        self.names = [group[0] if group else '' for group in synonyms]
         self.index = {n: i for i, n in enumerate(self.names)}
-        owners: Dict[str, set] = {}
-        for i, name in enumerate(self.names):
-            for part in re.split(r'[,/;]', name):
-                part = _words(part)
-                if len(part) >= 2:
-                    owners.setdefault(part, set()).add(i)
+        owners: Dict[Tuple[str, ...], set] = {}
+        patterns: Dict[Tuple[str, ...], str] = {}
+        for i, group in enumerate(synonyms):
+            for name in group:
+                for part in _SYNONYM_SEP.split(name):
+                    key = name_key(part)
+                    if len(''.join(key)) < 2:
+                        continue  # a letter alone would match articles
+                    owners.setdefault(key, set()).add(i)
+                    patterns.setdefault(key, r'[\s_-]+'.join(
+                        forms_pattern(w) for w in
+                        _JOINER.split(part.lower().strip()) if w))
         self.owners = owners
-        alts = sorted(owners, key=len, reverse=True)
+        order = sorted(patterns, key=lambda k: (-len(k), -len(''.join(k))))
         self.pattern = re.compile(
-            r'(?<!\w)(' + '|'.join(r'[\s_-]+'.join(map(re.escape, a.split()))
-                                  for a in alts) + r')(?:e?s)?(?!\w)',
-            re.IGNORECASE) if alts else None
+            r'(?<!\w)(?:' + '|'.join(patterns[k] for k in order)
+            + r')(?!\w)', re.IGNORECASE) if order else None
 
     def found(self, text: str) -> set:
         """Indices of the classes named in ``text``."""
@@ -104,7 +135,7 @@ class ClassNames:
             return set()
         out: set = set()
         for m in self.pattern.finditer(text):
-            out |= self.owners[_words(m.group(1))]
+            out |= self.owners.get(name_key(m.group(0)), set())
         return out
 
 
@@ -123,12 +154,14 @@ class RecordStats:
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     failed_key_hash: np.ndarray = field(
         default_factory=lambda: np.zeros(0, np.uint64))
-    examples: Dict[str, List[str]] = field(default_factory=dict)
+    # (record, class) rows: the other classes named by each record that
+    # names another class and not its own (the repair candidates)
+    other_named: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, 2), np.int64))
 
 
 # bits of RecordStats.flags
 REFUSAL, CONTENTLESS, OWN_CLASS, OTHER_CLASS, REDO = 1, 2, 4, 8, 16
-EXAMPLES = 3  # keys shown per finding in the report
 
 
 class _Growing:
@@ -179,7 +212,8 @@ def scan_records(path: str, label_of: LabelOf,
     cols = {name: _Growing(dt) for name, dt in (
         ('key_hash', np.uint64), ('text_hash', np.uint64),
         ('words', np.int32), ('label', np.int32), ('flags', np.uint8),
-        ('tokens', np.int32), ('failed', np.uint64))}
+        ('tokens', np.int32), ('failed', np.uint64),
+        ('other_record', np.int64), ('other_class', np.int64))}
     stats = RecordStats(path)
     pending: List[str] = []
 
@@ -201,12 +235,12 @@ def scan_records(path: str, label_of: LabelOf,
             continue
         text = rec['text']
         label = label_of(key)
-        flags = _text_flags(text, label, classes) | (
-            REDO if supersedes(rec) else 0)
-        for bit, name in ((REFUSAL, 'refusal'), (CONTENTLESS, 'contentless'),
-                          (OTHER_CLASS, 'other_class')):
-            if flags & bit:
-                _example(stats, name, key)
+        flags, others = _text_flags(text, label, classes)
+        if supersedes(rec):
+            flags |= REDO
+        for c in others:
+            cols['other_record'].append(cols['key_hash'].n)
+            cols['other_class'].append(c)
         cols['key_hash'].append(stable_hash(key))
         cols['text_hash'].append(stable_hash(text))
         cols['words'].append(len(text.split()))
@@ -222,24 +256,26 @@ def scan_records(path: str, label_of: LabelOf,
     stats.words, stats.label = cols['words'].array(), cols['label'].array()
     stats.flags = cols['flags'].array()
     stats.failed_key_hash = cols['failed'].array()
+    stats.other_named = np.stack([cols['other_record'].array(),
+                                  cols['other_class'].array()], 1)
     if tokenizer is not None:
         stats.tokens = cols['tokens'].array()
     return stats
 
 
-def _text_flags(text: str, label: int, classes: Optional[ClassNames]) -> int:
+def _text_flags(text: str, label: int, classes: Optional[ClassNames]
+                ) -> Tuple[int, List[int]]:
+    """The record's flag bits and, when it names other classes but not
+    its own, those classes (sorted)."""
     flags = (REFUSAL if is_refusal(text) else 0) | (
         CONTENTLESS if is_contentless(text) else 0)
+    others: List[int] = []
     if classes is not None and label >= 0:
         named = classes.found(text)
         if label in named:
             flags |= OWN_CLASS
         if named - {label}:
             flags |= OTHER_CLASS
-    return flags
-
-
-def _example(stats: RecordStats, finding: str, key: str) -> None:
-    keys = stats.examples.setdefault(finding, [])
-    if len(keys) < EXAMPLES:
-        keys.append(key)
+            if label not in named:
+                others = sorted(named)
+    return flags, others

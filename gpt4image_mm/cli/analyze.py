@@ -26,13 +26,20 @@ from gpt4image_mm.analysis.html import ImageOf, page_data, write_page
 from gpt4image_mm.analysis.metrics import text_metrics
 from gpt4image_mm.analysis.records import (
     ClassNames,
+    ClassSynonyms,
     LabelOf,
     class_label_of,
+    display_of,
+    id_like_preview,
     scan_records,
     stable_hash,
 )
-from gpt4image_mm.analysis.report import render, write_figures
-from gpt4image_mm.utils.class_names import class_display_names
+from gpt4image_mm.analysis.report import (
+    confusions_shown,
+    render,
+    write_figures,
+)
+from gpt4image_mm.utils.class_names import class_synonyms
 from gpt4image_mm.utils.errors import ToolError
 from gpt4image_mm.utils.files import atomic_write_bytes, atomic_write_json
 
@@ -140,39 +147,53 @@ def _tokenizer(args: argparse.Namespace, store: Optional[str]
     return tok, encoder.max_length
 
 
-def analyse(path: str, store: Optional[str], names: List[str],
+def analyse(path: str, store: Optional[str], names: List[ClassSynonyms],
             label_of: LabelOf, tokenizer: Any, max_length: Optional[int],
             args: argparse.Namespace, flagged_out: Optional[str] = None,
             image_of: Optional[ImageOf] = None) -> Dict[str, Any]:
     """Every figure of one description set (and its store); with
     ``flagged_out``, the keys to ask again are written there and what the
-    page shows is gathered. ``names``: the classes' display names, in
-    label order; ``image_of``: a per-image key's image."""
-    stats = scan_records(path, label_of, ClassNames(names) if names else None,
-                         tokenizer, progress=not args.no_progress)
+    page shows is gathered. ``names``: each class's names in label order
+    (display name first, then its synonyms), or its display name alone;
+    ``image_of``: a per-image key's image."""
+    classes = ClassNames(names) if names else None
+    stats = scan_records(path, label_of, classes, tokenizer,
+                         progress=not args.no_progress)
     m = text_metrics(stats, max_length)
+    nearer = None
+    if store:
+        store_m, nearer = store_metrics(
+            store, stats, classes.names if classes else [], label_of,
+            args.near_dup_exact_max, not args.no_near_dups)
+        m.update(store_m)
     if flagged_out:
-        flags = flag_records(stats, max_length)
-        write_flagged_keys(path, flags, flagged_out)
+        flags = flag_records(stats, max_length, nearer)
+        write_flagged_keys(path, flags, flagged_out, classes)
         m['flagged'] = flags.counts
+        m['flagged_share'] = {k: v / max(m['descriptions'], 1)
+                              for k, v in flags.counts.items() if k != 'keys'}
+        m['mentions'] = flags.mention_counts
+        m['flagged_evidence'] = 'text and store' if nearer is not None \
+            else 'text'
+        m['_flag_examples'] = flags.examples
         m['_flagged_file'] = flagged_out
     m['_path'] = path
-    m['_examples'] = stats.examples
     m['_words'] = stats.words
-    if store:
-        m.update(store_metrics(store, stats, names, label_of,
-                               args.near_dup_exact_max,
-                               not args.no_near_dups))
     if flagged_out:
-        m['_page'] = page_data(path, stats, flags, names, m, store, image_of,
-                               label_of)
+        m['_page'] = page_data(path, stats, flags,
+                               classes.names if classes else [], m, store,
+                               image_of, label_of)
     return m
 
 
 def store_metrics(store: str, stats: Any, names: List[str],
                   label_of: LabelOf, exact_max: int,
-                  near_dups: bool = True) -> Dict[str, Any]:
-    """Near-duplicates and class signal of the store's vectors."""
+                  near_dups: bool = True
+                  ) -> Tuple[Dict[str, Any], Optional[np.ndarray]]:
+    """Near-duplicates and class signal of the store's vectors, and for
+    each text naming only other classes (``stats.other_named``) whether
+    its vector lies nearer that class than its own (None: no labels)."""
+    from gpt4image_mm.analysis.embeddings import class_sums, nearer_other_class
     from gpt4image_mm.datasets.store import EmbeddingStore
     st = EmbeddingStore(store)
     keys = st.keys()
@@ -192,17 +213,36 @@ def store_metrics(store: str, stats: Any, names: List[str],
     del keys
     m = near_duplicates(st.embeddings, text_hash, exact_max=exact_max) \
         if near_dups else {'near_duplicate_method': 'skipped'}
+    nearer = None
     if names and (labels >= 0).any():
-        m.update(class_signal(st.embeddings, labels, names))
+        sums = class_sums(st.embeddings, labels, len(names))
+        m.update(class_signal(st.embeddings, labels, names, sums=sums,
+                              top_pairs=confusions_shown(len(names))))
+        pairs = stats.other_named
+        rows = _rows_of(row_hash, stats.key_hash[pairs[:, 0]])
+        nearer = nearer_other_class(st.embeddings, rows,
+                                    stats.label[pairs[:, 0]].astype(np.int64),
+                                    pairs[:, 1], *sums)
     m['store_rows'] = st.count
-    return m
+    return m, nearer
+
+
+def _rows_of(row_hash: np.ndarray, key_hash: np.ndarray) -> np.ndarray:
+    """The store row of each key hash (-1 where the store has none)."""
+    order = np.argsort(row_hash)
+    sorted_rows = row_hash[order]
+    pos = np.clip(np.searchsorted(sorted_rows, key_hash), 0,
+                  max(len(sorted_rows) - 1, 0))
+    hit = sorted_rows[pos] == key_hash if len(sorted_rows) else \
+        np.zeros(len(key_hash), bool)
+    return np.where(hit, order[pos], -1)
 
 
 def _class_setup(args: argparse.Namespace
-                 ) -> Tuple[List[str], LabelOf, Optional[ImageOf]]:
-    """The classes' display names (what texts say), the key -> label
-    lookup (keys keep the folder names) and, with a config, the key ->
-    image lookup."""
+                 ) -> Tuple[List[ClassSynonyms], LabelOf, Optional[ImageOf]]:
+    """Each class's names (what texts say: the display name first, then
+    its synonyms), the key -> label lookup (keys keep the folder names)
+    and, with a config, the key -> image lookup."""
     image_of = None
     if args.config:
         names, per_image, image_of = _config_labels(args)
@@ -215,8 +255,7 @@ def _class_setup(args: argparse.Namespace
         if args.class_names:
             raise ToolError('--class-names needs --config or --per-class')
         return [], class_label_of([]), None
-    return (class_display_names(names, args.class_names), label_of,
-            image_of)
+    return class_synonyms(names, args.class_names), label_of, image_of
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -233,7 +272,10 @@ def run_analysis(args: argparse.Namespace) -> int:
     for path in filter(None, (args.descriptions, args.compare)):
         if not os.path.isfile(path):
             raise ToolError(f'{path}: no such descriptions file')
+    # class_synonyms has said once, on stderr, when the names are ids;
+    # the report and metrics.json say it too
     names, label_of, image_of = _class_setup(args)
+    ids = id_like_preview(display_of(names))
     tokenizer, max_length = _tokenizer(args, args.store)
     os.makedirs(args.out, exist_ok=True)
     tag = '_A' if args.compare else ''
@@ -248,7 +290,10 @@ def run_analysis(args: argparse.Namespace) -> int:
                             os.path.join(args.out, 'flagged_keys_B.txt'),
                             image_of))
         titles.append('B')
-    write_report(sets, titles, names, args.out, not args.no_figures)
+    if ids:
+        sets[0]['class_names_look_like_ids'] = ids
+    write_report(sets, titles, display_of(names), args.out,
+                 not args.no_figures)
     return 0
 
 
@@ -268,7 +313,8 @@ def write_report(sets: List[Dict[str, Any]], titles: List[str],
     atomic_write_json(os.path.join(out, 'metrics.json'), {
         t: {k: v for k, v in m.items() if not k.startswith('_')}
         | {'path': m['_path'],
-           'confused_pairs': m.get('_confused_pairs', [])}
+           'confused_pairs': m.get('_confused_pairs', []),
+           'flagged_examples': m.get('_flag_examples', {})}
         for m, t in zip(sets, titles)}, indent=1)
     echo(text)
     page = write_page(out, sets, titles, names, pngs)

@@ -30,10 +30,11 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="--classify*: the config's own dataset split "
                        '(array datasets too); reports its top-1')
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument('--classify', nargs='+', metavar='TEXT',
+    what.add_argument('--classify', nargs='*', metavar='TEXT',
                       help='one text per class: a name (a folder name '
                       'reads as words: saint_bernard -> saint bernard) or '
-                      'a description')
+                      "a description; with --split and no TEXT, the split's "
+                      'class names (with --class-names for their words)')
     what.add_argument('--classify-file', metavar='CLASS.jsonl',
                       help='class-level descriptions (class:<name>#k keys); '
                       "each class's texts are averaged")
@@ -76,16 +77,21 @@ def class_texts_from_file(path: str) -> Dict[str, List[str]]:
     return texts
 
 
-def class_texts_from_args(args: argparse.Namespace) -> Dict[str, List[str]]:
+def class_texts_from_args(args: argparse.Namespace,
+                          split_names: Optional[List[str]] = None
+                          ) -> Dict[str, List[str]]:
+    """The class texts: from --classify-file, or one per --classify name
+    (the split's class names when none are given), said in words."""
     if args.classify_file:
         return class_texts_from_file(args.classify_file)
     if '{}' not in args.template:
         raise ToolError(f'--template {args.template!r} has no {{}} for the '
                         'class name')
     from gpt4image_mm.utils.class_names import class_display_names
-    shown = class_display_names(args.classify, args.class_names)
-    return {t: [args.template.format(s)] for t, s in zip(args.classify,
-                                                          shown)}
+    classes = args.classify or split_names or []
+    # says once, on stderr, when the names are ids and names the fix
+    shown = class_display_names(classes, args.class_names)
+    return {t: [args.template.format(s)] for t, s in zip(classes, shown)}
 
 
 def folder_accuracy(paths: List[str], preds: List[dict],
@@ -110,7 +116,12 @@ def run_query(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    texts = None if args.search else class_texts_from_args(args)
+    if args.classify == [] and not args.split:
+        raise ToolError('--classify without names takes them from --split; '
+                        'with --images, give one text per class')
+    # with --split and bare --classify, the texts wait for the split's names
+    texts = None if args.search or args.classify == [] else \
+        class_texts_from_args(args)
     inferencer = TextQueryInferencer(cfg, args.checkpoint, args.device,
                                      text_encoder=args.encoder,
                                      cache_dir=args.cache_dir)
@@ -127,10 +138,19 @@ def run_query(args: argparse.Namespace) -> int:
             if args.search else classify_report(inferencer, texts, paths,
                                                 feats)
     if args.out:
+        if not args.search:
+            result.update(text_sources(args))
         os.makedirs(args.out, exist_ok=True)
         atomic_write_json(os.path.join(args.out, 'results.json'), result,
                           indent=1)
     return 0
+
+
+def text_sources(args: argparse.Namespace) -> dict:
+    """Where the class texts came from, beside them in results.json."""
+    if args.classify_file:
+        return {'classify_file': args.classify_file}
+    return {'template': args.template, 'class_names_file': args.class_names}
 
 
 def search_report(inferencer, args, sheet) -> dict:
@@ -161,20 +181,45 @@ def classify_report(inferencer, texts, paths, feats) -> dict:
          'pred_score': r['pred_score']} for p, r in zip(paths, preds)]}
 
 
+def _preview(names: List[str], n: int = 3) -> str:
+    return ', '.join(names[:n]) + (', ...' if len(names) > n else '')
+
+
+def missing_texts(missing: List[str], names: List[str], given: List[str],
+                  args: argparse.Namespace) -> ToolError:
+    """The split's classes that got no text, and how to give them one:
+    texts are keyed by the split's class names (folder names, ImageNet's
+    wnids), while --class-names says the words each stands for."""
+    head = (f'no text for {len(missing)} of the {len(names)} classes of the '
+            f'{args.split} split, e.g. {missing[0]!r} (texts were given for '
+            f'{_preview(given)})')
+    if args.classify_file:
+        fix = (f'{args.classify_file} needs class:<name> keys named as the '
+               f"split's classes ({_preview(names)}); write them with "
+               '--class-names FILE so the texts say words')
+    else:
+        fix = ("pass --classify with no names (the split's class names: "
+               f'{_preview(names)}) and --class-names FILE (e.g. '
+               'LOC_synset_mapping.txt, JSON {name: words}) for the words '
+               'each stands for')
+    return ToolError(f'{head} -- {fix}')
+
+
 def split_report(inferencer, texts: Dict[str, List[str]],
                  args: argparse.Namespace) -> dict:
     """Top-1 of classifying a dataset split by the class texts."""
     feats, labels, names = inferencer.split_features(args.split,
                                                      args.batch_size)
+    if texts is None:
+        texts = class_texts_from_args(args, names)
     missing = [n for n in names if n not in texts]
     if missing:
-        raise ToolError(f'no text for {len(missing)} of the {len(names)} '
-                        f'classes of the {args.split} split, e.g. '
-                        f'{missing[0]!r}')
+        raise missing_texts(missing, names, list(texts), args)
     preds = inferencer.classify_embeddings(feats, texts)
     top1 = sum(r['pred_class'] == names[y] for r, y in zip(preds, labels)) \
         / len(labels)
     print(f'{args.split} top-1 by text through the neck: {100 * top1:.2f} % '
           f'of {len(labels)} images ({len(texts)} classes)')
-    return {'classes': list(texts), 'split': args.split, 'images': len(labels),
+    return {'classes': list(texts), 'texts': texts, 'split': args.split,
+            'images': len(labels),
             'top1': top1}
