@@ -141,3 +141,24 @@ def test_errors_are_one_line_with_the_project_exit_code(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith('error: ')
         assert str(missing) in lines[0]
+
+
+def test_configs_lists_the_shipped_ones_and_names_a_missing_one(tmp_path):
+    """``gpt4image configs PATTERN`` from another folder; ``--show`` of a
+    name that is not shipped is one line and exit 2 (tests/test_wheel.py
+    shows a real one with its bases merged)."""
+    out = ok(gpt4image('configs', 'cifar100', cwd=tmp_path)).stdout
+    rows = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines()[1:]
+            if ln.strip() and not ln.startswith(('3 configs', 'name'))}
+    assert rows == {
+        'resnet18_8xb16_cifar100.py': ['baseline', 'resnet18', '8xb16',
+                                       'cifar100'],
+        'gpt4image/gpt4image_resnet18_8xb16_cifar100.py': [
+            'recipe', 'resnet18', '8xb16', 'cifar100'],
+        'gpt4image/gpt4image_resnet50_8xb16_cifar100.py': [
+            'recipe', 'resnet50', '8xb16', 'cifar100']}, out
+    bad = gpt4image('configs', '--show', 'gpt4image/no_such.py', cwd=tmp_path)
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        'error: gpt4image/no_such.py: no such file or shipped config -- ')

@@ -1,10 +1,11 @@
-"""The ``gpt4image`` command starts light: its text-only commands import no
-torch, mmengine, mmpretrain or transformers (seconds and ~900 MB each), and
-the modules a config's ``custom_imports`` names register everything.
+"""The ``gpt4image`` command and the ``tools/*.py`` scripts start light:
+their text-only commands import no torch, mmengine, mmpretrain or
+transformers (seconds and ~900 MB each), and the modules a config's
+``custom_imports`` names register everything.
 
 Each command runs as the console script runs it (``from
-gpt4image_mm.cli.main import main``), in its own process, which reports its
-``sys.modules``."""
+gpt4image_mm.cli.main import main``) or as ``python tools/X.py`` runs the
+script, in its own process, which reports its ``sys.modules``."""
 import json
 import os
 import subprocess
@@ -25,13 +26,25 @@ atexit.register(lambda: open(report, 'w').write(json.dumps(
 from gpt4image_mm.cli.main import main
 sys.exit(main())
 '''
+# ``python tools/SCRIPT ARGS``, reporting the same way.
+TOOL_PROBE = PROBE.replace("['gpt4image', *sys.argv[2:]]", 'sys.argv[2:]').replace(
+    'from gpt4image_mm.cli.main import main\nsys.exit(main())',
+    'import runpy\nrunpy.run_path(sys.argv[0], run_name="__main__")')
+
+# ``gpt4image`` subcommand -> (script, first words) of its tools/ spelling
+TOOLS = {'caption': ['caption.py'], 'caption-merge': ['caption.py', 'merge'],
+         'import-map': ['embed.py', 'import-map'],
+         'analyze': ['analyze_descriptions.py']}
 
 
-def gpt4image(tmp_path, *args, env_extra=None):
-    """``gpt4image ARGS``: (process, heavy modules it imported)."""
+def gpt4image(tmp_path, *args, env_extra=None, script=None):
+    """``gpt4image ARGS`` (or ``python tools/SCRIPT ARGS``): (process,
+    heavy modules it imported)."""
     report = tmp_path / 'modules.json'
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
-    proc = subprocess.run([sys.executable, '-c', PROBE, str(report),
+    probe, args = ((PROBE, args) if script is None else
+                   (TOOL_PROBE, [ROOT / 'tools' / script, *args]))
+    proc = subprocess.run([sys.executable, '-c', probe, str(report),
                            *map(str, args)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     return proc, json.loads(report.read_text())
@@ -41,9 +54,19 @@ def light(tmp_path, *args, **kw):
     """Run a command that must succeed without any heavy stack."""
     proc, heavy = gpt4image(tmp_path, *args, **kw)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert heavy == [], f'gpt4image {" ".join(map(str, args))} imported ' \
-        f'{heavy}'
+    assert heavy == [], f'{kw.get("script") or "gpt4image"} ' \
+        f'{" ".join(map(str, args))} imported {heavy}'
     return proc
+
+
+def spelling(tools: bool):
+    """``light`` for ``gpt4image NAME ARGS`` or its ``tools/`` script."""
+    def run(tmp_path, name, *args):
+        if not tools:
+            return light(tmp_path, name, *args)
+        script, *words = TOOLS[name]
+        return light(tmp_path, *words, *args, script=script)
+    return run
 
 
 @pytest.mark.parametrize('args', [['--help'], ['caption', '--help'],
@@ -54,10 +77,26 @@ def test_help_imports_no_heavy_stack(tmp_path, args):
     assert 'gpt4image' in out
 
 
+@pytest.mark.parametrize('script', sorted(
+    p.name for p in (ROOT / 'tools').glob('*.py')))
+def test_every_tool_script_help_imports_no_heavy_stack(tmp_path, script):
+    """The documented ``python tools/X.py`` commands start as light as
+    ``gpt4image X``, first words included (``embed.py merge``)."""
+    words = [[]] + [[w] for w in {'caption.py': ['merge'], 'embed.py': [
+        'merge', 'import-map', 'import-gpt4image',
+        'import-gpt4image-embeddings']}.get(script, [])]
+    for first in words:
+        out = light(tmp_path, *first, '--help', script=script).stdout
+        assert out.startswith(f'usage: {" ".join([script, *first])} ')
+
+
+@pytest.mark.parametrize('tools', [False, True], ids=['gpt4image', 'tools'])
 def test_caption_merge_import_map_analyze_import_no_heavy_stack(
-        tmp_path, serve):
+        tmp_path, serve, tools):
     """A real caption run against a local OpenAI-wire server, then the
-    text-only commands on its output."""
+    text-only commands on its output, as ``gpt4image`` subcommands and as
+    ``tools/*.py`` scripts."""
+    light = spelling(tools)
     root = tmp_path / 'imgs'
     keys = make_image_folder(root, per_class=1, size=8)
     fake, url = serve()
@@ -134,20 +173,16 @@ def test_a_command_with_a_config_under_the_light_start(tmp_path):
 def test_other_commands_register_first(tmp_path):
     """strip runs after the package's registration, which allow-lists
     MMEngine's ``HistoryBuffer`` for safe loading: a real training
-    checkpoint (message hub included) strips under the light start."""
+    checkpoint (message hub included) strips under the light start. The
+    checkpoint is written in this process (torch is here already), the
+    command in its own."""
+    import torch
+    from mmengine.logging import HistoryBuffer
     ckpt = tmp_path / 'epoch_1.pth'
-    make = f'''
-import torch, gpt4image_mm
-from mmengine.logging import HistoryBuffer
-torch.save({{'meta': {{}}, 'state_dict': {{'backbone.w': torch.ones(2),
-            'align_neck.fc.weight': torch.ones(2)}},
-            'message_hub': {{'log_scalars': {{'loss': HistoryBuffer([1.0], [1])}}}}}},
-           {str(ckpt)!r})
-'''
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    made = subprocess.run([sys.executable, '-c', make], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr[-3000:]
+    torch.save({'meta': {}, 'state_dict': {
+        'backbone.w': torch.ones(2), 'align_neck.fc.weight': torch.ones(2)},
+        'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0], [1])}}},
+        ckpt)
     proc, heavy = gpt4image(tmp_path, 'strip', ckpt, tmp_path / 'deploy.pth')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'removed 1 training-only tensors' in proc.stdout

@@ -16,5 +16,4 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':
     from gpt4image_mm.cli.main import run_subcommand
-    sys.exit(run_subcommand('analyze', sys.argv[1:],
-                            prog='analyze_descriptions.py'))
+    sys.exit(run_subcommand('analyze', sys.argv[1:], prog='analyze_descriptions.py'))

@@ -18,7 +18,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt4image_mm.cli.caption import main  # noqa: E402
-
 if __name__ == '__main__':
-    sys.exit(main())
+    from gpt4image_mm.cli.main import run_subcommand
+    sys.exit(run_subcommand('caption', sys.argv[1:], prog='caption.py'))

@@ -18,8 +18,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt4image_mm.cli.embed import main  # noqa: E402
+# for Python callers (errors propagate): main(argv)
+from gpt4image_mm.cli.embed import main  # noqa: E402,F401
 
 if __name__ == '__main__':
-    from gpt4image_mm.utils.errors import run_tool
-    sys.exit(run_tool(main, sys.argv[1:]))
+    from gpt4image_mm.cli.main import run_subcommand
+    sys.exit(run_subcommand('embed', sys.argv[1:], prog='embed.py'))

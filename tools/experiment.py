@@ -12,7 +12,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpt4image_mm.cli.main import run_subcommand  # noqa: E402
-
 if __name__ == '__main__':
-    sys.exit(run_subcommand('experiment', sys.argv[1:], 'experiment.py'))
+    from gpt4image_mm.cli.main import run_subcommand
+    sys.exit(run_subcommand('experiment', sys.argv[1:], prog='experiment.py'))

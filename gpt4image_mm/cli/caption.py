@@ -47,7 +47,7 @@ from gpt4image_mm.captioning.sources import (
     read_class_names,
 )
 from gpt4image_mm.cli.main import DictAction
-from gpt4image_mm.utils.errors import ToolError, run_tool
+from gpt4image_mm.utils.errors import ToolError
 from gpt4image_mm.utils.files import real_path
 
 DEFAULT_BACKEND = 'openai'
@@ -412,19 +412,10 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The tool; every error ends as one line and an exit code."""
-    return run_tool(_main, list(sys.argv[1:] if argv is None else argv))
-
-
-def _main(argv: List[str]) -> int:
-    if argv and argv[0] == 'merge':
-        parser = configure_merge_parser(argparse.ArgumentParser(
-            prog='caption.py merge', description='join shard outputs'))
-        argv = argv[1:]
-    else:
-        parser = _run_parser(argv)
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    """``tools/caption.py [merge] ...`` from Python; every error ends as one
+    line and an exit code."""
+    from gpt4image_mm.cli.main import run_subcommand
+    return run_subcommand('caption', argv, 'caption.py')
 
 
 def exit_code(res: Dict[str, Any]) -> int:

@@ -1,5 +1,14 @@
 """``gpt4image configs``: the configs that ship with the package, by the
-name a config inherits them with (``gpt4image_mm::NAME``)."""
+name a config inherits them with (``gpt4image_mm::NAME``).
+
+    gpt4image configs                     # the table: name, kind, model, ...
+    gpt4image configs cifar --json        # one JSON object per match
+    gpt4image configs --show gpt4image/gpt4image_resnet18_8xb16_cifar100.py
+
+``--show`` prints one config with its bases merged, as training reads it
+(mmpretrain's ``tools/misc/print_config.py``); it is the only mode that
+imports MMEngine.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +18,8 @@ import os.path as osp
 import re
 from importlib.resources import files
 from typing import Dict, List
+
+from gpt4image_mm.utils.errors import ToolError
 
 # where the wheel ships them and MMEngine looks for them (as mmpretrain's)
 CONFIG_ROOT = str(files('gpt4image_mm') / '.mim' / 'configs')
@@ -47,11 +58,29 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='only names matching this regular expression')
     p.add_argument('--json', action='store_true',
                    help='one JSON object per config instead of a table')
+    p.add_argument('--show', metavar='CONFIG',
+                   help='print this config with its bases merged (a shipped '
+                   'NAME, gpt4image_mm::NAME, mmpretrain::NAME or a file)')
     p.set_defaults(handler=run)
     return p
 
 
+def show(config: str) -> str:
+    """The merged text of ``config``: a bare shipped name is read as
+    ``gpt4image_mm::NAME``."""
+    from gpt4image_mm.utils.config import load_config
+    if '::' not in config and not osp.exists(config):
+        if not osp.isfile(osp.join(CONFIG_ROOT, config)):
+            raise ToolError(f'{config}: no such file or shipped config -- '
+                            '`gpt4image configs` lists the shipped ones')
+        config = f'gpt4image_mm::{config}'
+    return load_config(config).pretty_text
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.show:
+        print(show(args.show))
+        return 0
     rows = [describe(n) for n in shipped_configs()
             if re.search(args.pattern, n)]
     if args.json:

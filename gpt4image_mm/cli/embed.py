@@ -11,7 +11,6 @@ Each ``configure_*`` function follows the CLI protocol of
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List, Optional
 
 
@@ -286,20 +285,9 @@ def _import_onto_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-# ``tools/embed.py FIRST-WORD ...`` -> the ``gpt4image`` subcommand it names
-FIRST_WORDS = {'merge': 'embed-merge', 'import-gpt4image': 'import-gpt4image',
-               'import-gpt4image-embeddings': 'import-gpt4image-embeddings',
-               'import-map': 'import-map'}
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    """``tools/embed.py [FIRST-WORD] ...``; errors propagate (for callers in
-    Python; the script wraps this in ``run_tool``)."""
-    from gpt4image_mm.cli.main import parse_and_run
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in FIRST_WORDS:
-        name, prog, argv = FIRST_WORDS[argv[0]], f'embed.py {argv[0]}', \
-            argv[1:]
-    else:
-        name, prog = 'embed', 'embed.py'
-    return parse_and_run(name, argv, prog)
+    """``tools/embed.py [FIRST-WORD] ...`` from Python (``merge``,
+    ``import-map``, ...: :data:`gpt4image_mm.cli.main.FIRST_WORDS`); errors
+    propagate."""
+    from gpt4image_mm.cli.main import run_script
+    return run_script('embed', argv, 'embed.py')

@@ -18,7 +18,7 @@ import argparse
 import importlib
 import inspect
 import sys
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from gpt4image_mm.utils import register_all_modules
 from gpt4image_mm.utils.errors import run_tool
@@ -32,7 +32,7 @@ class Command(NamedTuple):
 
     ``light``: the command imports torch, mmengine, mmpretrain or
     transformers only where it uses them and registers the package's
-    components itself where it needs them (``gpt4image_cli``'s light start);
+    components itself where it needs them (the light start);
     every other command runs after :func:`gpt4image_mm.utils.register_all_modules`.
     """
 
@@ -89,6 +89,17 @@ COMMANDS: Dict[str, Command] = {
 }
 
 
+#: ``tools/<script>.py WORD ...``: a script's first word that names another
+#: subcommand (``tools/embed.py merge`` is ``gpt4image embed-merge``).
+FIRST_WORDS: Dict[str, Dict[str, str]] = {
+    'caption': {'merge': 'caption-merge'},
+    'embed': {'merge': 'embed-merge',
+              'import-gpt4image': 'import-gpt4image',
+              'import-gpt4image-embeddings': 'import-gpt4image-embeddings',
+              'import-map': 'import-map'},
+}
+
+
 class DictAction(argparse.Action):
     """mmengine's ``DictAction`` (``--cfg-options key=value``), imported
     when the option is given: building a parser imports no mmengine."""
@@ -108,6 +119,18 @@ def configure_function(name: str) -> Configure:
     return getattr(importlib.import_module(cmd.module), cmd.function)
 
 
+def configure(name: str, parser: argparse.ArgumentParser,
+              argv: Optional[Sequence[str]] = None
+              ) -> argparse.ArgumentParser:
+    """Add subcommand ``name``'s arguments to ``parser``; ``argv`` goes to
+    the commands that read it before parsing (caption's
+    ``--custom-imports`` registers backends whose options it must know)."""
+    function = configure_function(name)
+    extra = ({'argv': argv} if argv is not None and 'argv' in
+             inspect.signature(function).parameters else {})
+    return function(parser, **extra)
+
+
 def build_parser(argv: Optional[Sequence[str]] = None
                  ) -> argparse.ArgumentParser:
     """``gpt4image`` with one subparser per entry of :data:`COMMANDS`;
@@ -122,23 +145,24 @@ def build_parser(argv: Optional[Sequence[str]] = None
     sub = parser.add_subparsers(dest='command', metavar='COMMAND',
                                 required=True)
     for name, cmd in COMMANDS.items():
-        configure = configure_function(name)
-        extra = ({'argv': argv} if argv is not None and 'argv' in
-                 inspect.signature(configure).parameters else {})
-        configure(sub.add_parser(name, help=cmd.help, description=cmd.help),
-                  **extra)
+        configure(name, sub.add_parser(name, help=cmd.help,
+                                       description=cmd.help), argv)
     return parser
 
 
 def parse_and_run(name: str, argv: Optional[Sequence[str]], prog: str,
-                  configure: Optional[Configure] = None) -> int:
+                  configure_parser: Optional[Configure] = None) -> int:
     """Subcommand ``name`` as its own program ``prog`` (``argv`` None: the
     process's arguments), registering the plugin first unless the command
     is light; errors propagate (for callers in Python and tests)."""
-    parser = (configure or configure_function(name))(
-        argparse.ArgumentParser(prog=prog, description=COMMANDS[name].help))
-    args = parser.parse_args(None if argv is None else list(argv))
-    return run_parsed(name, args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog=prog,
+                                     description=COMMANDS[name].help)
+    if configure_parser is None:
+        configure(name, parser, argv)
+    else:
+        configure_parser(parser)
+    return run_parsed(name, parser.parse_args(argv))
 
 
 def run_parsed(name: str, args: argparse.Namespace) -> int:
@@ -148,12 +172,32 @@ def run_parsed(name: str, args: argparse.Namespace) -> int:
     return args.handler(args)
 
 
+def script_command(name: str, argv: Sequence[str], prog: str
+                   ) -> Tuple[str, List[str], str]:
+    """``(subcommand, its argv, its prog)`` of ``tools/<prog> ARGV``: a
+    first word of :data:`FIRST_WORDS` names the subcommand."""
+    argv = list(argv)
+    words = FIRST_WORDS.get(name, {})
+    if argv and argv[0] in words:
+        return words[argv[0]], argv[1:], f'{prog} {argv[0]}'
+    return name, argv, prog
+
+
+def run_script(name: str, argv: Optional[Sequence[str]], prog: str) -> int:
+    """A ``tools/*.py`` script from Python (``argv`` None: the process's
+    arguments); errors propagate."""
+    return parse_and_run(*script_command(
+        name, sys.argv[1:] if argv is None else argv, prog))
+
+
 def run_subcommand(name: str, argv: Optional[Sequence[str]],
                    prog: str) -> int:
-    """A ``tools/*.py`` script: subcommand ``name`` under the script's own
-    name, every error one scrubbed line and an exit code."""
+    """A ``tools/*.py`` script: subcommand ``name`` (or the one its first
+    word names) under the script's own name, every error one scrubbed line
+    and an exit code. Its start is as light as ``gpt4image``'s: only the
+    command's own module is imported before the arguments are read."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_tool(lambda a: parse_and_run(name, a, prog), argv)
+    return run_tool(lambda a: run_script(name, a, prog), argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
