@@ -176,13 +176,16 @@ def _class_set(tmp_path, names, per_class=2):
 
 
 def test_figures_fit_long_class_names(tmp_path):
-    """ImageNet's names, 28 to 83 characters with their synonyms."""
-    names = ['great white shark, white shark, man-eater, man-eating shark, '
+    """Long names, 28 to 83 characters: ImageNet's with their synonyms
+    (joined by ' - ': a comma would make them synonyms, shown by the
+    first)."""
+    imagenet = ['great white shark, white shark, man-eater, man-eating shark, '
              'Carcharodon carcharias', 'tiger shark, Galeocerdo cuvieri',
              'electric ray, crampfish, numbfish, torpedo',
              'loggerhead, loggerhead turtle, Caretta caretta',
              'hammerhead, hammerhead shark', 'ostrich, Struthio camelus']
-    assert max(map(len, names)) == 83 and len(names[2]) == 42
+    names = [n.replace(', ', ' - ') for n in imagenet]
+    assert max(map(len, names)) == 87 and len(names[2]) == 45
     desc = _class_set(tmp_path, names)
     out = tmp_path / 'r'
     proc = analyze(desc, '--per-class', '--store', tmp_path / 'store',

@@ -108,7 +108,9 @@ def test_embed_then_analyze_equals_the_tools(tmp_path):
         proc = ok(run(desc, '--per-class', '--store', tmp_path / 'cli',
                       '--out', tmp_path / f'report_{name}', '--no-figures',
                       '--no-progress'))
-        reports[name] = (proc.stdout, json.loads(
+        # the same report, each in its own folder (the page's path)
+        reports[name] = (proc.stdout.replace(
+            str(tmp_path / f'report_{name}'), 'OUT'), json.loads(
             (tmp_path / f'report_{name}' / 'metrics.json').read_text()))
     assert reports['cli'] == reports['tool']
     assert reports['cli'][1]['descriptions']['store_rows'] == 6
