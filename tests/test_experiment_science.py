@@ -201,3 +201,30 @@ def test_the_report_flags_a_shots_run_still_rising(project):
     assert [r['still_rising'] for r in data['runs']] == [True, False] * 3
     assert data['comparisons'][0]['verdict'] == 'better (unconverged runs)'
     json.dumps(data)  # plain data, for a page
+
+
+def test_the_stretch_rule():
+    """The demo's recipe (6,000 images, batch 64: 94 steps an epoch, 20
+    epochs): 200 images make 4 steps an epoch, so matching the full run's
+    1,880 steps needs 23.5x the epochs, capped at 10x; an iteration-based
+    recipe is left alone."""
+    from mmengine.config import Config
+
+    from gpt4image_demo.pipeline import DemoSettings, schedule_options
+    from gpt4image_mm.experiment.schedule import (
+        fit_schedule_to_subset,
+        stretch_factor,
+    )
+    assert stretch_factor(6000, 200, 64) == 10
+    assert stretch_factor(6000, 1000, 64) == 6  # 94 / 16 steps
+    assert stretch_factor(12, 6, 6) == 2 and stretch_factor(12, 12, 6) == 1
+    assert schedule_options(DemoSettings(num_train=200)) == [
+        'train_cfg.max_epochs=200', 'train_cfg.val_interval=10',
+        'default_hooks.checkpoint.interval=10', 'param_scheduler.T_max=200']
+    assert schedule_options(DemoSettings(num_train=200, epochs=5)) == []
+    iters = Config(dict(train_dataloader=dict(batch_size=8),
+                        train_cfg=dict(by_epoch=False, max_iters=1000),
+                        param_scheduler=dict(type='CosineAnnealingLR',
+                                             by_epoch=False, T_max=1000)))
+    assert fit_schedule_to_subset(iters, 6000, 60) == 1
+    assert iters.train_cfg.max_iters == 1000

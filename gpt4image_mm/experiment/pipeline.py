@@ -53,6 +53,7 @@ from gpt4image_mm.experiment.report import (
     shots_table,
     titles,
 )
+from gpt4image_mm.experiment.schedule import MAX_STRETCH
 from gpt4image_mm.utils.files import OutputLock, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,8 @@ SCHEDULE_NOTE = (
     'A run on K images per class keeps the full run\'s optimizer steps: '
     'its epochs, validation / checkpoint intervals and epoch-based lr '
     'schedule are multiplied by round(full-set / subset iterations per '
-    'epoch), at most 10x (docs/experiment.md, "Fewer images").')
+    f'epoch), at most {MAX_STRETCH}x (docs/experiment.md, "Fewer '
+    'images").')
 
 
 def attach_predictions(runs: List[Run],
