@@ -124,8 +124,9 @@ def test_own_dataset_page(variant, image_folder, server, tmp_path):
     fake, url = server
     work = str(tmp_path / 'work')
     page = os.path.join(REPO, 'docs', 'own_dataset.md')
+    # per-image also runs the page's experiment (4 arms x 1 seed)
     run_script(script_for(page, variant),
-               docs_env(image_folder, work, url))
+               docs_env(image_folder, work, url), timeout=1800)
     run = os.path.join(work, variant.replace('-', '_'))  # its own folder
     check_trained_and_stripped(run)
     if variant == 'per-image':
