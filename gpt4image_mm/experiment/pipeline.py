@@ -3,8 +3,8 @@
 Plan every arm x seed (x images per class) as a generated config, run them
 through ``tools/train.py`` + ``tools/test.py`` (or print them for a
 cluster), measure each aligned run's neck retrieval, and write the report:
-``report.md`` with paired exact-t intervals, ``curves.png`` (and
-``shots.png``).
+``report.md`` with paired intervals over seeds and test images (and
+the same as data in ``report.json``), ``curves.png`` (and ``shots.png``).
 """
 from __future__ import annotations
 
