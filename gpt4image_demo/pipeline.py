@@ -81,7 +81,28 @@ def experiment_options(s: DemoSettings) -> list:
     if s.epochs:
         opts += [f'train_cfg.max_epochs={s.epochs}',
                  f'param_scheduler.T_max={s.epochs}']
-    return opts + list(s.cfg_options)
+    return opts + schedule_options(s) + list(s.cfg_options)
+
+
+def schedule_options(s: DemoSettings) -> List[str]:
+    """``--num-train`` below the config's own training set, without
+    ``--epochs``: the recipe stretched to the full recipe's optimizer
+    steps (:mod:`gpt4image_mm.experiment.schedule`, at most 10x its
+    epochs), so fewer images still train to the end of their curve."""
+    if not s.num_train or s.epochs:
+        return []
+    from gpt4image_mm.experiment.schedule import (
+        as_cfg_options,
+        config_stretch_factor,
+        stretch_options,
+    )
+    from gpt4image_mm.utils.config import load_config
+    cfg = load_config(s.baseline_config)
+    full = cfg.train_dataloader.dataset.get('indices')
+    if not isinstance(full, int) or s.num_train >= full:
+        return []
+    return as_cfg_options(stretch_options(
+        cfg, config_stretch_factor(cfg, full, s.num_train)))
 
 
 def experiment_settings(s: DemoSettings, store: str) -> ExperimentSettings:

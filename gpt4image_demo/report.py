@@ -19,7 +19,7 @@ def report_head(s: Any, descriptions: str) -> List[str]:
     ds = cfg.train_dataloader.dataset.dataset
     return [
         f'- data: Fashion-MNIST, first {s.num_train or ds.get("indices")} '
-        f'training images, {s.epochs or cfg.train_cfg.max_epochs} epochs, '
+        f'training images, {demo_epochs(s)} epochs{stretched(s)}, '
         f'batch {cfg.train_dataloader.batch_size}; test top-1 on '
         f'{s.num_test or 10000} test images, validation curve on the first '
         f'{s.num_val or cfg.val_dataloader.dataset.get("indices", 10000)}',
@@ -41,6 +41,25 @@ def report_head(s: Any, descriptions: str) -> List[str]:
         '- runs: `tools/experiment.py`\'s machinery; each run\'s config is '
         '`runs/<arm>/seed<k>/config.py`',
     ]
+
+
+def demo_epochs(s: Any) -> int:
+    """The epochs the demo's runs train (its schedule options)."""
+    from .pipeline import experiment_options
+    for opt in reversed(experiment_options(s)):
+        if opt.startswith('train_cfg.max_epochs='):
+            return int(opt.split('=', 1)[1])
+    from gpt4image_mm.utils.config import load_config
+    return int(load_config(s.baseline_config).train_cfg.max_epochs)
+
+
+def stretched(s: Any) -> str:
+    from .pipeline import schedule_options
+    if not schedule_options(s):
+        return ''
+    return (' (fewer images than the recipe\'s: epochs stretched to its '
+            'optimizer steps, at most 10x; docs/experiment.md, "Fewer '
+            'images")')
 
 
 def report_tail(path: str, chars: int = 160) -> List[str]:

@@ -89,7 +89,7 @@ def docs_env(data: str, work: str, base_url: str) -> Dict[str, str]:
         PATH=os.path.dirname(sys.executable) + os.pathsep + env['PATH'],
         PYTHONPATH=REPO, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
         DATA=data, WORK=work, EPOCHS='1', SIZE='32', MAX_TOKENS='8',
-        PER_CLASS='1',
+        PER_CLASS='1', SEEDS='1',
         BASE_URL=base_url, VLM='local-vlm')
     env.pop('OPENAI_API_KEY', None)  # a local server needs none
     return env
@@ -106,15 +106,31 @@ def check_trained_and_stripped(work: str) -> None:
         os.path.join(work, 'metrics_deploy.json'))
 
 
+def check_experiment(run: str) -> None:
+    """The page's last step: the experiment ran on the paths the page
+    wrote, every arm trained and tested, the analysis is in the report."""
+    with open(os.path.join(run, 'experiment', 'report.json'),
+              encoding='utf-8') as f:
+        report = json.load(f)
+    assert sorted(r['arm'] for r in report['runs']) == [
+        'baseline', 'classname', 'gpt4image', 'random']
+    assert report['settings']['gpt4image_config'] == os.path.join(
+        run, 'gpt4image_resnet18_mine.py')
+    assert report['analysis']['descriptions'] == 8
+
+
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_own_dataset_page(variant, image_folder, server, tmp_path):
     fake, url = server
     work = str(tmp_path / 'work')
     page = os.path.join(REPO, 'docs', 'own_dataset.md')
+    # per-image also runs the page's experiment (4 arms x 1 seed)
     run_script(script_for(page, variant),
-               docs_env(image_folder, work, url))
+               docs_env(image_folder, work, url), timeout=1800)
     run = os.path.join(work, variant.replace('-', '_'))  # its own folder
     check_trained_and_stripped(run)
+    if variant == 'per-image':
+        check_experiment(run)
     with open(os.path.join(run, 'descriptions.jsonl'),
               encoding='utf-8') as f:
         keys = {json.loads(line)['key'] for line in f}

@@ -16,6 +16,8 @@ import pytest
 from conftest import ROOT, make_image_folder
 from helpers import BASE_CFG
 
+from gpt4image_mm.experiment.stats import t95
+
 ALIGN = '''
 _base_ = ['base.py', '{configs}/_base_/gpt4image.py']
 model = dict(
@@ -75,9 +77,13 @@ def _rows(report):
             if ln.startswith('| ')}
 
 
-def _top1(tmp, arm, seed):
-    path = tmp / 'exp' / 'runs' / arm / f'seed{seed}' / 'test_metrics.json'
-    return json.loads(path.read_text())['accuracy/top1']
+def _correct(tmp, arm, seed):
+    """0/1 per test image, from the predictions the run's test saved."""
+    path = tmp / 'exp' / 'runs' / arm / f'seed{seed}' / \
+        'test_metrics.predictions.json'
+    p = json.loads(path.read_text())
+    return (np.asarray(p['pred_label']) == np.asarray(p['gt_label'])
+            ).astype(float)
 
 
 def test_experiment_end_to_end(project):
@@ -120,16 +126,23 @@ def test_experiment_end_to_end(project):
     assert len({rows[t].split('|')[6] for t in TITLES}) == 1
     assert 'threads per run' in report and 'torch' in rows
 
-    # the paired intervals, by hand: t(0.975, 1) = 12.7062047...
+    # the paired intervals, by hand from the saved per-image predictions:
+    # seed term + test-set term, Welch-Satterthwaite dof
     for a, b, title in (('gpt4image', 'baseline', 'GPT4Image − baseline'),
                         ('gpt4image', 'random',
                          'GPT4Image − random vectors')):
-        d = [_top1(tmp, a, s) - _top1(tmp, b, s) for s in (0, 1)]
-        mean, sd = sum(d) / 2, abs(d[0] - d[1]) / math.sqrt(2)
-        half = 12.706204736 * sd / math.sqrt(2)
+        x = np.stack([100.0 * (_correct(tmp, a, s) - _correct(tmp, b, s))
+                      for s in (0, 1)])
+        n = x.shape[1]
+        seed_var = np.var(x.mean(1), ddof=1) / 2
+        image_var = np.var(x.mean(0), ddof=1) / n or 3 / n * 1e4 / n
+        dof = (seed_var + image_var) ** 2 / (
+            seed_var ** 2 / 1 + image_var ** 2 / (n - 1))
+        half = t95(min(10000, math.floor(dof))) * math.sqrt(
+            seed_var + image_var)
         interval = rows[title].split('|')[3].strip()
-        assert interval == f'{mean - half:+.2f} to {mean + half:+.2f}', \
-            report
+        assert interval == f'{x.mean() - half:+.2f} to ' \
+            f'{x.mean() + half:+.2f}', report
 
     # the cache: a rerun trains nothing; --seeds 3 trains only seed 2
     ckpts = {p: p.stat().st_mtime_ns for p in work.glob('runs/*/*/*.pth')}
@@ -144,7 +157,7 @@ def test_experiment_end_to_end(project):
     assert sorted(p.parent.parent.name for p in work.glob(
         'runs/*/seed2/done.json')) == ['baseline', 'classname', 'gpt4image',
                                        'random']
-    assert 'Paired over 3 seeds.' in (work / 'report.md').read_text()
+    assert 'Paired over 3 seeds' in (work / 'report.md').read_text()
     # a generated config is an ordinary config (a user reruns it by hand)
     cfg = (work / 'runs' / 'random' / 'seed1' / 'config.py').read_text()
     assert 'store_random' in cfg and 'seed=1' in cfg

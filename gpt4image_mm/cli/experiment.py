@@ -44,6 +44,11 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--descriptions', default=None,
                    help="the store's descriptions JSONL: their analysis "
                    'goes into the report')
+    p.add_argument('--class-names', metavar='FILE', default=None,
+                   help="the words texts use for the dataset's classes "
+                   "(the classname arm's prompts, the analysis), as "
+                   "caption/analyze read it (default: folder names with "
+                   'underscores as spaces)')
     p.add_argument('--custom-imports', nargs='+', default=[],
                    metavar='MODULE', help='modules that register more arms '
                    '(gpt4image_mm.experiment.register_arm)')
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir, arms=arms, seeds=args.seeds,
         cfg_options=list(args.cfg_options), store=args.store,
         shots=args.shots, parallel=args.parallel, threads=args.threads,
-        descriptions=args.descriptions, title=args.title)
+        descriptions=args.descriptions, class_names=args.class_names,
+        title=args.title)
     with narration_on_stdout():
         return run_experiment(s, print_commands=args.print_commands,
                               report_only=args.report_only)

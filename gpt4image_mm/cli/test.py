@@ -12,7 +12,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('config', help='config file, or mmpretrain::path / '
                    'gpt4image_mm::path')
     p.add_argument('checkpoint', help='checkpoint file')
-    p.add_argument('--out', help='write the metrics as JSON to this file')
+    p.add_argument('--out', help='write the metrics as JSON to this file '
+                   "(and every test sample's true and predicted label to "
+                   'M.predictions.json beside it)')
     p.add_argument('--amp', action='store_true')
     add_common_arguments(p)
     p.set_defaults(handler=run)

@@ -212,7 +212,15 @@ def test(args: argparse.Namespace) -> dict:
     preflight.test_checks(cfg)
     _cpu_distributed(cfg)
     try:
-        metrics = build_runner(cfg).test()
+        runner = build_runner(cfg)
+        if args.out:  # which images were right, for paired comparisons
+            from gpt4image_mm.engine.hooks.prediction_hook import (
+                TestPredictionHook,
+                predictions_path,
+            )
+            runner.register_hook(TestPredictionHook(
+                predictions_path(args.out)))
+        metrics = runner.test()
     except pickle.UnpicklingError as e:
         raise _refused_checkpoint(e) from None
     finally:

@@ -7,9 +7,10 @@ text adds:
 
 - ``baseline``: the plain config, cross-entropy only;
 - ``gpt4image``: the config's own store (per-image or class-level);
-- ``classname``: "a photo of a {display name}." per class, embedded by the
-  store's own encoder (its manifest names it): what the descriptions add
-  beyond the label's name;
+- ``classname``: "a photo of a {display name}." per class (the names of
+  ``--class-names FILE`` where given: a wnid folder says "tench", not
+  "n01440764"), embedded by the store's own encoder (its manifest names
+  it): what the descriptions add beyond the label's name;
 - ``random``: one seeded random unit vector per class at the store's width:
   what the extra head and the contrastive term do without any text.
 
@@ -32,7 +33,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from gpt4image_mm.utils.class_names import display_name
+from gpt4image_mm.utils.class_names import class_display_names
 
 logger = logging.getLogger(__name__)
 CLASSNAME_PROMPT = 'a photo of a {name}.'  # CLIP's standard prompt
@@ -42,11 +43,20 @@ RANDOM_TARGETS_SEED = 0  # the same vectors for every seed and run
 @dataclass
 class ArmContext:
     """What a store builder may use: the experiment's work dir, the training
-    set's class names in label order, and the GPT4Image config's store."""
+    set's class names in label order (the dataset's own: store keys are
+    ``class:<name>`` of these), the GPT4Image config's store, and the
+    user's ``--class-names`` file (the words texts use for them)."""
 
     work_dir: str
     class_names: List[str]
     base_store: str
+    class_names_file: Optional[str] = None
+
+    @property
+    def display_names(self) -> List[str]:
+        """What a text calls each class, in label order (the one helper of
+        :mod:`gpt4image_mm.utils.class_names`)."""
+        return class_display_names(self.class_names, self.class_names_file)
 
     @property
     def manifest(self) -> Dict:
@@ -103,7 +113,8 @@ def classname_store(ctx: ArmContext) -> str:
         run_tool,
     )
     text = write_classname_descriptions(
-        osp.join(ctx.work_dir, 'classname.jsonl'), ctx.class_names)
+        osp.join(ctx.work_dir, 'classname.jsonl'), ctx.class_names,
+        ctx.display_names)
     store = osp.join(ctx.work_dir, 'store_classname')
     manifest = ctx.manifest
     marker = Marker(osp.join(ctx.work_dir, 'steps', 'store_classname.json'),
@@ -142,17 +153,20 @@ def _store_dim(store: str) -> int:
         return int(json.load(f)['dim'])
 
 
-def write_classname_descriptions(path: str, names: List[str]) -> str:
+def write_classname_descriptions(path: str, names: List[str],
+                                 shown: Optional[List[str]] = None) -> str:
     """One plain prompt per class, in the descriptions format (so the
-    ``classname`` arm goes through the same embed step as real text)."""
+    ``classname`` arm goes through the same embed step as real text):
+    keyed by the dataset's class name, saying its display name (``shown``,
+    default: :func:`class_display_names` of ``names``)."""
     from gpt4image_mm.utils.descriptions import DescriptionWriter
     from gpt4image_mm.utils.files import atomic_path
     from gpt4image_mm.utils.keys import class_key, description_key
+    shown = shown if shown is not None else class_display_names(names)
     with atomic_path(path) as tmp, DescriptionWriter(tmp) as w:
-        for name in names:
+        for name, words in zip(names, shown):
             w.write(dict(key=description_key(class_key(name), 0),
-                         text=CLASSNAME_PROMPT.format(
-                             name=display_name(name))))
+                         text=CLASSNAME_PROMPT.format(name=words)))
     return path
 
 

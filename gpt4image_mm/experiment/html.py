@@ -177,15 +177,14 @@ def _ticks(lo: float, hi: float) -> List[float]:
 def comparison_rows(arms: Sequence[str], results: Sequence[Optional[Dict[
         str, Any]]]) -> List[Dict[str, Any]]:
     """The report's paired comparisons (full-data runs) as plot rows."""
-    from gpt4image_mm.experiment.report import titles
-    from gpt4image_mm.experiment.stats import comparisons
+    from gpt4image_mm.experiment.report import arm_comparisons, titles
     ok = [r for r in results if r and not r.get('failed')
           and not r.get('shots')]
-    top1 = {a: {r['seed']: r['top1'] for r in ok if r['arm'] == a}
-            for a in arms}
+    by_arm = {a: [r for r in ok if r['arm'] == a] for a in arms}
     names = titles()
     rows = []
-    for p in comparisons({a: t for a, t in top1.items() if t}):
+    # the report's own comparisons: the same intervals as report.md
+    for p in arm_comparisons([a for a in arms if by_arm[a]], by_arm):
         if not p.diffs:
             continue
         ci = p.interval
@@ -195,7 +194,7 @@ def comparison_rows(arms: Sequence[str], results: Sequence[Optional[Dict[
             hi=ci[1] if ci else None, verdict=p.verdict,
             title=f'{label}: {p.mean:+.2f} pts' + (
                 f', 95% interval {ci[0]:+.2f} to {ci[1]:+.2f}' if ci else
-                ' (one seed: no interval)')))
+                ' (no interval)')))
     return rows
 
 

@@ -3,8 +3,8 @@
 Plan every arm x seed (x images per class) as a generated config, run them
 through ``tools/train.py`` + ``tools/test.py`` (or print them for a
 cluster), measure each aligned run's neck retrieval, and write the report:
-``report.md`` with paired exact-t intervals, ``curves.png`` (and
-``shots.png``).
+``report.md`` with paired intervals over seeds and test images (and
+the same as data in ``report.json``), ``curves.png`` (and ``shots.png``).
 """
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ import os.path as osp
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from gpt4image_mm.experiment.arms import ARMS, CLASSNAME_PROMPT
-from gpt4image_mm.experiment.cache import Marker, banner, command, file_digest, run_tool
+from gpt4image_mm.experiment.cache import (
+    Marker,
+    banner,
+    command,
+    config_digest,
+    file_digest,
+    run_tool,
+)
 from gpt4image_mm.experiment.environment import environment, environment_lines
-from gpt4image_mm.experiment.execute import collect, run_all, shell_line
+from gpt4image_mm.experiment.execute import METRICS, collect, run_all, shell_line
 from gpt4image_mm.experiment.html import write_experiment_page
 from gpt4image_mm.experiment.plan import (
     ExperimentSettings,
@@ -39,11 +46,15 @@ from gpt4image_mm.experiment.report import (
     failure_lines,
     plot_curves,
     plot_shots,
+    report_data,
+    rising_lines,
     seed_table,
+    shots_comparison_lines,
     shots_points,
     shots_table,
     titles,
 )
+from gpt4image_mm.experiment.schedule import MAX_STRETCH
 from gpt4image_mm.utils.files import OutputLock, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -108,19 +119,29 @@ def class_prototypes(store: str, names: List[str]):
 
 
 def step_analysis(work_dir: str, descriptions: str, store: str,
-                  per_class: bool) -> Dict[str, Any]:
-    """The descriptions' quality (``tools/analyze_descriptions.py``)."""
+                  per_class: bool, config: Optional[str] = None,
+                  options: Sequence[str] = (),
+                  class_names: Optional[str] = None) -> Dict[str, Any]:
+    """The descriptions' quality (``tools/analyze_descriptions.py``), with
+    the dataset's config (its classes and every image's label: "names its
+    own class" is measured, not n/a) and the user's class names."""
     out = osp.join(work_dir, 'analysis')
     banner('analysis', f'tools/analyze_descriptions.py -> {out}/report.md')
     marker = Marker(osp.join(work_dir, 'steps', 'analysis.json'), dict(
         descriptions=file_digest(descriptions),
-        store=file_digest(osp.join(store, 'manifest.json'))))
+        store=file_digest(osp.join(store, 'manifest.json')),
+        config=config and config_digest(config), options=list(options),
+        class_names=class_names and file_digest(class_names)))
     cached = marker.load()
     if cached is not None:
         logger.info('cached')
         return cached
+    dataset = ['--config', config] if config else []
+    if config and options:
+        dataset += ['--cfg-options', *options]
     run_tool(command('analyze') + [
-        descriptions, *(['--per-class'] if per_class else []),
+        descriptions, *(['--per-class'] if per_class else []), *dataset,
+        *(['--class-names', class_names] if class_names else []),
         '--store', store, '--out', out, '--no-progress'],
              log=osp.join(work_dir, 'analysis.log'), cwd=os.getcwd())
     with open(osp.join(out, 'metrics.json'), encoding='utf-8') as f:
@@ -139,6 +160,9 @@ def settings_lines(s: ExperimentSettings) -> List[str]:
         'arm trains the GPT4Image config and differs only in its store '
         f'(`classname`: "{CLASSNAME_PROMPT}" by the store\'s encoder, '
         '`random`: a seeded random unit vector per class)',
+        '- class names in texts: '
+        + (f'`{s.class_names}`' if s.class_names else 'the dataset\'s, '
+           'underscores as spaces'),
         f'- seeds: 0..{s.seeds - 1}, the same for every arm'
         + (f'; images per class: {", ".join(map(str, s.shots))} (a seeded '
            'subset, the same for every arm and seed) and the full set'
@@ -167,28 +191,87 @@ def write_report(s: ExperimentSettings, runs: List[Run],
     full = [r for r in ok if not r.get('shots')]
     by = by_arm(s.arms, full)
     lines = [f'# {s.title}', '', *(head or settings_lines(s)), '']
+    cost: Dict[str, Any] = {}
     if full:
         plot_curves(s.arms, full, osp.join(s.work_dir, 'curves.png'),
                     s.title)
-        lines += [*arm_table(s.arms, by, deployed_cost(s, s.arms, full)), '',
+        cost = deployed_cost(s, s.arms, full)
+        lines += [*arm_table(s.arms, by, cost), '',
                   *comparison_table([a for a in s.arms if by[a]], by,
                                     one_seed), '',
-                  'Test top-1 per run (last-3-epoch spread of validation '
-                  'top-1 in brackets):', '', *seed_table(s.arms, by), '',
-                  '![validation top-1 per epoch](curves.png)', '']
+                  'Test top-1 per run (in brackets: the rise of the '
+                  'validation curve over its last validations):', '',
+                  *seed_table(s.arms, by), '',
+                  '![validation top-1 per validation](curves.png)', '']
+    points: Dict[str, Any] = {}
     if s.shots and ok:
         points = shots_points(s.arms, ok, _full_per_class(runs))
         plot_shots(points, osp.join(s.work_dir, 'shots.png'))
         lines += ['Test top-1 (%) by training images per class, mean ± 95% '
-                  'interval half-width over seeds:', '',
+                  'interval half-width (seeds and test set):', '',
                   *shots_table(points), '', '![test top-1 vs images per '
-                  'class](shots.png)', '']
-    lines += [*failure_lines(failed, missing), *analysis_lines(analysis),
-              *(tail or []), *environment_lines(env), '']
+                  'class](shots.png)', '',
+                  *shots_comparison_lines(s.arms, ok, one_seed),
+                  SCHEDULE_NOTE, '']
+    lines += [*rising_lines(ok), *failure_lines(failed, missing),
+              *analysis_lines(analysis), *(tail or []),
+              *environment_lines(env), '']
     text = '\n'.join(lines)
     atomic_write_text(osp.join(s.work_dir, 'report.md'), text)
+    atomic_write_json(osp.join(s.work_dir, 'report.json'), report_data(
+        s.arms, results, dict(
+            title=s.title, settings=asdict(s), head=head or
+            settings_lines(s), missing=missing, cost=cost,
+            shots_points={a: [list(p) for p in pts]
+                          for a, pts in points.items()},
+            analysis=analysis, environment=env)), indent=1, default=str)
     write_experiment_page(s, runs, results, text)
     return text
+
+
+SCHEDULE_NOTE = (
+    'A run on K images per class keeps the full run\'s optimizer steps: '
+    'its epochs, validation / checkpoint intervals and epoch-based lr '
+    'schedule are multiplied by round(full-set / subset iterations per '
+    f'epoch), at most {MAX_STRETCH}x (docs/experiment.md, "Fewer '
+    'images").')
+
+
+def attach_predictions(runs: List[Run],
+                       results: List[Optional[Dict[str, Any]]]) -> None:
+    """Each finished run's per-image correctness (0/1 in test-set order)
+    from the predictions its test step saved beside its metrics."""
+    import numpy as np
+
+    from gpt4image_mm.engine.hooks.prediction_hook import (
+        PREDICTIONS_FORMAT,
+        predictions_path,
+    )
+    for run, r in zip(runs, results):
+        if not r or r.get('failed'):
+            continue
+        path = predictions_path(osp.join(run.work_dir, METRICS))
+        try:
+            with open(path, encoding='utf-8') as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            logger.info('%s: no per-image predictions (%s)', run.name, path)
+            continue
+        if data.get('format') != PREDICTIONS_FORMAT:
+            logger.info('%s: %s is not %s', run.name, path,
+                        PREDICTIONS_FORMAT)
+            continue
+        r['correct'] = (np.asarray(data['pred_label']) ==
+                        np.asarray(data['gt_label'])).astype(np.int8)
+
+
+def check_class_names(s: ExperimentSettings) -> None:
+    """A ``--class-names`` file that does not fit the dataset's classes is
+    one line before anything is planned or trained."""
+    if s.class_names:
+        from gpt4image_mm.experiment.plan import _class_names
+        from gpt4image_mm.utils.class_names import class_display_names
+        class_display_names(_class_names(s), s.class_names)
 
 
 def _full_per_class(runs: List[Run]) -> float:
@@ -219,6 +302,7 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
             banner('plan', f'{len(s.arms)} arm(s) x {s.seeds} seed(s)'
                    + (f' x {1 + len(s.shots)} data sizes' if s.shots else '')
                    + f' -> {s.work_dir}/runs/')
+            check_class_names(s)
             runs = plan_runs(s)
             todo = [run for run in runs if collect(run) is None]
         if print_commands:
@@ -234,6 +318,7 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
                    f'{s.work_dir}/runs/<arm>/seed<k>/train.log')
             results = run_all(runs, s.parallel, threads)
         _add_neck(s, runs, results)
+        attach_predictions(runs, results)
         analysis = _analysis(s)
         text = write_report(s, runs, results, environment(threads), head,
                             tail, analysis, one_seed)
@@ -272,7 +357,15 @@ def _analysis(s: ExperimentSettings) -> Optional[Dict[str, Any]]:
     store = base_store(s, cfg)
     node = description_dataset(cfg)
     return step_analysis(s.work_dir, s.descriptions, store,
-                         bool(node.get('per_class')))
+                         bool(node.get('per_class')), s.config,
+                         analysis_options(s.cfg_options), s.class_names)
+
+
+def analysis_options(options: List[str]) -> List[str]:
+    """The experiment's options that shape the plain config's training
+    set (what the analysis labels), not its schedule or model."""
+    return [o for o in options if o.split('=', 1)[0].startswith(
+        'train_dataloader.')]
 
 
 __all__ = ['ARMS', 'ExperimentSettings', 'run_experiment']

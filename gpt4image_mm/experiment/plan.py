@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from gpt4image_mm.experiment.arms import ARMS, ArmContext
 from gpt4image_mm.experiment.cache import digest, file_digest
+from gpt4image_mm.experiment.schedule import fit_schedule_to_subset, train_images
 from gpt4image_mm.utils.errors import ToolError
 from gpt4image_mm.utils.files import atomic_write_json, atomic_write_text
 
@@ -39,6 +40,7 @@ class ExperimentSettings:
     parallel: int = 1  # runs at once on this machine
     threads: Optional[int] = None  # per run; None: cores / parallel
     descriptions: Optional[str] = None  # analysed into the report
+    class_names: Optional[str] = None  # --class-names FILE: display names
     title: str = 'GPT4Image experiment'
 
 
@@ -148,7 +150,7 @@ def _class_names(s: ExperimentSettings) -> List[str]:
 def build_stores(s: ExperimentSettings, cfg: Any) -> Dict[str, str]:
     """Each aligned arm's store (built by its registered builder)."""
     ctx = ArmContext(osp.abspath(s.work_dir), _class_names(s),
-                     base_store(s, cfg))
+                     base_store(s, cfg), s.class_names)
     return {arm: osp.abspath(ARMS[arm].store(ctx)) for arm in s.arms
             if ARMS[arm].aligned}
 
@@ -200,6 +202,8 @@ def arm_config(s: ExperimentSettings, cfgs: Dict[str, Any], arm: str,
             cfg.model.align_loss.positives = 'label'
     if shots:
         cfg.merge_from_dict({f'{train_dataset_path(cfg)}.indices': indices})
+        fit_schedule_to_subset(cfg, train_images(
+            s.config, tuple(s.cfg_options)), len(indices))
     cfg.work_dir = work_dir
     return cfg
 

@@ -7,11 +7,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from gpt4image_mm.experiment.arms import ARMS
 from gpt4image_mm.experiment.stats import (
+    INTERVAL_METHOD,
+    RISE_POINTS,
+    RISE_WINDOW,
     comparisons,
+    crossed_estimate,
+    end_trend,
     headline,
-    last_epochs_spread,
     mean_std,
     pm,
+    still_rising,
     t95,
 )
 
@@ -106,7 +111,7 @@ def plot_curves(arms: List[str], results: List[Dict[str, Any]],
         mean = [sum(c[e] for c in curves) / len(curves) for e in range(n)]
         ax.plot(epochs, mean, color=color, lw=2, marker='o', ms=3,
                 label=f'{titles()[arm]} (mean of {len(curves)} seed(s))')
-    ax.set_xlabel('epoch')
+    ax.set_xlabel('validation')
     ax.set_ylabel('validation top-1 (%)')
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -129,7 +134,8 @@ def arm_table(arms: List[str], runs: Dict[str, List[Dict[str, Any]]],
     n = max(len(rs) for rs in runs.values())
     seeds = f'mean ± std over {n} seeds' if n > 1 else '1 seed'
     lines = [f'| arm | test top-1 (%), {seeds} | neck retrieval top-1 (%) | '
-             'last-3-epoch spread, worst seed (pts) | training time (s) | '
+             f'rise over the last {RISE_WINDOW} validations, worst seed '
+             '(pts) | training time (s) | '
              'parameters at inference | FLOPs at inference | parameters '
              'while training |',
              '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
@@ -140,8 +146,7 @@ def arm_table(arms: List[str], runs: Dict[str, List[Dict[str, Any]]],
             continue
         neck = (pm([r['neck_top1'] for r in rs]) if ARMS[arm].aligned
                 and all('neck_top1' in r for r in rs) else '–')
-        spreads = [last_epochs_spread(r['curve']) for r in rs]
-        spread = ('–' if None in spreads else f'{max(spreads):.2f}')
+        spread = trend_cell([r['curve'] for r in rs])
         times = [r['train_seconds'] for r in rs
                  if r.get('train_seconds') is not None]
         lines.append(
@@ -152,26 +157,58 @@ def arm_table(arms: List[str], runs: Dict[str, List[Dict[str, Any]]],
     return lines
 
 
+def trend_cell(curves: Sequence[Sequence[float]]) -> str:
+    """The worst (largest) end rise of some runs, marked when rising."""
+    rises = [end_trend(c) for c in curves]
+    if not rises or None in rises:
+        return '–'
+    worst = max(rises)
+    return f'{worst:+.2f}' + (' still rising' if worst >= RISE_POINTS
+                              else '')
+
+
+def arm_comparisons(arms: List[str],
+                    runs: Dict[str, List[Dict[str, Any]]]) -> List[Any]:
+    """The paired comparisons of some runs (one data size), with each
+    run's per-image correctness and convergence."""
+    return comparisons(
+        {a: {r['seed']: r['top1'] for r in runs[a]} for a in arms},
+        {a: {r['seed']: r['correct'] for r in runs[a]
+             if r.get('correct') is not None} for a in arms},
+        {a: {r['seed']: still_rising(r.get('curve') or []) for r in runs[a]}
+         for a in arms})
+
+
 def comparison_table(arms: List[str],
                      runs: Dict[str, List[Dict[str, Any]]],
                      one_seed: str) -> List[str]:
-    pairs = comparisons({a: {r['seed']: r['top1'] for r in runs[a]}
-                         for a in arms})
+    pairs = arm_comparisons(arms, runs)
     if not pairs:
         return []
-    lines = ['| comparison (test top-1) | paired difference (pts) | '
-             '95% interval | verdict |', '| --- | ---: | ---: | --- |']
+    lines = ['| comparison (test top-1) | paired difference over seeds '
+             '(pts) | 95% interval (seeds + test set) | of which test set '
+             '(± pts) | verdict |', '| --- | ---: | ---: | ---: | --- |']
     for p in pairs:
-        ci = p.interval
-        interval = f'{ci[0]:+.2f} to {ci[1]:+.2f}' if ci else '–'
+        est = p.estimate
+        interval = (f'{est.interval[0]:+.2f} to {est.interval[1]:+.2f}'
+                    if est else '–')
+        image = (f'{t95(est.dof) * math.sqrt(est.image_var):.2f}'
+                 if est else '–')
         lines.append(f'| {titles()[p.a]} − {titles()[p.b]} | '
-                     f'{pm(p.diffs, "{:+.2f}")} | {interval} | {p.verdict} |')
-    return lines + ['', headline(pairs, titles(), one_seed)]
+                     f'{pm(p.diffs, "{:+.2f}")} | {interval} | {image} | '
+                     f'{p.verdict} |')
+    return lines + ['', headline(pairs, titles(), one_seed), '',
+                    f'Interval: {INTERVAL_METHOD}. A verdict (better / '
+                    f'worse) needs at least 3 seeds and an interval that '
+                    f'excludes zero; "unconverged runs": a run of the pair '
+                    f'rose {RISE_POINTS:g} point or more over its last '
+                    f'{RISE_WINDOW} validations.']
 
 
 def seed_table(arms: List[str],
                runs: Dict[str, List[Dict[str, Any]]]) -> List[str]:
-    """Every run: test top-1 and (in brackets) its last-3-epoch spread."""
+    """Every run: test top-1 and (in brackets) the rise of its validation
+    curve over the last validations (marked when still rising)."""
     lines = ['| seed | ' + ' | '.join(titles()[a] for a in arms) + ' |',
              '| ---: |' + ' ---: |' * len(arms)]
     seeds = sorted({r['seed'] for rs in runs.values() for r in rs})
@@ -182,8 +219,9 @@ def seed_table(arms: List[str],
             if r is None:
                 cells.append('–')
                 continue
-            spread = last_epochs_spread(r['curve'])
-            extra = f' ({spread:.2f})' if spread is not None else ''
+            rise = end_trend(r['curve'])
+            extra = '' if rise is None else f' ({rise:+.2f}' + (
+                ', still rising)' if rise >= RISE_POINTS else ')')
             cells.append(f'{r["top1"]:.2f}{extra}')
         lines.append(f'| {seed} | ' + ' | '.join(cells) + ' |')
     return lines
@@ -205,10 +243,18 @@ def failure_lines(failed: List[Dict[str, Any]],
     return lines
 
 
-def interval_band(xs: Sequence[float]) -> tuple:
-    """Mean and the half-width of its 95% t interval (0 for one value)."""
+def interval_band(xs: Sequence[float],
+                  correct: Optional[Sequence[Any]] = None) -> tuple:
+    """Mean and the half-width of its 95% interval: over seeds and test
+    images where every run's per-image correctness is given (never
+    zero-wide), else over seeds alone (0 for one value)."""
     mean, std = mean_std(xs)
     n = len(xs)
+    if n > 1 and correct and all(c is not None for c in correct) and \
+            len({len(c) for c in correct}) == 1:
+        import numpy as np
+        est = crossed_estimate(100.0 * np.asarray(correct, float))
+        return mean, est.half_width
     return mean, (t95(n - 1) * std / math.sqrt(n) if n > 1 else 0.0)
 
 
@@ -221,9 +267,10 @@ def shots_points(arms: List[str], results: List[Dict[str, Any]],
                         if r['arm'] == arm}, key=lambda k: k or 1e18)
         pts = []
         for k in sizes:
-            top1 = [r['top1'] for r in results if r['arm'] == arm
-                    and (r.get('shots') or 0) == k]
-            pts.append((k or full_per_class, *interval_band(top1)))
+            rs = [r for r in results if r['arm'] == arm
+                  and (r.get('shots') or 0) == k]
+            pts.append((k or full_per_class, *interval_band(
+                [r['top1'] for r in rs], [r.get('correct') for r in rs])))
         out[arm] = pts
     return out
 
@@ -287,3 +334,70 @@ def analysis_lines(m: Optional[Dict[str, Any]]) -> List[str]:
         f'nearest-centroid accuracy {pct("loo_centroid_accuracy")}.', '']
 
 
+
+
+def rising_lines(results: List[Dict[str, Any]]) -> List[str]:
+    """The runs that stopped while their validation curve still climbed
+    (a fitted rise over the last validations, not the spread: a steady
+    climb of 1 point an epoch has a small spread and is far from done)."""
+    rising = [r for r in results if still_rising(r.get('curve') or [])]
+    if not rising:
+        return []
+    return [f'**Not converged**: {len(rising)} run(s) were still rising at '
+            f'their last validation (least-squares rise over the last '
+            f'{RISE_WINDOW} validations ≥ {RISE_POINTS:g} point); their '
+            'test top-1 is a point on the way up, and a comparison that '
+            'uses them says so. Train longer (`--cfg-options '
+            'train_cfg.max_epochs=...`):', ''] + [
+        f'- {run_title(r)}: {end_trend(r["curve"]):+.2f} points over the '
+        f'last {min(RISE_WINDOW, len(r["curve"]))} validations (last '
+        f'{r["curve"][-1]:.2f})' for r in rising] + ['']
+
+
+def run_title(r: Dict[str, Any]) -> str:
+    shots = f' {r["shots"]}-shot' if r.get('shots') else ''
+    return f'{titles()[r["arm"]]}{shots} seed {r["seed"]}'
+
+
+def shots_comparison_lines(arms: List[str], results: List[Dict[str, Any]],
+                           one_seed: str) -> List[str]:
+    """The paired comparisons at each images-per-class size."""
+    lines: List[str] = []
+    for k in sorted({r['shots'] for r in results if r.get('shots')}):
+        by = by_arm(arms, [r for r in results if r.get('shots') == k])
+        table = comparison_table([a for a in arms if by[a]], by, one_seed)
+        if table:
+            lines += [f'Paired comparisons at {k} images per class:', '',
+                      *table, '']
+    return lines
+
+
+def run_record(r: Dict[str, Any]) -> Dict[str, Any]:
+    """One run as plain data (report.json): no per-image arrays."""
+    out = {k: v for k, v in r.items() if k != 'correct'}
+    curve = r.get('curve') or []
+    out['end_rise'] = end_trend(curve)
+    out['still_rising'] = still_rising(curve)
+    out['test_images'] = (None if r.get('correct') is None
+                          else len(r['correct']))
+    return out
+
+
+def report_data(arms: List[str], results: List[Dict[str, Any]],
+                extra: Dict[str, Any]) -> Dict[str, Any]:
+    """Everything the report says, as plain data (``report.json``): a
+    page or a script renders it without parsing Markdown."""
+    ok = [r for r in results if r and not r.get('failed')]
+    sizes = sorted({r.get('shots') or 0 for r in ok})
+    comps = []
+    for k in sizes:
+        by = by_arm(arms, [r for r in ok if (r.get('shots') or 0) == k])
+        for p in arm_comparisons([a for a in arms if by[a]], by):
+            comps.append(dict(p.to_dict(), shots=k or None))
+    return dict(format='gpt4image-experiment-report/1', arms=[
+        dict(name=a, title=titles()[a], color=ARMS[a].color,
+             aligned=ARMS[a].aligned) for a in arms],
+        runs=[run_record(r) for r in results if r],
+        comparisons=comps, interval_method=INTERVAL_METHOD,
+        rise_rule=dict(window=RISE_WINDOW, min_rise_points=RISE_POINTS),
+        **extra)
