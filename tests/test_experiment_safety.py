@@ -128,19 +128,7 @@ def test_finished_runs_are_never_lost(project):
     from gpt4image_mm.utils.assets import minilm_dir
     tmp, work = project, project / 'exp'
     both = 'baseline,gpt4image'
-    out = _run(tmp, 'exp', '--parallel', '2', arms=both).stdout
-    # progress while runs train: a start line, then the epoch, validation
-    # top-1 and ETA of each run before its result line
-    lines = out.splitlines()
-    for name in ('baseline seed 0', 'GPT4Image seed 0'):
-        started = next(i for i, ln in enumerate(lines)
-                       if f'{name}: started' in ln)
-        progress = next(i for i, ln in enumerate(lines)
-                        if f'{name}: epoch 1/1' in ln and 'ETA' in ln)
-        finished = next(i for i, ln in enumerate(lines)
-                        if f'{name}: test top-1' in ln)
-        assert started < progress < finished, out
-    assert any('val top-1' in ln for ln in lines), out
+    first = _run(tmp, 'exp', '--parallel', '2', arms=both).stdout
     finished = _files(work)
     assert any(p.endswith('epoch_1.pth') for p in finished)
 
@@ -176,6 +164,19 @@ def test_finished_runs_are_never_lost(project):
     assert (work / 'runs/baseline/seed0/epoch_1.pth').stat(
         ).st_mtime_ns == finished['runs/baseline/seed0/epoch_1.pth'][1]
     assert len(list(work.glob('runs/baseline/seed0.superseded-*'))) == 1
+
+    # progress while the runs trained: a start line, then the epoch,
+    # validation top-1 and ETA of each run before its result line
+    lines = first.splitlines()
+    for name in ('baseline seed 0', 'GPT4Image seed 0'):
+        started = next(i for i, ln in enumerate(lines)
+                       if f'{name}: started' in ln)
+        progress = next(i for i, ln in enumerate(lines)
+                        if f'{name}: epoch 1/1' in ln and 'ETA' in ln)
+        result = next(i for i, ln in enumerate(lines)
+                      if f'{name}: test top-1' in ln)
+        assert started < progress < result, first
+    assert any('val top-1' in ln for ln in lines), first
 
 
 def _trainers(folder):
@@ -220,7 +221,7 @@ def test_a_killed_experiment_leaves_no_trainer(project):
         proc, children = _start_and_wait_for_trainer(tmp, work, run)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 128 + signal.SIGTERM
-        assert 'rerun the same command' in proc.stderr.read()
+        assert 'rerun the same command' in proc.stderr.read().lower()
         _, survivors = psutil.wait_procs(children, timeout=20)
         assert not survivors, 'the trainer outlived SIGTERM to the experiment'
 
@@ -300,7 +301,8 @@ def test_no_checkpoint_is_a_failure_not_a_crash(project):
     """Training that saves no checkpoint: that run fails with a line that
     says why (not a TypeError that aborts the experiment)."""
     proc = _run(project, 'exp_nockpt', '--cfg-options',
-                'default_hooks.checkpoint.interval=5', rc=1)
+                'default_hooks.checkpoint.interval=5',
+                'default_hooks.checkpoint.save_last=False', rc=1)
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
     report = (project / 'exp_nockpt' / 'report.md').read_text()
     assert 'training ended without a checkpoint' in report, report

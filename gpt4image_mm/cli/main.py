@@ -121,9 +121,13 @@ def build_parser(argv: Optional[Sequence[str]] = None
                         version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND',
                                 required=True)
+    chosen = next((a for a in argv or () if a in COMMANDS), None)
     for name, cmd in COMMANDS.items():
         configure = configure_function(name)
-        extra = ({'argv': argv} if argv is not None and 'argv' in
+        # only the command named reads argv (another's --custom-imports
+        # is not caption's)
+        extra = ({'argv': list(argv) if name == chosen else []}
+                 if argv is not None and 'argv' in
                  inspect.signature(configure).parameters else {})
         configure(sub.add_parser(name, help=cmd.help, description=cmd.help),
                   **extra)

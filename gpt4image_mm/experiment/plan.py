@@ -292,33 +292,23 @@ def plan_runs(s: ExperimentSettings, mode: str = TRAIN) -> List[Run]:
             'aligned': load_config(s.gpt4image_config)}
     stores = build_stores(s, cfgs['aligned'], mode) if any(
         ARMS[a].aligned for a in s.arms) else {}
-    runs, blocked = [], []
+    identities = {arm: store_identity(store)
+                  for arm, store in stores.items() if store}
+    runs = []
     for shots in [None, *s.shots]:
         indices = shot_indices(s, shots) if shots else None
         for seed in range(s.seeds):
             for arm in s.arms:
-                wd = run_dir(s, arm, seed, shots)
-                store = stores.get(arm)
-                if ARMS[arm].aligned and store is None:
-                    runs.append(Run(arm, seed, shots, osp.join(
-                        wd, 'config.py'), wd, '', None, planned=False))
-                    continue
-                cfg = arm_config(s, cfgs, arm, seed, shots, store, wd,
-                                 indices)
-                run = place_run(Run(arm, seed, shots, osp.join(
-                    wd, 'config.py'), wd, run_key(cfg, store), store,
-                    (cfg.get('train_cfg') or {}).get('max_epochs')),
-                    cfg.pretty_text, mode, s.supersede,
-                    legacy_key(cfg, store))
-                if run.problem == SUPERSEDED_UNMOVED and mode == PRINT:
-                    blocked.append(wd)
-                runs.append(run)
+                runs.append(_plan_run(s, cfgs, arm, seed, shots, indices,
+                                      stores.get(arm), identities.get(arm),
+                                      mode))
+    blocked = [r.work_dir for r in runs if r.problem == SUPERSEDED_UNMOVED]
     if blocked:
         raise ToolError(
             f'{blocked[0]}' + (f' and {len(blocked) - 1} more run folder(s)'
                                if len(blocked) > 1 else '')
-            + ' hold runs planned with other settings; --print-commands '
-            'changes no file -- add --supersede to move them aside (to '
+            + ': planned with other settings; --print-commands changes no '
+            'file -- add --supersede to move them aside (to '
             '<folder>.superseded-<key>; make sure no job still writes them), '
             'or choose another --work-dir')
     if mode != REPORT:
@@ -326,13 +316,27 @@ def plan_runs(s: ExperimentSettings, mode: str = TRAIN) -> List[Run]:
     return runs
 
 
+def _plan_run(s: ExperimentSettings, cfgs: Dict[str, Any], arm: str,
+              seed: int, shots: Optional[int], indices: Optional[List[int]],
+              store: Optional[str], identity: Optional[Dict[str, Any]],
+              mode: str) -> Run:
+    wd = run_dir(s, arm, seed, shots)
+    config = osp.join(wd, 'config.py')
+    if ARMS[arm].aligned and store is None:  # --report-only: never built
+        return Run(arm, seed, shots, config, wd, '', planned=False)
+    cfg = arm_config(s, cfgs, arm, seed, shots, store, wd, indices)
+    run = Run(arm, seed, shots, config, wd, run_key(cfg, identity), store,
+              (cfg.get('train_cfg') or {}).get('max_epochs'))
+    return place_run(run, cfg.pretty_text, mode, s.supersede,
+                     legacy_key(cfg, store))
+
+
 SUPERSEDED_UNMOVED = 'its folder holds a run planned with other settings'
 
 
-def run_key(cfg: Any, store: Optional[str]) -> str:
+def run_key(cfg: Any, store_identity: Optional[Dict[str, Any]]) -> str:
     """A run's identity: its config text and what its store holds."""
-    return digest(dict(config=cfg.pretty_text,
-                       store=store_identity(store) if store else None))
+    return digest(dict(config=cfg.pretty_text, store=store_identity))
 
 
 def legacy_key(cfg: Any, store: Optional[str]) -> str:
