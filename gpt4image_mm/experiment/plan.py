@@ -416,14 +416,21 @@ def _write_plan(run: Run, text: str) -> None:
 def edited_config(run: Run, plan: Dict[str, Any], text: str
                   ) -> Optional[str]:
     """Why the run's ``config.py`` must not train as its arm: edited by
-    hand after the experiment wrote it (its digest is in ``plan.json``)."""
+    hand after the experiment wrote it. It is ours when its digest is the
+    one ``plan.json`` recorded, or that of the copy MMEngine's Runner saved
+    in ``<timestamp>/vis_data/config.py`` just before it rewrote
+    ``config.py`` with the config it runs."""
     try:
         with open(run.config, encoding='utf-8') as f:
             now = f.read()
     except OSError:
         return None  # missing: regenerated
-    want = plan.get('config_sha256') or _sha256(text)
-    if _sha256(now) == want:
+    ours = {plan.get('config_sha256') or _sha256(text)}
+    for dumped in glob.glob(osp.join(run.work_dir, '*', 'vis_data',
+                                     'config.py')):
+        with open(dumped, encoding='utf-8') as f:
+            ours.add(_sha256(f.read()))
+    if _sha256(now) in ours:
         return None
     return (f'{run.config} was edited after the experiment generated it; '
             f'it would train as arm {run.arm!r} with other settings -- put '
