@@ -233,7 +233,7 @@ def test_a_failed_run_is_named_and_the_others_go_on(project):
     assert not (runs / 'seed1' / 'done.json').exists()
     report = (tmp / 'exp_fail' / 'report.md').read_text()
     failed = report.split('Failed runs')[1]
-    assert 'baseline seed 1: `' in failed and 'SyntaxError' in failed, report
+    assert 'baseline seed 1: `' in failed and 'edited' in failed, report
 
 
 def test_shots_subset_and_plot(project, tmp_path):

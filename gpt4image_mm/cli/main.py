@@ -144,9 +144,14 @@ def build_parser(argv: Optional[Sequence[str]] = None
                         version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND',
                                 required=True)
+    chosen = next((a for a in argv or () if a in COMMANDS), None)
     for name, cmd in COMMANDS.items():
+        # only the command named reads argv (another's --custom-imports
+        # is not caption's)
         configure(name, sub.add_parser(name, help=cmd.help,
-                                       description=cmd.help), argv)
+                                       description=cmd.help),
+                  None if argv is None else
+                  (list(argv) if name == chosen else []))
     return parser
 
 

@@ -9,7 +9,6 @@ allow-list MMEngine's checkpoint contents for torch's safe loading.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import os.path as osp
 import pickle
@@ -225,7 +224,8 @@ def test(args: argparse.Namespace) -> dict:
         raise _refused_checkpoint(e) from None
     finally:
         _end_distributed()
-    if args.out:
-        with open(args.out, 'w', encoding='utf-8') as f:
-            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
+    if args.out:  # atomic: a complete file is what "tested" means
+        from gpt4image_mm.utils.files import atomic_write_json
+        atomic_write_json(args.out, {k: float(v) for k, v in metrics.items()},
+                          indent=2)
     return metrics

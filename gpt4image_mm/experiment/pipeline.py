@@ -31,6 +31,9 @@ from gpt4image_mm.experiment.environment import environment, environment_lines
 from gpt4image_mm.experiment.execute import METRICS, collect, run_all, shell_line
 from gpt4image_mm.experiment.html import write_experiment_page
 from gpt4image_mm.experiment.plan import (
+    PRINT,
+    REPORT,
+    TRAIN,
     ExperimentSettings,
     Run,
     base_store,
@@ -294,8 +297,9 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
     os.makedirs(s.work_dir, exist_ok=True)
     with OutputLock(osp.join(s.work_dir, 'experiment.lock'),
                     f'experiment {s.work_dir}', 'experiment.py'):
-        atomic_write_json(osp.join(s.work_dir, 'settings.json'), asdict(s),
-                          indent=2)
+        if not (print_commands or report_only):  # read-only: no file changes
+            atomic_write_json(osp.join(s.work_dir, 'settings.json'),
+                              asdict(s), indent=2)
         # --print-commands: stdout holds the shell lines alone (a pipe)
         with contextlib.redirect_stdout(sys.stderr if print_commands
                                         else sys.stdout):
@@ -303,7 +307,8 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
                    + (f' x {1 + len(s.shots)} data sizes' if s.shots else '')
                    + f' -> {s.work_dir}/runs/')
             check_class_names(s)
-            runs = plan_runs(s)
+            runs = plan_runs(s, PRINT if print_commands else
+                             REPORT if report_only else TRAIN)
             todo = [run for run in runs if collect(run) is None]
         if print_commands:
             print('\n'.join(shell_line(run) for run in todo), flush=True)
@@ -316,7 +321,7 @@ def run_experiment(s: ExperimentSettings, print_commands: bool = False,
             banner('runs', f'{len(runs)} runs, {s.parallel} at a time, '
                    f'{threads} thread(s) each; logs in '
                    f'{s.work_dir}/runs/<arm>/seed<k>/train.log')
-            results = run_all(runs, s.parallel, threads)
+            results = run_all(runs, s.parallel, threads, s.run_timeout)
         _add_neck(s, runs, results)
         attach_predictions(runs, results)
         analysis = _analysis(s)
