@@ -64,7 +64,8 @@ COMMANDS: Dict[str, Command] = {
         "the paper's text-embedding tensor -> embedding store"),
     'import-map': Command(
         'gpt4image_mm.cli.embed', 'configure_import_map_parser',
-        'CSV (key,text) or JSON {key: text} -> descriptions', light=True),
+        'another tool\'s captions (JSON, JSONL, CSV, LLaVA, COCO) -> descriptions',
+        light=True),
     'analyze': Command(
         'gpt4image_mm.cli.analyze', 'configure_parser',
         'measure descriptions (and a store) before training', light=True),
