@@ -14,6 +14,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from gpt4image_mm.utils.errors import InputError
+
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``embed``: descriptions JSONL -> embedding store."""
@@ -227,7 +229,7 @@ def configure_import_map_parser(p: argparse.ArgumentParser
 def run_import_map(args: argparse.Namespace) -> int:
     if args.images or args.config:
         if args.class_level:
-            raise ValueError('--class-level keys are class names: drop '
+            raise InputError('--class-level keys are class names: drop '
                              '--images/--config')
         return _import_onto_dataset(args)
     from gpt4image_mm.embedding.importers import import_map
@@ -244,7 +246,7 @@ def _import_onto_dataset(args: argparse.Namespace) -> int:
 
         from gpt4image_mm.utils.image_files import image_folder_keys
         if not os.path.isdir(args.images):
-            raise ValueError(f'--images {args.images}: not a directory')
+            raise InputError(f'--images {args.images}: not a directory')
         keys = image_folder_keys(args.images)
         source = {'root': os.path.realpath(args.images), 'split': None}
     else:
@@ -253,7 +255,7 @@ def _import_onto_dataset(args: argparse.Namespace) -> int:
         ds = build_split_dataset(args.config, args.split)
         keys, source = dataset_keys(ds), dataset_source(ds)
     if not keys:
-        raise ValueError(f'{args.images or args.config}: no images')
+        raise InputError(f'{args.images or args.config}: no images')
     report = import_onto_dataset(args.source, keys, args.out,
                                  force=args.force, source=source)
     print(report.format())

@@ -242,6 +242,11 @@ def _trust_from_environment() -> None:
         torch.serialization.add_safe_globals(trusted_globals(spec))
 
 
+class UnsafeCheckpoint(ToolError, pickle.UnpicklingError):
+    """A checkpoint safe loading refused (or could not read): its one line,
+    exit 2 -- the file is the user's to replace, not a bug of ours."""
+
+
 _REFUSED = (re.compile(r'GLOBAL (\S+) was not an allowed global'),
             re.compile(r'unsupported GLOBAL (\S+) whose module \S+ is '
                        r'blocked'))
@@ -280,7 +285,8 @@ def safe_torch_load(f: Any, map_location: Any = None, *args: Any,
     Explicit, because torch honours ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` only
     when the caller left ``weights_only`` unset; a caller asking for
     ``weights_only=False`` gets True all the same. A refused file raises
-    ``pickle.UnpicklingError`` with one line (:func:`refusal_message`).
+    :class:`UnsafeCheckpoint` (a ``pickle.UnpicklingError``) with one line
+    (:func:`refusal_message`).
     """
     kwargs.pop('weights_only', None)
     kwargs.pop('pickle_module', None)  # weights_only has its own unpickler
@@ -289,7 +295,7 @@ def safe_torch_load(f: Any, map_location: Any = None, *args: Any,
         return torch.load(f, map_location, *args[1:], weights_only=True,
                           **kwargs)
     except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(refusal_message(f, e)) from None
+        raise UnsafeCheckpoint(refusal_message(f, e)) from None
 
 
 class _SafeTorch(types.ModuleType):

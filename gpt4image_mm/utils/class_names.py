@@ -25,8 +25,10 @@ import io
 import json
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from gpt4image_mm.utils.errors import InputError
 
-class ClassNameError(ValueError):
+
+class ClassNameError(InputError):
     """A class-name map that does not fit the dataset's classes."""
 
 

@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, Iterator, Optional, Set, Tuple
 
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.keys import check_key
 
 # A description longer than this is almost surely garbage (the paper's are
@@ -41,7 +42,7 @@ def clip_text(text: str) -> Tuple[str, bool]:
     return text[:MAX_TEXT_CHARS].rstrip(), True
 
 
-class DescriptionFileError(ValueError):
+class DescriptionFileError(InputError):
     """A descriptions file holds a record we cannot use (file and line named)."""
 
 

@@ -18,6 +18,8 @@ import re
 from typing import Any, Optional, Sequence, Set
 from urllib.parse import urlsplit
 
+from gpt4image_mm.utils.errors import InputError
+
 OPENAI_HOST = 'api.openai.com'
 OPENAI_API_URL = f'https://{OPENAI_HOST}/v1'
 DEFAULT_KEY_ENV = 'OPENAI_API_KEY'
@@ -32,7 +34,7 @@ _MIN_SECRET_LEN = 4
 _registered: Set[str] = set()
 
 
-class CredentialError(ValueError):
+class CredentialError(InputError):
     """A key is missing, or the policy forbids sending it to this endpoint."""
 
 
