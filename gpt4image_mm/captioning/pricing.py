@@ -51,7 +51,11 @@ def load_prices(path: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     table = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
     if path:
         with open(path, encoding='utf-8') as f:
-            extra = json.load(f)
+            try:
+                extra = json.load(f)
+            except json.JSONDecodeError as e:
+                raise InputError(f'{path}: not JSON ({e.msg}, line '
+                                 f'{e.lineno}) -- fix the price table') from None
         if not isinstance(extra, dict):
             raise InputError(f'{path}: a price table is a JSON object '
                              '{model: {input, output, ...}}')

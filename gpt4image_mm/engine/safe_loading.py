@@ -330,7 +330,12 @@ def enforce_safe_mmengine_loading() -> None:
 def safe_load_url(url: str, model_dir: Any = None, map_location: Any = None,
                   progress: bool = True, check_hash: bool = False,
                   file_name: Any = None, **_: Any) -> Any:
-    """MMEngine's ``load_url`` with ``weights_only=True`` passed explicitly."""
-    return torch.hub.load_state_dict_from_url(
-        url, model_dir, map_location, progress, check_hash, file_name,
-        weights_only=True)
+    """MMEngine's ``load_url`` with ``weights_only=True`` passed explicitly;
+    a refused file is :class:`UnsafeCheckpoint`, as a local one."""
+    _trust_from_environment()
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, model_dir, map_location, progress, check_hash, file_name,
+            weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(refusal_message(url, e)) from None

@@ -158,14 +158,14 @@ def _named_paths(argv: Sequence[str]) -> Iterator[str]:
 
 def named_path_error(error: OSError, argv: Sequence[str]) -> bool:
     """Whether ``error`` is about a path the user named in ``argv`` (the
-    path itself, or a file below a named folder): the user's to fix. Any
-    other OSError is ours: a bug until shown otherwise."""
+    path itself, a file below a named folder, or the temporary sibling an
+    atomic write of a named file uses): the user's to fix. Any other
+    OSError is ours: a bug until shown otherwise."""
     paths = [os.path.abspath(os.fsdecode(p))
              for p in (error.filename, error.filename2)
              if isinstance(p, (str, bytes, os.PathLike))]
     named = [n.rstrip(os.sep) for n in _named_paths(argv)]
-    return any(path == n or path.startswith(n + os.sep)
-               for path in paths for n in named if n)
+    return any(path.startswith(n) for path in paths for n in named if n)
 
 
 def run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
