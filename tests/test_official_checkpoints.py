@@ -107,7 +107,8 @@ def project(tmp_path_factory):
     _run(['-c', RESAVE_STOCK, ours, stock], cwd=tmp,
          env=dict(os.environ, PYTHONPATH=''))
     official = tmp / 'official.pth'
-    state = torch.load(ours, map_location='cpu', weights_only=True)
+    from gpt4image_mm.engine.safe_loading import safe_torch_load
+    state = safe_torch_load(str(ours), map_location='cpu')
     _save_official(state['state_dict'], official)
     evil = tmp / 'evil.pth'
     torch.save({'state_dict': state['state_dict'], 'meta': {
