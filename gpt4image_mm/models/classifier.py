@@ -167,7 +167,7 @@ class TextAlignedClassifier(ImageClassifier):
             return torch.stack([s.text_embedding for s in data_samples])
         if 'text' in first and self.teacher is not None:
             return self.teacher([s.text for s in data_samples])
-        raise InputError(
+        raise KeyError(
             'the training samples carry no `text_embedding` (or `text` with a '
             'teacher): wrap the train dataset in DescriptionDataset, e.g. '
             "dataset=dict(type='DescriptionDataset', dataset=..., "
