@@ -107,7 +107,8 @@ def project(tmp_path_factory):
     _run(['-c', RESAVE_STOCK, ours, stock], cwd=tmp,
          env=dict(os.environ, PYTHONPATH=''))
     official = tmp / 'official.pth'
-    state = torch.load(ours, map_location='cpu', weights_only=True)
+    from gpt4image_mm.engine.safe_loading import safe_torch_load
+    state = safe_torch_load(str(ours), map_location='cpu')
     _save_official(state['state_dict'], official)
     evil = tmp / 'evil.pth'
     torch.save({'state_dict': state['state_dict'], 'meta': {
@@ -168,8 +169,8 @@ def test_code_running_checkpoint_is_refused_in_one_line(project, entry):
 
 def test_own_class_is_named_and_trusted_only_when_asked(tmp_path):
     (tmp_path / 'mydata.py').write_text(
-        'class Notes:\n    def __init__(self, text):\n'
-        '        self.text = text\n')
+        'import dataclasses\n@dataclasses.dataclass\nclass Notes:\n'
+        '    text: str\n')
     saver = ('import sys, torch, mydata; torch.save({"state_dict": '
              '{"w": torch.ones(2)}, "meta": {"notes": mydata.Notes("hi")}},'
              ' "mine.pth")')
@@ -180,10 +181,9 @@ def test_own_class_is_named_and_trusted_only_when_asked(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         'error: mine.pth: refused: it holds mydata.Notes, which safe loading '
-        '(weights_only=True) does not allow; if you made this file yourself '
-        'and that class only holds data, trust it with '
-        'GPT4IMAGE_SAFE_GLOBALS=mydata.Notes (docs/get_started.md); nothing '
-        'written')
+        '(weights_only=True) does not allow -- use a checkpoint that holds '
+        'only tensors and plain data (one this package or MMEngine saved); '
+        'nothing written')
     trusted = dict(env, GPT4IMAGE_SAFE_GLOBALS='mydata.Notes')
     _run(strip, cwd=tmp_path, env=trusted)
     assert (tmp_path / 'deploy.pth').exists()
@@ -191,7 +191,7 @@ def test_own_class_is_named_and_trusted_only_when_asked(tmp_path):
     proc = _run(strip, cwd=tmp_path, ok=False,
                 env=dict(env, GPT4IMAGE_SAFE_GLOBALS='os.system'))
     assert proc.returncode == 2
-    assert "'os.system' is not a class" in proc.stderr
+    assert "'os.system' is not plain data (not a class)" in proc.stderr
 
 
 def _as_numpy1(src: Path, dst: Path) -> None:

@@ -180,3 +180,29 @@ def test_config_dumped_in_the_work_dir_tests_and_checks_again(
     preflight.train_checks(cfg)
     types = [h['type'] for h in cfg.custom_hooks]
     assert len(types) == len(set(types)) and 'StoreIdentityHook' in types
+
+
+def test_empty_image_is_named_before_training(tmp_path):
+    write_tiny_project(tmp_path)
+    empty = tmp_path / 'imgs' / 'dog' / '1.png'
+    empty.write_bytes(b'')
+    rc, out, err = run('train.py', 'align.py', '--work-dir', tmp_path / 'w',
+                       cwd=tmp_path)
+    assert_one_line_exit_2(rc, out, err, f'{empty} (0 bytes)',
+                           'train_dataloader.dataset', 'replace or remove')
+    assert 'Config:' not in out
+
+
+def test_undecodable_image_names_its_file_when_loaded(tmp_path):
+    """Not empty, so the checks (which decode nothing) let it through; the
+    sample that fails names its key and file in one line, exit 2."""
+    write_tiny_project(tmp_path)
+    broken = tmp_path / 'imgs' / 'ship' / '2.png'
+    broken.write_bytes(b'not a png at all' * 8)
+    rc, out, err = run('train.py', 'align.py', '--work-dir', tmp_path / 'w',
+                       '--cfg-options', 'train_cfg.max_epochs=1', cwd=tmp_path)
+    assert rc == 2, out[-3000:]
+    assert 'Traceback' not in out, out[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: sample 'ship/2.png'"), last
+    assert str(broken) in last and 'bad samples are not skipped' in last

@@ -2,7 +2,13 @@
 gpt4image_mm.utils.errors)."""
 import pytest
 
-from gpt4image_mm.utils.errors import EXIT_FIX_INPUT, EXIT_NOT_DONE, ToolError, run_tool
+from gpt4image_mm.utils.errors import (
+    EXIT_FIX_INPUT,
+    EXIT_NOT_DONE,
+    InputError,
+    ToolError,
+    run_tool,
+)
 from gpt4image_mm.utils.security import Scrubber, api_key_for, register_secret, scrub
 
 KEY = 'sk-proj-abcdefABCDEF0123456789'
@@ -30,11 +36,16 @@ def test_run_tool_one_line_for_known_errors(capsys):
     err = capsys.readouterr().err
     assert err == 'error: server said: bad key sk-*** second line\n'
 
-    def bad_input(argv):
-        raise ValueError('d.jsonl:3: not a JSON record')
+    def bad_input(argv):  # raised where the record is checked
+        raise InputError('d.jsonl:3: not a JSON record')
     assert run_tool(bad_input, []) == EXIT_FIX_INPUT
     assert capsys.readouterr().err == \
         'error: d.jsonl:3: not a JSON record\n'
+
+    def bug(argv):  # a ValueError nobody raised on purpose: a traceback
+        raise ValueError('operands could not be broadcast together')
+    assert run_tool(bug, []) == EXIT_NOT_DONE
+    assert 'Traceback' in capsys.readouterr().err
 
 
 def test_run_tool_scrubs_unexpected_tracebacks(capsys):

@@ -59,7 +59,7 @@ from gpt4image_mm.captioning.runner import (
 )
 from gpt4image_mm.captioning.sources import Plan
 from gpt4image_mm.utils.descriptions import DescriptionWriter, KeyStates, record_source
-from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.errors import InputError, ToolError
 from gpt4image_mm.utils.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class BatchState:
             with open(path, encoding='utf-8') as f:
                 data = json.load(f)
             if data.get('version') != STATE_VERSION:
-                raise ValueError(f'{path}: unknown batch state version')
+                raise InputError(f'{path}: unknown batch state version')
             self.chunks = data['chunks']
             for c in self.chunks:
                 c.update(self.chunk_files(c['name']))

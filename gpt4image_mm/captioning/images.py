@@ -17,8 +17,10 @@ from typing import Any, Iterator, Tuple, Union
 
 from PIL import Image
 
+from gpt4image_mm.utils.errors import InputError
 
-class ImageError(ValueError):
+
+class ImageError(InputError):
     """An image could not be read; the message names the file."""
 
 

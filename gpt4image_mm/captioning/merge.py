@@ -18,6 +18,7 @@ from gpt4image_mm.utils.descriptions import (
     read_source,
     source_path,
 )
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.files import (
     atomic_path,
     atomic_write_json,
@@ -32,15 +33,15 @@ def merge(out: str, parts: Sequence[str], overwrite: bool = False) -> Dict[
     """Write ``out`` from ``parts``; returns counts (successes, failures,
     duplicate successes dropped)."""
     if not parts:
-        raise ValueError('merge: no input files')
+        raise InputError('merge: no input files')
     for p in parts:
         if not os.path.isfile(p):
-            raise ValueError(f'merge: no such file {p}')
+            raise InputError(f'merge: no such file {p}')
         if same_path(p, out):
-            raise ValueError(f'merge: {out} is also an input ({p})')
+            raise InputError(f'merge: {out} is also an input ({p})')
     out = real_path(out)  # written through a link, its sidecar beside it
     if os.path.exists(out) and not overwrite:
-        raise ValueError(f'merge: {out} exists (pass --overwrite)')
+        raise InputError(f'merge: {out} exists (pass --overwrite)')
     check_replaceable(out, is_descriptions_file, 'a descriptions file')
     states = KeyStates()
     dupes = 0

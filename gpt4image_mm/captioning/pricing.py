@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from gpt4image_mm.utils.errors import InputError
+
 PRICES_AS_OF = '2025-06'
 
 # image_rule: 'tiles' (GPT-4o family: base + per-512px-tile tokens, after
@@ -49,9 +51,13 @@ def load_prices(path: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     table = {k: dict(v) for k, v in DEFAULT_PRICES.items()}
     if path:
         with open(path, encoding='utf-8') as f:
-            extra = json.load(f)
+            try:
+                extra = json.load(f)
+            except json.JSONDecodeError as e:
+                raise InputError(f'{path}: not JSON ({e.msg}, line '
+                                 f'{e.lineno}) -- fix the price table') from None
         if not isinstance(extra, dict):
-            raise ValueError(f'{path}: a price table is a JSON object '
+            raise InputError(f'{path}: a price table is a JSON object '
                              '{model: {input, output, ...}}')
         for name, entry in extra.items():
             table[name] = {**table.get(name, {}), **entry}

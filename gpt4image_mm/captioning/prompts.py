@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+from gpt4image_mm.utils.errors import InputError
+
 # The paper's prompt (GPT4Image, MiniGPT-4): the generic, class-agnostic one.
 GENERIC = 'Describe this image in detail.'
 CLASS_CONDITIONED = ('This is a photo of a {class_name}. Describe this image '
@@ -79,7 +81,7 @@ class Prompt:
     def render(self, class_name: Optional[str] = None) -> str:
         if self.needs_class:
             if not class_name:
-                raise ValueError(f'prompt {self.id!r} needs a class name, '
+                raise InputError(f'prompt {self.id!r} needs a class name, '
                                  'but the sample has none')
             return self.template.format(class_name=class_name)
         return self.template
@@ -102,14 +104,14 @@ def _file_prompts(path: str) -> List[Prompt]:
     templates = [ln.strip() for ln in lines
                  if ln.strip() and not ln.lstrip().startswith('#')]
     if not templates:
-        raise ValueError(f'{path}: no prompt template in the file')
+        raise InputError(f'{path}: no prompt template in the file')
     stem = os.path.splitext(os.path.basename(path))[0]
     out = []
     for t in templates:
         try:
             t.format(class_name='x')
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f'{path}: bad template {t!r}: only '
+            raise InputError(f'{path}: bad template {t!r}: only '
                              f'{{class_name}} may be substituted ({e})') from None
         digest = hashlib.sha1(t.encode('utf-8')).hexdigest()[:8]
         out.append(Prompt(f'{stem}-{digest}', t))
@@ -126,7 +128,7 @@ def image_prompts(spec: str = 'generic') -> List[Prompt]:
         return [BUILTIN[spec]]
     if os.path.isfile(spec):
         return _file_prompts(spec)
-    raise ValueError(f'--prompt {spec!r}: use generic, class or a template '
+    raise InputError(f'--prompt {spec!r}: use generic, class or a template '
                      'file (one template per line)')
 
 
@@ -137,10 +139,10 @@ def class_text_prompts(spec: Optional[str] = None) -> List[Prompt]:
                 for i, t in enumerate(CLASS_TEXT_FACETS)]
     prompts = _file_prompts(spec) if os.path.isfile(spec) else None
     if not prompts:
-        raise ValueError(f'--prompt {spec!r}: not a template file')
+        raise InputError(f'--prompt {spec!r}: not a template file')
     for p in prompts:
         if not p.needs_class:
-            raise ValueError(f'class-level prompt {p.template!r} must contain '
+            raise InputError(f'class-level prompt {p.template!r} must contain '
                              '{class_name}')
     return prompts
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from gpt4image_mm.captioning.prompts import Prompt, pick
 from gpt4image_mm.utils.class_names import class_display_names
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.image_files import list_images
 from gpt4image_mm.utils.keys import (
     class_key,
@@ -76,7 +77,7 @@ class _Multi:
 
 def _check_per_image(per_image: int) -> None:
     if per_image < 1:
-        raise ValueError('--per-image must be >= 1')
+        raise InputError('--per-image must be >= 1')
 
 
 def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
@@ -103,7 +104,7 @@ def plan_from_dataset(dataset: Any, prompts: Sequence[Prompt],
         if names is not None:
             label = dataset.get_data_info(i).get('gt_label')
             if label is None or int(label) < 0:
-                raise ValueError(f'{base[i]}: no label for a class prompt')
+                raise InputError(f'{base[i]}: no label for a class prompt')
             cls = names[int(label)]
         return Item(keys[j], prompt, cls, source(i))
 
@@ -130,7 +131,7 @@ def plan_from_images(root: str, prompts: Sequence[Prompt],
         if needs_class:
             parts = base[i].split('/')
             if len(parts) < 2:
-                raise ValueError(f'{base[i]}: a class prompt needs images in '
+                raise InputError(f'{base[i]}: a class prompt needs images in '
                                  'class folders (DIR/<class>/<image>)')
             cls = shown[parts[0]]
         return Item(keys[j], pick(prompts, k), cls, paths[i])
@@ -152,10 +153,10 @@ def plan_per_class(names: Sequence[str], per_class: int,
     ``class:<name>#k`` (the folder name); the prompt says the display
     name."""
     if per_class < 1:
-        raise ValueError('--per-class must be >= 1')
+        raise InputError('--per-class must be >= 1')
     names = list(names)
     if len(set(names)) != len(names):
-        raise ValueError('class names are not unique')
+        raise InputError('class names are not unique')
     shown = class_display_names(names, class_names_file)
     keys = [description_key(class_key(n), k) for n in names
             for k in range(per_class)]
@@ -172,5 +173,5 @@ def read_class_names(path: str) -> List[str]:
     with open(path, encoding='utf-8') as f:
         names = [ln.strip() for ln in f if ln.strip()]
     if not names:
-        raise ValueError(f'{path}: no class names')
+        raise InputError(f'{path}: no class names')
     return names

@@ -47,7 +47,7 @@ from gpt4image_mm.captioning.sources import (
     read_class_names,
 )
 from gpt4image_mm.cli.main import DictAction
-from gpt4image_mm.utils.errors import ToolError
+from gpt4image_mm.utils.errors import InputError, ToolError
 from gpt4image_mm.utils.files import real_path
 
 DEFAULT_BACKEND = 'openai'
@@ -75,12 +75,12 @@ def build_plan(*, config: Optional[str] = None, split: str = 'train',
             names = list(class_names(build_split_dataset(config, split,
                                                          cfg_options)))
         else:
-            raise ValueError('--per-class needs --config or --classes')
+            raise InputError('--per-class needs --config or --classes')
         return plan_per_class(names, per_class, class_text_prompts(prompt),
                               class_names_file)
     prompts = image_prompts(prompt)
     if (config is None) == (images is None):
-        raise ValueError('give exactly one of --config and --images')
+        raise InputError('give exactly one of --config and --images')
     if images is not None:
         return plan_from_images(images, prompts, per_image,
                                 class_names_file)
@@ -105,7 +105,7 @@ def backend_class(name: str) -> type:
     others."""
     names = backend_names()
     if name not in names:
-        raise ValueError(f'--backend {name!r}: one of {names} (a module '
+        raise InputError(f'--backend {name!r}: one of {names} (a module '
                          'given to --custom-imports can register more)')
     return CAPTION_BACKENDS.get(name)
 
@@ -343,7 +343,7 @@ def run_caption(opts: CaptionOptions) -> Dict[str, Any]:
     run. The run summary (or estimate) as a dict."""
     cls = backend_class(opts.backend)
     if not opts.model:
-        raise ValueError('--model is required')
+        raise InputError('--model is required')
     opts = replace(opts, model=cls.resolve_model(opts.model))
     plan = build_plan(config=opts.config, split=opts.split,
                       images=opts.images, classes=opts.classes,
@@ -379,7 +379,7 @@ def check_redo_keys(plan: Plan, redo: frozenset, path: str,
     """Every key of ``--redo-keys`` must be one this run can ask: a key of
     another dataset (or a typo) would be skipped silently otherwise."""
     if cls.batch_pricing:
-        raise ValueError('--redo-keys asks request by request: use an '
+        raise InputError('--redo-keys asks request by request: use an '
                          'online backend (e.g. --backend openai) for the '
                          'repair pass')
     missing = set(redo)
@@ -388,7 +388,7 @@ def check_redo_keys(plan: Plan, redo: frozenset, path: str,
         if not missing:
             return
     first = sorted(missing)[:3]
-    raise ValueError(f'--redo-keys {path}: {len(missing)} of {len(redo)} keys '
+    raise InputError(f'--redo-keys {path}: {len(missing)} of {len(redo)} keys '
                      f'are not keys of this input, e.g. {first}; pass the '
                      'same --config/--images (and --per-image) as the run '
                      'that wrote them')

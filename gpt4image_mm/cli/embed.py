@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
+from gpt4image_mm.utils.errors import InputError
+
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``embed``: descriptions JSONL -> embedding store."""
@@ -249,7 +251,7 @@ def _max_record(args: argparse.Namespace) -> int:
 def run_import_map(args: argparse.Namespace) -> int:
     if args.images or args.config:
         if args.class_level:
-            raise ValueError('--class-level keys are class names: drop '
+            raise InputError('--class-level keys are class names: drop '
                              '--images/--config')
         return _import_onto_dataset(args)
     from gpt4image_mm.embedding.map_import import import_map
@@ -267,7 +269,7 @@ def _import_onto_dataset(args: argparse.Namespace) -> int:
 
         from gpt4image_mm.utils.image_files import image_keys
         if not os.path.isdir(args.images):
-            raise ValueError(f'--images {args.images}: not a directory')
+            raise InputError(f'--images {args.images}: not a directory')
         keys = image_keys(args.images)  # the keys caption --images gives
         source = {'root': os.path.realpath(args.images), 'split': None}
     else:
@@ -276,7 +278,7 @@ def _import_onto_dataset(args: argparse.Namespace) -> int:
         ds = build_split_dataset(args.config, args.split)
         keys, source = dataset_keys(ds), dataset_source(ds)
     if not keys:
-        raise ValueError(f'{args.images or args.config}: no images')
+        raise InputError(f'{args.images or args.config}: no images')
     report = import_onto_dataset(args.source, keys, args.out,
                                  force=args.force, source=source,
                                  fmt=args.format,

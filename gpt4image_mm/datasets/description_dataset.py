@@ -12,6 +12,7 @@ from mmpretrain.registry import DATASETS
 
 from gpt4image_mm.datasets.store import EmbeddingStore, StoreError
 from gpt4image_mm.utils.descriptions import read_descriptions, read_source
+from gpt4image_mm.utils.errors import InputError, ToolError
 from gpt4image_mm.utils.keys import (
     CLASS_PREFIX,
     base_key,
@@ -25,8 +26,19 @@ from gpt4image_mm.utils.keys import (
 _POLICIES = ('error', 'drop', 'zero')
 
 
-class SampleLoadError(RuntimeError):
-    """A sample of the wrapped dataset failed to load (key and file named)."""
+class SampleLoadError(ToolError):
+    """A sample of the wrapped dataset failed to load (key and file named):
+    the user's data to fix, so one line and exit 2, not a traceback."""
+
+    def __str__(self) -> str:
+        # Re-raised from a DataLoader worker, the message is that worker's
+        # whole traceback; its last line is ours: the sample and its file.
+        text = super().__str__()
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if len(lines) > 1:
+            last = lines[-1]
+            return last.split(f'{type(self).__name__}: ', 1)[-1]
+        return text
 
 
 def _group_rows(row_keys: Sequence[str], wanted: Sequence[str]):
@@ -106,10 +118,10 @@ class DescriptionDataset(torch.utils.data.Dataset):
                  on_missing: str = 'error', verify_store: bool = False,
                  encoder: Optional[str] = None, check_source: bool = True):
         if (store is None) == (descriptions is None):
-            raise ValueError('DescriptionDataset needs exactly one of store= '
+            raise InputError('DescriptionDataset needs exactly one of store= '
                              'or descriptions=')
         if on_missing not in _POLICIES:
-            raise ValueError(f'on_missing must be one of {_POLICIES}, got '
+            raise InputError(f'on_missing must be one of {_POLICIES}, got '
                              f'{on_missing!r}')
         self.dataset = DATASETS.build(dataset) if isinstance(
             dataset, dict) else dataset

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Optional
 
+from gpt4image_mm.utils.errors import InputError
+
 _SPLITS = {'train': 'train_dataloader', 'val': 'val_dataloader',
            'test': 'test_dataloader'}
 # Wrappers whose ``dataset`` field holds the dataset that names the samples.
@@ -18,10 +20,10 @@ _WRAPPERS = ('DescriptionDataset', 'RepeatDataset', 'ClassBalancedDataset',
 def dataset_cfg_of(cfg: Any, split: str = 'train') -> dict:
     """The innermost dataset config of ``split`` (wrappers removed)."""
     if split not in _SPLITS:
-        raise ValueError(f'unknown split {split!r}; one of {list(_SPLITS)}')
+        raise InputError(f'unknown split {split!r}; one of {list(_SPLITS)}')
     loader = cfg.get(_SPLITS[split])
     if not loader or 'dataset' not in loader:
-        raise ValueError(f'the config has no {_SPLITS[split]}.dataset')
+        raise InputError(f'the config has no {_SPLITS[split]}.dataset')
     ds = copy.deepcopy(loader['dataset'])
     while ds.get('type') in _WRAPPERS or (
             isinstance(ds.get('type'), type)

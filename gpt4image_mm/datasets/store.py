@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.files import (
     allocate,
     atomic_write_json,
@@ -48,7 +49,7 @@ MANIFEST_FILE = 'manifest.json'
 SUPPORTED_DTYPES = ('float16', 'float32')
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """An embedding store is missing, malformed or does not fit its use."""
 
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from gpt4image_mm.registry import TEXT_ENCODERS
 from gpt4image_mm.utils.devices import resolve_device, resolve_dtype
-from gpt4image_mm.utils.errors import EXIT_FIX_INPUT, EXIT_SERVER, ToolError
+from gpt4image_mm.utils.errors import EXIT_FIX_INPUT, EXIT_SERVER, InputError, ToolError
 from gpt4image_mm.utils.openai_client import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -68,7 +68,7 @@ _ST_MODE_NAMES = {'cls': 'cls', 'max': 'max', 'mean': 'mean',
 _SNAPSHOT = re.compile(r'[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)')
 
 
-class EncoderError(ValueError):
+class EncoderError(InputError):
     """An encoder spec or model directory that cannot be used (says why)."""
 
 

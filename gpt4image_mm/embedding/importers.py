@@ -28,6 +28,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from gpt4image_mm.utils.descriptions import DescriptionWriter, is_descriptions_file
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.files import atomic_path, check_replaceable
 from gpt4image_mm.utils.image_files import image_folder_keys
 from gpt4image_mm.utils.keys import check_key
@@ -36,7 +37,7 @@ from gpt4image_mm.utils.keys import check_key
 # it; its text tower is 1024-d. ViT-L/14 (the other choice there) is 768-d.
 OFFICIAL_ENCODER = 'open_clip:RN50/openai'
 
-class ImportSourceError(ValueError):
+class ImportSourceError(InputError):
     """An import source that does not fit its target (says how)."""
 
 

@@ -13,6 +13,7 @@ import torch
 
 import gpt4image_mm.engine  # noqa: F401  (safe-loading allow-list)
 from gpt4image_mm.engine.safe_loading import safe_torch_load
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.files import atomic_path, check_replaceable
 
 TRAINING_ONLY_PREFIXES = ('align_neck.', 'align_loss.', 'teacher.')
@@ -36,7 +37,7 @@ def _state_and_meta(ckpt: object, src: str) -> Tuple[dict, dict, tuple]:
     one (``model``, ``args``..., deit/main.py:386-394) or a bare state
     dict."""
     if not isinstance(ckpt, dict):
-        raise ValueError(f'{src}: not a checkpoint with a state_dict')
+        raise InputError(f'{src}: not a checkpoint with a state_dict')
     if isinstance(ckpt.get('state_dict'), dict):
         return (ckpt['state_dict'], dict(ckpt.get('meta') or {}),
                 TRAINING_ONLY_PREFIXES)
@@ -44,7 +45,7 @@ def _state_and_meta(ckpt: object, src: str) -> Tuple[dict, dict, tuple]:
         return ckpt['model'], {}, OFFICIAL_TRAINING_ONLY_PREFIXES
     if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt, {}, TRAINING_ONLY_PREFIXES
-    raise ValueError(f'{src}: not a checkpoint with a state_dict')
+    raise InputError(f'{src}: not a checkpoint with a state_dict')
 
 
 def strip_checkpoint(src: str, dst: str) -> int:

@@ -13,6 +13,7 @@ Runner loads the checkpoint, before any iteration.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -42,6 +43,7 @@ def train_checks(cfg: Any, allow_store_change: bool = False) -> None:
     desc_cfg = _description_cfg((cfg.get('train_dataloader') or {}).get(
         'dataset'))
     _check_alignment(cfg, desc_cfg)
+    _check_checkpoint_file(cfg.get('load_from'), 'load_from')
     train_set = _check_dataset(cfg, 'train_dataloader')
     if cfg.get('val_cfg') is not None and cfg.get('val_dataloader'):
         _check_dataset(cfg, 'val_dataloader')
@@ -59,6 +61,7 @@ def train_checks(cfg: Any, allow_store_change: bool = False) -> None:
 def test_checks(cfg: Any) -> None:
     """Check a test config before the Runner is built; add the hook that
     refuses a checkpoint whose evaluated tensors do not fit the model."""
+    _check_checkpoint_file(cfg.get('load_from'), 'the checkpoint')
     _check_dataset(cfg, 'test_dataloader')
     _add_hooks(cfg, [dict(type='CheckpointShapeHook', evaluated_only=True)])
 
@@ -142,7 +145,58 @@ def _check_dataset(cfg: Any, field: str) -> Any:
             f'{field}.dataset ({_type_name(ds_cfg)}) has no samples -- '
             f'check its data_root/ann_file ({_where(ds_cfg)})')
     _check_labels(cfg, dataset, field)
+    _check_image_files(dataset, field)
     return dataset
+
+
+def _check_checkpoint_file(path: Any, what: str) -> None:
+    """A local checkpoint path must name a file (a URL or another scheme is
+    MMEngine's to fetch)."""
+    if not isinstance(path, str) or '://' in path or os.path.isfile(path):
+        return
+    raise PreflightError(f'{what} {path}: no such checkpoint file -- check '
+                         'the path')
+
+
+def _image_paths(dataset: Any) -> Iterator[str]:
+    """The image file of every sample of a file dataset (none for array
+    datasets such as MNIST): read from its file list, nothing decoded."""
+    leaves = [d for d in _walk(dataset)
+              if getattr(d, 'dataset', None) is None
+              and not getattr(d, 'datasets', None)]
+    for leaf in leaves:
+        if not hasattr(leaf, 'get_data_info') or not len(leaf):
+            continue
+        if not isinstance(leaf.get_data_info(0).get('img_path'), str):
+            continue
+        infos = getattr(leaf, 'data_list', None) or (
+            leaf.get_data_info(i) for i in range(len(leaf)))
+        for info in infos:
+            path = info.get('img_path')
+            if isinstance(path, str) and '://' not in path:
+                yield path
+
+
+def _check_image_files(dataset: Any, field: str) -> None:
+    """An empty (0-byte) or missing image file is named before training,
+    not found by the decoder mid-epoch: one ``stat`` per file, the cost of
+    listing them (an undecodable image that is not empty is named by
+    ``DescriptionDataset`` when it is loaded)."""
+    bad = []
+    for path in _image_paths(dataset):
+        try:
+            empty = os.stat(path).st_size == 0
+        except OSError as e:
+            bad.append(f'{path} ({e.strerror.lower()})')
+            continue
+        if empty:
+            bad.append(f'{path} (0 bytes)')
+    if bad:
+        more = f' and {len(bad) - 1} more' if len(bad) > 1 else ''
+        raise PreflightError(
+            f'{field}.dataset: {len(bad)} image file(s) cannot be loaded: '
+            f'{bad[0]}{more} -- replace or remove them (bad samples are '
+            'not skipped)')
 
 
 def _first_line(err: BaseException) -> str:

@@ -9,15 +9,18 @@ allow-list MMEngine's checkpoint contents for torch's safe loading.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import os.path as osp
 import pickle
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
 from mmengine.config import Config, ConfigDict
 
 from gpt4image_mm.utils import register_all_modules
 from gpt4image_mm.utils.config import load_config
+
+logger = logging.getLogger(__name__)
 
 
 def train_args(config: str, **options: Any) -> argparse.Namespace:
@@ -87,35 +90,87 @@ def _load(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _cpu_distributed(cfg: Config) -> None:
-    """Make ``--launcher pytorch`` work on CPU-only hosts (gloo).
+def _start_distributed(cfg: Config) -> None:
+    """Start the process group of a launched run before the checks, so
+    rank 0 can check alone and tell the others (the Runner finds the
+    group started and keeps it).
 
-    MMEngine's launcher pins a CUDA device and wraps DDP with
-    ``device_ids=[LOCAL_RANK]``; without a GPU both fail. We start the gloo
-    process group ourselves (the runner then skips its own init) and wrap
-    without device ids. Used by CPU clusters and by our 2-process tests.
+    On a CPU-only host (CPU clusters, our 2-process tests) MMEngine's
+    launcher would pin a CUDA device and wrap DDP with
+    ``device_ids=[LOCAL_RANK]``; both fail without a GPU, so the group is
+    gloo and DDP wraps without device ids. With a GPU it is the config's
+    ``env_cfg.dist_cfg``, started by MMEngine's own ``init_dist``.
     """
     import torch
     import torch.distributed as dist
 
-    if cfg.launcher == 'none' or torch.cuda.is_available():
+    if cfg.launcher == 'none' or dist.is_initialized():
         return
     cfg.setdefault('env_cfg', ConfigDict())
     cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+    if torch.cuda.is_available():
+        from mmengine.dist import init_dist
+        init_dist(cfg.launcher, **cfg.env_cfg.dist_cfg)
+        return
     cfg.env_cfg.dist_cfg.backend = 'gloo'
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
                                      device_ids=None, broadcast_buffers=False)
-    if cfg.launcher == 'pytorch' and not dist.is_initialized():
+    if cfg.launcher == 'pytorch':
         dist.init_process_group(backend='gloo')
+    # CPU under slurm/mpi: the Runner starts the group; each rank checks
+
+
+def _checks_on_rank_0(cfg: Config, checks: Callable[[], None]) -> None:
+    """Run the pre-flight ``checks`` once per run: in a distributed run on
+    rank 0 only (the datasets are not built once more on every rank),
+    while the other ranks wait for the outcome, which every rank then
+    acts on: the hooks the checks added, or the same exit. Rank 0 prints
+    the one line (or the traceback of a bug); the others exit quietly
+    with the same code."""
+    import torch.distributed as dist
+
+    from gpt4image_mm.utils.errors import EXIT_NOT_DONE, ToolError
+
+    if not (dist.is_available() and dist.is_initialized()):
+        checks()
+        logger.info('pre-flight checks passed')
+        return
+    outcome: List[Any] = [None]
+    error: Optional[BaseException] = None
+    if dist.get_rank() == 0:
+        try:
+            checks()
+            outcome = [('ok', cfg.get('custom_hooks'))]
+        except ToolError as e:
+            error, outcome = e, [('exit', e.exit_code)]
+        except BaseException as e:  # a bug: rank 0 shows it, all stop
+            error, outcome = e, [('exit', EXIT_NOT_DONE)]
+    dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if error is not None:
+        raise error
+    if kind == 'exit':
+        raise SystemExit(value)
+    if dist.get_rank() == 0:
+        logger.info('pre-flight checks passed (rank 0, for all %d ranks)',
+                    dist.get_world_size())
+    cfg.custom_hooks = value
 
 
 def _end_distributed() -> None:
-    """Destroy the process group of a distributed run before the
-    interpreter exits: left to exit, gloo's threads can abort a rank
-    ("terminate called without an active exception", seen on a loaded
-    2-core machine) after all the work is done."""
+    """Tear a distributed run down while the interpreter is whole.
+
+    The model's DDP wrapper holds the process group; left to the
+    interpreter's exit, the group's threads are destroyed in whatever
+    order finalisation picks, and a gloo rank can abort ("terminate called
+    without an active exception") after all the work is done. So the
+    runner goes first (the caller drops it; collected here), then the
+    group."""
+    import gc
+
     import torch.distributed as dist
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()  # local: no collective, no hang
 
@@ -179,22 +234,22 @@ def sync_schedule_to_epochs(cfg: Config, old_epochs: Optional[int]) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """``gpt4image train``: build a Runner from the config and train."""
+    """``gpt4image train``: check the config (rank 0 of a launched run),
+    build a Runner from it and train."""
     from gpt4image_mm.engine import preflight
 
     cfg = train_config(args)
-    if cfg.launcher == 'none':
-        # Not yet under a distributed launcher: with the checks, one rank of
-        # a 2-process gloo run aborted at exit ("terminate called without an
-        # active exception") in 3 of 12 tries on a loaded 2-core machine,
-        # cause not found; check a config with a single-process run first.
-        preflight.train_checks(cfg, args.allow_store_change)
-    _cpu_distributed(cfg)
+    _start_distributed(cfg)
+    runner = None
     try:
-        build_runner(cfg).train()
+        _checks_on_rank_0(cfg, lambda: preflight.train_checks(
+            cfg, args.allow_store_change))
+        runner = build_runner(cfg)
+        runner.train()
     except pickle.UnpicklingError as e:
         raise _refused_checkpoint(e) from None
     finally:
+        runner = None
         _end_distributed()
 
 
@@ -208,9 +263,10 @@ def test(args: argparse.Namespace) -> dict:
         cfg.test_cfg = dict(cfg.get('test_cfg') or {}, fp16=True)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    preflight.test_checks(cfg)
-    _cpu_distributed(cfg)
+    _start_distributed(cfg)
+    runner = None
     try:
+        _checks_on_rank_0(cfg, lambda: preflight.test_checks(cfg))
         runner = build_runner(cfg)
         if args.out:  # which images were right, for paired comparisons
             from gpt4image_mm.engine.hooks.prediction_hook import (
@@ -223,6 +279,7 @@ def test(args: argparse.Namespace) -> dict:
     except pickle.UnpicklingError as e:
         raise _refused_checkpoint(e) from None
     finally:
+        runner = None
         _end_distributed()
     if args.out:  # atomic: a complete file is what "tested" means
         from gpt4image_mm.utils.files import atomic_write_json

@@ -13,10 +13,15 @@ code saves its ``argparse.Namespace`` (``'args'``, deit/main.py:386-394);
 numpy 1.x wrote numpy scalars and arrays under ``numpy.core.*`` names; stock
 MMEngine pickles the ``HistoryBuffer`` statistics as
 ``getattr(HistoryBuffer, 'min')``, which only a guarded ``getattr`` (those
-four names, nothing else) resolves. Anything else is refused in one line
-naming the global; a class of your own that your own checkpoints hold is
-trusted by naming it in ``GPT4IMAGE_SAFE_GLOBALS`` (``module.Class``, comma
-separated) -- an addition to the allow-list, never a way round it.
+four names, nothing else) resolves; a ``HistoryBuffer`` is rebuilt from
+validated plain data, so no file can rewrite the statistics table all
+buffers share. Anything else is refused in one line naming the global, and
+the message never suggests a way round. A plain data class of your own
+(a dataclass or namedtuple without code of its own) is trusted by naming
+it in ``GPT4IMAGE_SAFE_GLOBALS`` (``module.Class``, comma separated); any
+other class or function named there is refused, since the file would call
+it with arguments of its choosing (``logging.FileHandler`` truncates a
+file, ``subprocess.Popen`` runs a program).
 
 Safe loading is also *enforced*, whatever torch's default or environment:
 MMEngine calls ``torch.load`` without ``weights_only`` (so torch < 2.6, or
@@ -28,15 +33,18 @@ MMEngine scheme (local, http, ...) and our own tools -- goes through
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib
 import os
 import pickle
 import re
 import types
-from typing import Any, List
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
+
+from gpt4image_mm.utils.errors import ToolError
 
 
 def _numpy_globals() -> List[object]:
@@ -87,46 +95,143 @@ PLAIN_DATA_GLOBALS = [argparse.Namespace, *_numpy1_aliases(),
 
 
 def _history_buffer_getstate(self: Any) -> dict:
-    """Pickle a ``HistoryBuffer`` without its built-in statistics methods.
+    """Pickle a ``HistoryBuffer`` as plain data: no statistics methods.
 
-    MMEngine pickles them as ``getattr(HistoryBuffer, 'min')``, and allowing
-    ``getattr`` would open safe loading to arbitrary attribute access. Its
-    ``__setstate__`` restores the built-ins anyway, so nothing is lost.
+    MMEngine pickles its statistics table (``getattr(HistoryBuffer, 'min')``
+    ...), which every buffer shares: loading it back would let a file
+    rewrite that table. The table is code's business -- the built-ins are
+    restored by :func:`_history_buffer_setstate`, custom ones by the code
+    that registers them on import -- so a checkpoint carries only data.
     """
-    state = self.__dict__.copy()
-    state.pop('statistics_methods', None)
-    custom = {k: v for k, v in self._statistics_methods.items()
-              if k not in _DEFAULT_STATISTICS}
-    if custom:
-        state['statistics_methods'] = custom
-    return state
+    return {k: v for k, v in self.__dict__.items() if k in _HISTORY_FIELDS}
+
+
+#: What a ``HistoryBuffer`` checkpoint entry may hold, and of which type.
+_HISTORY_FIELDS = {'max_length': (int, np.integer),
+                   '_log_history': (np.ndarray, ),
+                   '_count_history': (np.ndarray, )}
+
+
+def _history_buffer_setstate(self: Any, state: Any) -> None:
+    """Rebuild a ``HistoryBuffer`` from plain data, validated.
+
+    MMEngine's own ``__setstate__`` merges the file's ``statistics_methods``
+    into the table all buffers share, so a crafted checkpoint could make
+    every later ``statistics('mean')`` return the maximum. Here the file's
+    table is accepted only where it names the built-ins themselves (what
+    stock MMEngine writes) and is never written anywhere; the history must
+    be numeric arrays and a positive integer length; anything else is
+    refused."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if not isinstance(state, dict):
+        raise pickle.UnpicklingError(
+            f'a HistoryBuffer state must be a dict, not {type(state).__name__}')
+    state = dict(state)
+    methods = state.pop('statistics_methods', {})
+    if not isinstance(methods, dict) or any(
+            name not in _DEFAULT_STATISTICS
+            or fn is not getattr(HistoryBuffer, name)
+            for name, fn in methods.items()):
+        raise pickle.UnpicklingError(
+            'a HistoryBuffer state may name only its built-in statistics '
+            f'({", ".join(_DEFAULT_STATISTICS)}) as themselves')
+    unknown = set(state) - set(_HISTORY_FIELDS)
+    if unknown:
+        raise pickle.UnpicklingError(
+            f'a HistoryBuffer state holds unknown fields {sorted(unknown)}')
+    for name, value in state.items():
+        if not isinstance(value, _HISTORY_FIELDS[name]) or (
+                isinstance(value, np.ndarray) and value.dtype.kind not in 'biuf'):
+            raise pickle.UnpicklingError(
+                f'a HistoryBuffer state has a bad {name} '
+                f'({type(value).__name__})')
+    if int(state.get('max_length', 1)) < 1:
+        raise pickle.UnpicklingError('a HistoryBuffer max_length must be >= 1')
+    self._set_default_statistics()
+    self.__dict__.update(state)
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list the non-tensor globals found in MMEngine checkpoints."""
+    """Allow-list the non-tensor globals found in MMEngine checkpoints;
+    ``HistoryBuffer`` pickles and unpickles as validated plain data."""
     from mmengine.logging.history_buffer import HistoryBuffer
 
     HistoryBuffer.__getstate__ = _history_buffer_getstate
+    HistoryBuffer.__setstate__ = _history_buffer_setstate
     torch.serialization.add_safe_globals(
         [HistoryBuffer, *_numpy_globals(), *PLAIN_DATA_GLOBALS])
 
 
-def trusted_globals(spec: str) -> List[type]:
-    """The classes a ``GPT4IMAGE_SAFE_GLOBALS`` value names.
+# Methods through which a class runs code of its own on data the file
+# chooses while it is unpickled, mutated or collected.
+_CODE_HOOKS = ('__setstate__', '__reduce__', '__reduce_ex__', '__del__',
+               '__post_init__', '__setattr__', '__getattr__',
+               '__getattribute__', '__init_subclass__', '__set_name__',
+               '__class_getitem__', '_missing_')
 
-    Classes only: a function named here could be called by the file with
-    arguments of its choosing. Raises ValueError naming a bad entry."""
+
+def _generated(function: Any) -> bool:
+    """Whether ``function`` was generated by dataclasses/namedtuple (their
+    code is compiled from a string), not written in a module."""
+    code = getattr(function, '__code__', None)
+    return code is not None and code.co_filename.startswith('<')
+
+
+def _not_plain_data(cls: type) -> Optional[str]:
+    """Why ``cls`` is not plain data, or None when it is.
+
+    Plain data: a dataclass or a namedtuple whose constructor is the
+    generated one and which defines none of :data:`_CODE_HOOKS` and no
+    property, in itself or a base. Safe loading calls an allowed class with
+    arguments the file chooses, and sets attributes on its instances; for
+    such a class that only stores values. A class with code of its own
+    (``logging.FileHandler`` opens a file, ``subprocess.Popen`` runs one),
+    an enum (its members are shared: a file could rewrite them) or a
+    function is never plain data."""
+    import dataclasses
+    if not isinstance(cls, type):
+        return 'not a class'
+    if issubclass(cls, enum.Enum):
+        return 'an enum (its members are shared by everyone who uses it)'
+    is_tuple = issubclass(cls, tuple) and hasattr(cls, '_fields')
+    if not (is_tuple or dataclasses.is_dataclass(cls)):
+        return 'not a dataclass or namedtuple'
+    constructor = cls.__new__ if is_tuple else cls.__init__
+    if not _generated(constructor):
+        return 'its constructor is code of its own'
+    for base in cls.__mro__:
+        if base in (object, tuple):
+            continue
+        for name, value in vars(base).items():
+            if name in _CODE_HOOKS or isinstance(value, property):
+                return f'it defines {base.__qualname__}.{name}'
+            if name == '__init__' and not _generated(value):
+                return f'it defines {base.__qualname__}.__init__'
+    return None
+
+
+def trusted_globals(spec: str) -> List[type]:
+    """The plain data classes a ``GPT4IMAGE_SAFE_GLOBALS`` value names.
+
+    Only dataclasses and namedtuples without code of their own
+    (:func:`_not_plain_data`): anything else could be called by the file
+    with arguments of its choosing, opening files or running programs.
+    Raises :class:`ToolError` naming a bad entry."""
     found = []
     for name in filter(None, (n.strip() for n in spec.split(','))):
         module, _, attr = name.rpartition('.')
         try:
             obj = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError, ValueError):
-            raise ValueError(f'{TRUST_ENV}: cannot import {name!r} (give '
-                             'module.Class)') from None
-        if not isinstance(obj, type):
-            raise ValueError(f'{TRUST_ENV}: {name!r} is not a class; only '
-                             'classes can be trusted')
+            raise ToolError(f'{TRUST_ENV}: cannot import {name!r} -- give '
+                            'module.Class of a dataclass or namedtuple') \
+                from None
+        reason = _not_plain_data(obj)
+        if reason:
+            raise ToolError(
+                f'{TRUST_ENV}: {name!r} is not plain data ({reason}) -- '
+                'remove it; only dataclasses and namedtuples without code '
+                'of their own can be trusted')
         found.append(obj)
     return found
 
@@ -135,6 +240,11 @@ def _trust_from_environment() -> None:
     spec = os.environ.get(TRUST_ENV, '')
     if spec:
         torch.serialization.add_safe_globals(trusted_globals(spec))
+
+
+class UnsafeCheckpoint(ToolError, pickle.UnpicklingError):
+    """A checkpoint safe loading refused (or could not read): its one line,
+    exit 2 -- the file is the user's to replace, not a bug of ours."""
 
 
 _REFUSED = (re.compile(r'GLOBAL (\S+) was not an allowed global'),
@@ -157,10 +267,9 @@ def refusal_message(source: Any, error: BaseException) -> str:
     missing = _REFUSED[0].search(text)
     if missing:
         return (f'{os.fspath(name)}: refused: it holds {missing.group(1)}, '
-                'which safe loading (weights_only=True) does not allow; if '
-                'you made this file yourself and that class only holds data, '
-                f'trust it with {TRUST_ENV}={missing.group(1)} '
-                '(docs/get_started.md)')
+                'which safe loading (weights_only=True) does not allow -- '
+                'use a checkpoint that holds only tensors and plain data '
+                '(one this package or MMEngine saved)')
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     cause = next((lines[i + 1] for i, ln in enumerate(lines[:-1])
                   if 'WeightsUnpickler error' in ln), None)
@@ -176,7 +285,8 @@ def safe_torch_load(f: Any, map_location: Any = None, *args: Any,
     Explicit, because torch honours ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` only
     when the caller left ``weights_only`` unset; a caller asking for
     ``weights_only=False`` gets True all the same. A refused file raises
-    ``pickle.UnpicklingError`` with one line (:func:`refusal_message`).
+    :class:`UnsafeCheckpoint` (a ``pickle.UnpicklingError``) with one line
+    (:func:`refusal_message`).
     """
     kwargs.pop('weights_only', None)
     kwargs.pop('pickle_module', None)  # weights_only has its own unpickler
@@ -185,7 +295,7 @@ def safe_torch_load(f: Any, map_location: Any = None, *args: Any,
         return torch.load(f, map_location, *args[1:], weights_only=True,
                           **kwargs)
     except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(refusal_message(f, e)) from None
+        raise UnsafeCheckpoint(refusal_message(f, e)) from None
 
 
 class _SafeTorch(types.ModuleType):
@@ -220,7 +330,12 @@ def enforce_safe_mmengine_loading() -> None:
 def safe_load_url(url: str, model_dir: Any = None, map_location: Any = None,
                   progress: bool = True, check_hash: bool = False,
                   file_name: Any = None, **_: Any) -> Any:
-    """MMEngine's ``load_url`` with ``weights_only=True`` passed explicitly."""
-    return torch.hub.load_state_dict_from_url(
-        url, model_dir, map_location, progress, check_hash, file_name,
-        weights_only=True)
+    """MMEngine's ``load_url`` with ``weights_only=True`` passed explicitly;
+    a refused file is :class:`UnsafeCheckpoint`, as a local one."""
+    _trust_from_environment()
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, model_dir, map_location, progress, check_hash, file_name,
+            weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(refusal_message(url, e)) from None

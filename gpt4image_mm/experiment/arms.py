@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from gpt4image_mm.utils.class_names import class_display_names
+from gpt4image_mm.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 CLASSNAME_PROMPT = 'a photo of a {name}.'  # CLIP's standard prompt
@@ -193,10 +194,10 @@ def parse_arms(text: Optional[str],
     names = [n.strip() for n in text.split(',') if n.strip()]
     unknown = [n for n in names if n not in ARMS]
     if unknown:
-        raise ValueError(f'unknown arm(s) {unknown}; choose from '
+        raise InputError(f'unknown arm(s) {unknown}; choose from '
                          f'{", ".join(ARMS)} or all (add your own with '
                          '--custom-imports)')
     if 'baseline' not in names:
-        raise ValueError('--arms must include baseline: every comparison '
+        raise InputError('--arms must include baseline: every comparison '
                          'is paired against it')
     return [n for n in ARMS if n in names]

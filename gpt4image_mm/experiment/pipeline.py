@@ -58,6 +58,7 @@ from gpt4image_mm.experiment.report import (
     titles,
 )
 from gpt4image_mm.experiment.schedule import MAX_STRETCH
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.files import OutputLock, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def class_prototypes(store: str, names: List[str]):
             mine = [i for i, b in enumerate(bases)
                     if b.split('/', 1)[0] == name]
         if not mine:
-            raise ValueError(f'{store}: no row for class {name!r}')
+            raise InputError(f'{store}: no row for class {name!r}')
         out.append(rows[mine].mean(0))
     protos = np.stack(out)
     return protos / np.linalg.norm(protos, axis=1, keepdims=True)

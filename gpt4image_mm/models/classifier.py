@@ -9,6 +9,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 from gpt4image_mm.models.loss import retrieval_accuracy
+from gpt4image_mm.utils.errors import InputError
 
 _ALIGN_FEATURES = ('pre_logits', 'neck')
 
@@ -59,7 +60,7 @@ class TextAlignedClassifier(ImageClassifier):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         if align_feature not in _ALIGN_FEATURES:
-            raise ValueError(f'align_feature must be one of {_ALIGN_FEATURES},'
+            raise InputError(f'align_feature must be one of {_ALIGN_FEATURES},'
                              f' got {align_feature!r}')
         data_preprocessor = dict(data_preprocessor or {})
         # Our preprocessor records Mixup/CutMix mixing for the text targets.
@@ -86,7 +87,7 @@ class TextAlignedClassifier(ImageClassifier):
         width = getattr(head, 'hidden_dim', None) or getattr(
             head, 'in_channels', None)
         if self.align_feature == 'neck' or not width:
-            raise ValueError('cannot infer align_neck.in_channels from the '
+            raise InputError('cannot infer align_neck.in_channels from the '
                              f'head {type(head).__name__}; set it in config')
         return int(width)
 
@@ -111,7 +112,7 @@ class TextAlignedClassifier(ImageClassifier):
         image = self.align_neck(self.aligned_feature(feats))
         text = self.text_targets(data_samples).to(image)
         if text.shape[-1] != image.shape[-1]:
-            raise ValueError(
+            raise InputError(
                 f'text embeddings are {text.shape[-1]}-d but align_neck.'
                 f'out_channels is {image.shape[-1]}; they must match the '
                 'encoder that made the store')
@@ -153,7 +154,7 @@ class TextAlignedClassifier(ImageClassifier):
             return torch.cat([s.gt_label.view(1) for s in data_samples])
         if getattr(self.align_loss, 'positives', 'instance') == 'label':
             i = next(i for i, n in enumerate(counts) if n != 1)
-            raise ValueError(
+            raise InputError(
                 f"positives='label' needs one class per sample, but sample "
                 f'{i} of the batch has {counts[i]} gt_label entries (a '
                 "multi-label dataset): use positives='instance' or 'text'")

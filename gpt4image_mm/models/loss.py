@@ -32,6 +32,7 @@ from mmengine.dist import get_dist_info
 from mmpretrain.registry import MODELS
 
 from gpt4image_mm.registry import ALIGN_LOSS_MODES
+from gpt4image_mm.utils.errors import InputError
 
 _EPS = 1e-12
 
@@ -109,7 +110,7 @@ def _mode_function(mode: str):
     except Exception:  # noqa: BLE001 - mmengine wraps a failed import
         fn = None
     if not callable(fn):
-        raise ValueError(f'mode must be one of the registered alignment loss '
+        raise InputError(f'mode must be one of the registered alignment loss '
                          f'modes {sorted(ALIGN_LOSS_MODES.module_dict)}, got '
                          f'{mode!r}')
     return fn
@@ -165,10 +166,10 @@ class ContrastiveAlignLoss(nn.Module):
         super().__init__()
         self.mode_fn = _mode_function(mode)
         if positives not in self.POSITIVES:
-            raise ValueError(
+            raise InputError(
                 f'positives must be one of {self.POSITIVES}, got {positives!r}')
         if temperature <= 0 or max_logit_scale <= 0:
-            raise ValueError('temperature and max_logit_scale must be > 0')
+            raise InputError('temperature and max_logit_scale must be > 0')
         self.mode = mode
         self.positives = positives
         self.loss_weight = loss_weight
@@ -311,7 +312,7 @@ class ContrastiveAlignLoss(nn.Module):
             same = self._eye(len(w), w.device)
         elif self.positives == 'label':
             if batch.labels is None:
-                raise ValueError("positives='label' needs labels")
+                raise InputError("positives='label' needs labels")
             same = batch.labels[:, None] == batch.labels[None, :]
         else:  # identical (normalised) text embeddings
             same = batch.txt @ batch.txt.T > 1 - 1e-6

@@ -13,6 +13,8 @@ from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 
+from gpt4image_mm.utils.errors import InputError
+
 # the official CNN head's BatchNorm1d (never mutated: build_norm_layer copies)
 _BN1D = dict(type='BN1d')
 
@@ -66,7 +68,7 @@ class AlignmentNeck(BaseModule):
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if num_layers < 1:
-            raise ValueError('AlignmentNeck num_layers must be >= 1, got '
+            raise InputError('AlignmentNeck num_layers must be >= 1, got '
                              f'{num_layers}')
         if with_last_bias is None:
             with_last_bias = num_layers > 1
@@ -85,7 +87,7 @@ class AlignmentNeck(BaseModule):
             return 0.02 if vit_head else out_channels ** -0.5
         if init_std is None or isinstance(init_std, (int, float)):
             return init_std
-        raise ValueError("AlignmentNeck init_std must be 'official', a number "
+        raise InputError("AlignmentNeck init_std must be 'official', a number "
                          f'or None, got {init_std!r}')
 
     def init_weights(self) -> None:
@@ -112,7 +114,7 @@ class AlignmentNeck(BaseModule):
         if x.dim() == 4:  # a feature map: pool it as a classifier neck would
             x = x.mean(dim=(2, 3))
         if x.dim() != 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise InputError(
                 f'AlignmentNeck expects (B, {self.in_channels}) features but '
                 f'got shape {tuple(x.shape)}; set align_neck.in_channels to '
                 'the width of the aligned feature (the head\'s in_channels)')

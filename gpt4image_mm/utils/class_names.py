@@ -59,6 +59,8 @@ import logging
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from gpt4image_mm.utils.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 WNID = re.compile(r'n\d{8}')
@@ -79,7 +81,7 @@ _OWN_NAMES = ('json', 'csv', 'lines')
 _warned: set = set()
 
 
-class ClassNameError(ValueError):
+class ClassNameError(InputError):
     """A class-name file that does not fit the dataset's classes."""
 
 

@@ -34,6 +34,7 @@ from typing import (
     Tuple,
 )
 
+from gpt4image_mm.utils.errors import InputError
 from gpt4image_mm.utils.keys import check_key
 from gpt4image_mm.utils.security import scrub, scrub_record
 
@@ -57,7 +58,7 @@ def clip_text(text: str) -> Tuple[str, bool]:
     return text[:MAX_TEXT_CHARS].rstrip(), True
 
 
-class DescriptionFileError(ValueError):
+class DescriptionFileError(InputError):
     """A descriptions file holds a record we cannot use (file and line named)."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from gpt4image_mm.utils.errors import InputError
+
 # accepted names, with the short aliases the CLIs have always taken
 DTYPE_NAMES = {'float32': 'float32', 'fp32': 'float32',
                'float16': 'float16', 'fp16': 'float16',
@@ -33,6 +35,6 @@ def resolve_dtype(name: Optional[str], device: str) -> Any:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() \
             else torch.float16
     if name not in DTYPE_NAMES:
-        raise ValueError(f'dtype {name!r}: one of auto, '
+        raise InputError(f'dtype {name!r}: one of auto, '
                          f'{", ".join(DTYPE_NAMES)}')
     return getattr(torch, DTYPE_NAMES[name])

@@ -1,8 +1,15 @@
 """The one error path of the command-line tools (`gpt4image`, tools/*.py).
 
 An error a user can act on is one line, ``error: <what> -- <the fix>``,
-scrubbed of keys, and an exit code; only an unexpected error (a bug) shows
-a traceback, scrubbed too.
+scrubbed of keys, and an exit code; anything else is a bug and shows its
+traceback, scrubbed too, exit 1. The two are told apart where the input is
+checked, not by exception type: the code that checks an argument, a file or
+a record raises :class:`ToolError` (or :class:`InputError`, also a
+``ValueError`` for library callers); a ``ValueError`` or ``OSError`` from
+anywhere else is a bug. One exception: an ``OSError`` on a path the user
+named on the command line (a missing input, an unwritable output) is that
+path's one line. ``GPT4IMAGE_DEBUG=1`` prints the traceback of a one-line
+error too.
 
 Exit codes (docs/captioning.md and docs/embedding.md list them):
 
@@ -25,13 +32,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import pickle
+import os
 import signal
 import sys
 import traceback
-from typing import Any, Callable, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, Sequence, TypeVar
 
-from gpt4image_mm.utils.security import scrub
+
+def scrub(text: object) -> str:
+    """:func:`gpt4image_mm.utils.security.scrub`, imported when first used:
+    security's own errors are :class:`InputError` s, defined here."""
+    from gpt4image_mm.utils.security import scrub as scrub_keys
+    return scrub_keys(text)
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
@@ -39,6 +51,7 @@ EXIT_FIX_INPUT = 2
 EXIT_SERVER = 3
 EXIT_INTERRUPTED = 128 + int(signal.SIGINT)
 PACKAGE_LOGGER = 'gpt4image_mm'  # every module's logger is below it
+DEBUG_ENV = 'GPT4IMAGE_DEBUG'  # 1: a one-line error shows its traceback too
 T = TypeVar('T')
 
 
@@ -51,6 +64,12 @@ class ToolError(RuntimeError):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class InputError(ToolError, ValueError):
+    """Bad input, found where it is checked (an argument, a file, a
+    record): one line and exit 2. Also a ``ValueError``, so a library
+    caller that catches those keeps working."""
 
 
 class _TerminalHandler(logging.StreamHandler):
@@ -107,9 +126,51 @@ def print_error(message: object) -> None:
     print(f'error: {line}', file=sys.stderr, flush=True)
 
 
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, '') not in ('', '0')
+
+
+def print_traceback() -> None:
+    """The traceback of the exception being handled, keys removed."""
+    print(scrub(traceback.format_exc()).rstrip(), file=sys.stderr,
+          flush=True)
+
+
+def report_user_error(error: BaseException) -> None:
+    """A user error's one line (after its traceback under
+    ``GPT4IMAGE_DEBUG=1``)."""
+    if _debug():
+        print_traceback()
+    print_error(error)
+
+
+def _named_paths(argv: Sequence[str]) -> Iterator[str]:
+    """Every argument that could name a path: positionals, option values
+    (``--out=X`` too) and the value of ``key=value`` overrides."""
+    for arg in argv:
+        if not isinstance(arg, str) or not arg:
+            continue
+        if not arg.startswith('-'):
+            yield os.path.abspath(arg)
+        if '=' in arg:
+            yield os.path.abspath(arg.split('=', 1)[1])
+
+
+def named_path_error(error: OSError, argv: Sequence[str]) -> bool:
+    """Whether ``error`` is about a path the user named in ``argv`` (the
+    path itself, a file below a named folder, or the temporary sibling an
+    atomic write of a named file uses): the user's to fix. Any other
+    OSError is ours: a bug until shown otherwise."""
+    paths = [os.path.abspath(os.fsdecode(p))
+             for p in (error.filename, error.filename2)
+             if isinstance(p, (str, bytes, os.PathLike))]
+    named = [n.rstrip(os.sep) for n in _named_paths(argv)]
+    return any(path.startswith(n) for path in paths for n in named if n)
+
+
 def run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
-    """Run ``main(argv)`` with the library's records on stderr; turn every
-    exception into its line and code."""
+    """Run ``main(argv)`` with the library's records on stderr: a user
+    error is its line and code, anything else a scrubbed traceback."""
     with terminal_logging():
         return _run_tool(main, argv)
 
@@ -118,18 +179,20 @@ def _run_tool(main: Callable[[List[str]], int], argv: List[str]) -> int:
     try:
         return main(argv)
     except ToolError as e:
-        print_error(e)
+        report_user_error(e)
         return e.exit_code
     except KeyboardInterrupt:  # outside a runner's own signal handling
         print('interrupted; rerun the same command to continue',
               file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except (ValueError, OSError, pickle.UnpicklingError) as e:
-        # bad arguments, files, records; a checkpoint safe loading refused
-        print_error(e)
+    except OSError as e:
+        if not named_path_error(e, argv):
+            print_traceback()  # our own file, not the user's: a bug
+            return EXIT_NOT_DONE
+        report_user_error(e)
         return EXIT_FIX_INPUT
     except Exception:  # noqa: BLE001 - a bug: show where, keys removed
-        print(scrub(traceback.format_exc()), file=sys.stderr, flush=True)
+        print_traceback()
         return EXIT_NOT_DONE
 
 
@@ -143,6 +206,6 @@ def exit_on_tool_error(main: Callable[..., T]) -> Callable[..., T]:
             with terminal_logging():
                 return main(*args, **kwargs)
         except ToolError as e:
-            print_error(e)
+            report_user_error(e)
             raise SystemExit(e.exit_code) from None
     return wrapper

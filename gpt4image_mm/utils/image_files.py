@@ -15,6 +15,8 @@ import os
 import stat
 from typing import List
 
+from gpt4image_mm.utils.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 # torchvision.datasets.folder.IMG_EXTENSIONS (torchvision 0.29.1, the pinned one;
@@ -44,7 +46,7 @@ def list_images(root: str) -> List[str]:
     is named once in a warning (the commands show it on stderr).
     """
     if not os.path.isdir(root):
-        raise ValueError(f'--images {root!r} is not a directory')
+        raise InputError(f'--images {root!r} is not a directory')
     real_root = os.path.realpath(root)
     seen = {real_root}
     out = []

@@ -18,6 +18,8 @@ import pickle
 import re
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+from gpt4image_mm.utils.errors import InputError
+
 CLASS_PREFIX = 'class:'
 _MULTI = re.compile(r'^(.*)#(\d+)$')
 
@@ -41,7 +43,7 @@ def base_key(key: str) -> str:
 def check_key(key: str, where: str = '') -> str:
     """Reject keys that would corrupt the line-based key files."""
     if not isinstance(key, str) or not key or '\n' in key or '\r' in key:
-        raise ValueError(f'{where}invalid sample key {key!r}: keys are '
+        raise InputError(f'{where}invalid sample key {key!r}: keys are '
                          'non-empty strings without line breaks')
     return key
 
@@ -124,7 +126,7 @@ def dataset_keys(dataset: Any) -> List[str]:
     if indices is not None and not isinstance(indices, int):
         first = dataset.get_data_info(0) if len(dataset) else {}
         if 'img_path' not in first:
-            raise ValueError(
+            raise InputError(
                 f'{type(dataset).__name__}: array datasets are keyed by '
                 'position, so `indices` must be an int (the first N samples), '
                 f'not a list; got {type(indices).__name__}')
@@ -164,7 +166,7 @@ def class_names(dataset: Any) -> Sequence[str]:
     """The class names of a dataset (``CLASSES`` / ``metainfo['classes']``)."""
     names = (getattr(dataset, 'metainfo', {}) or {}).get('classes')
     if not names:
-        raise ValueError(f'{type(dataset).__name__} declares no class names; '
+        raise InputError(f'{type(dataset).__name__} declares no class names; '
                          'set metainfo=dict(classes=[...]) in its config')
     return list(names)
 
@@ -182,7 +184,7 @@ def read_key_file(path: str) -> frozenset:
                              'file holds one key a line, as analyze writes '
                              'it') from None
     if not keys:
-        raise ValueError(f'{path}: no keys in the file')
+        raise InputError(f'{path}: no keys in the file')
     return keys
 
 

@@ -19,6 +19,8 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Set
 from urllib.parse import urlsplit
 
+from gpt4image_mm.utils.errors import InputError
+
 OPENAI_HOST = 'api.openai.com'
 OPENAI_API_URL = f'https://{OPENAI_HOST}/v1'
 DEFAULT_KEY_ENV = 'OPENAI_API_KEY'
@@ -38,7 +40,7 @@ def _maybe_token(text: str) -> bool:
     return 'sk-' in text or 'bearer' in text.lower()
 
 
-class CredentialError(ValueError):
+class CredentialError(InputError):
     """A key is missing, or the policy forbids sending it to this endpoint."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from typing import List, Optional, Sequence, Tuple, Union
 
+from gpt4image_mm.utils.errors import InputError
+
 # written into shard stores' manifests: parts made under another rule
 # (before 12/2026 embed.py used contiguous slices) must not be merged
 SHARD_RULE = 'sha1-key-mod-n'
@@ -28,12 +30,12 @@ def parse_shard(spec: ShardSpec) -> Tuple[int, int]:
         try:
             i, n = (int(x) for x in spec.split('/'))
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f'--shard {spec!r}: expected i/N, e.g. 0/4') from None
     else:
         i, n = (int(x) for x in spec)
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f'--shard {i}/{n}: need 0 <= i < N')
+        raise InputError(f'--shard {i}/{n}: need 0 <= i < N')
     return i, n
 
 
