@@ -110,3 +110,19 @@ def make_tiny_clip(path, full=True, projection_dim=24, seed=0):
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return model, tok
+
+
+# GPT4Image over BASE_CFG (saved as base.py) with class-level descriptions:
+# per_class and a multi-positive loss (the experiment tests).
+CLASS_LEVEL_ALIGN_CFG = '''
+_base_ = ['base.py', '{configs}/_base_/gpt4image.py']
+model = dict(
+    _base_.gpt4image_cnn,
+    align_neck=dict(type='AlignmentNeck', out_channels=384),
+    align_loss=dict(type='ContrastiveAlignLoss', temperature=0.2,
+                    loss_weight=0.3, positives='label'))
+train_dataloader = dict(dataset=dict(
+    _delete_=True, type='DescriptionDataset',
+    dataset=_base_.train_dataloader.dataset, store='{store}',
+    per_class=True))
+'''

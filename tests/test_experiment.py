@@ -14,22 +14,10 @@ import time
 import numpy as np
 import pytest
 from conftest import ROOT, make_image_folder
-from helpers import BASE_CFG
+from helpers import BASE_CFG, CLASS_LEVEL_ALIGN_CFG
 
 from gpt4image_mm.experiment.stats import t95
 
-ALIGN = '''
-_base_ = ['base.py', '{configs}/_base_/gpt4image.py']
-model = dict(
-    _base_.gpt4image_cnn,
-    align_neck=dict(type='AlignmentNeck', out_channels=384),
-    align_loss=dict(type='ContrastiveAlignLoss', temperature=0.2,
-                    loss_weight=0.3, positives='label'))
-train_dataloader = dict(dataset=dict(
-    _delete_=True, type='DescriptionDataset',
-    dataset=_base_.train_dataloader.dataset, store='{store}',
-    per_class=True))
-'''
 CLASSES = ('cat', 'dog', 'sea_lion')  # an underscore: "a photo of a sea lion."
 TITLES = ('baseline', 'GPT4Image', 'class name', 'random vectors')
 
@@ -52,8 +40,8 @@ def project(tmp_path_factory):
     (tmp / 'base.py').write_text(
         BASE_CFG.format(root=tmp / 'imgs').replace('max_epochs=2',
                                                    'max_epochs=1'))
-    (tmp / 'align.py').write_text(ALIGN.format(configs=ROOT / 'configs',
-                                               store=tmp / 'store'))
+    (tmp / 'align.py').write_text(CLASS_LEVEL_ALIGN_CFG.format(
+        configs=ROOT / 'configs', store=tmp / 'store'))
     return tmp
 
 

@@ -17,22 +17,10 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import ROOT, make_image_folder
-from helpers import BASE_CFG
+from helpers import BASE_CFG, CLASS_LEVEL_ALIGN_CFG
 
 psutil = pytest.importorskip('psutil')
 
-ALIGN = '''
-_base_ = ['base.py', '{configs}/_base_/gpt4image.py']
-model = dict(
-    _base_.gpt4image_cnn,
-    align_neck=dict(type='AlignmentNeck', out_channels=384),
-    align_loss=dict(type='ContrastiveAlignLoss', temperature=0.2,
-                    loss_weight=0.3, positives='label'))
-train_dataloader = dict(dataset=dict(
-    _delete_=True, type='DescriptionDataset',
-    dataset=_base_.train_dataloader.dataset, store='{store}',
-    per_class=True))
-'''
 # A transform that hangs (a stuck data loader) in the runs of seed 0 only.
 HANG_MODULE = '''
 import sys
@@ -64,8 +52,8 @@ def project(tmp_path_factory):
     base = BASE_CFG.format(root=tmp / 'imgs').replace('max_epochs=2',
                                                       'max_epochs=1')
     (tmp / 'base.py').write_text(base)
-    (tmp / 'align.py').write_text(ALIGN.format(configs=ROOT / 'configs',
-                                               store=tmp / 'store'))
+    (tmp / 'align.py').write_text(CLASS_LEVEL_ALIGN_CFG.format(
+        configs=ROOT / 'configs', store=tmp / 'store'))
     (tmp / 'hang_transform.py').write_text(HANG_MODULE)
     (tmp / 'base_hang.py').write_text(
         base.replace("dict(type='LoadImageFromFile'), ",
