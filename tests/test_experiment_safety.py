@@ -39,7 +39,8 @@ class HangInSeed0(BaseTransform):
 '''
 CLASSES = ('cat', 'dog', 'ship')
 # what a --report-only run may write: its report (and the experiment lock)
-REPORT_FILES = {'report.md', 'curves.png', 'experiment.lock'}
+REPORT_FILES = {'report.md', 'report.json', 'report.html', 'curves.png',
+                'experiment.lock'}
 
 
 @pytest.fixture(scope='module')

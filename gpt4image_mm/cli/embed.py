@@ -244,7 +244,7 @@ def configure_import_map_parser(p: argparse.ArgumentParser
 
 def _max_record(args: argparse.Namespace) -> int:
     if not args.max_record_mb > 0:
-        raise ValueError('--max-record-mb must be > 0')
+        raise InputError('--max-record-mb must be > 0')
     return int(args.max_record_mb * 2**20)
 
 

@@ -64,8 +64,7 @@ COMMANDS: Dict[str, Command] = {
         "the paper's text-embedding tensor -> embedding store"),
     'import-map': Command(
         'gpt4image_mm.cli.embed', 'configure_import_map_parser',
-        'another tool\'s captions (JSON, JSONL, CSV, LLaVA, COCO) -> descriptions',
-        light=True),
+        'captions of other tools (LLaVA, COCO, JSON, CSV)', light=True),
     'analyze': Command(
         'gpt4image_mm.cli.analyze', 'configure_parser',
         'measure descriptions (and a store) before training', light=True),

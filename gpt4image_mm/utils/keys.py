@@ -180,7 +180,7 @@ def read_key_file(path: str) -> frozenset:
         try:
             keys = frozenset(ln.rstrip('\r\n') for ln in f if ln.strip())
         except UnicodeDecodeError as e:
-            raise ValueError(f'{path}: not UTF-8 text ({e.reason}) -- a key '
+            raise InputError(f'{path}: not UTF-8 text ({e.reason}) -- a key '
                              'file holds one key a line, as analyze writes '
                              'it') from None
     if not keys:
